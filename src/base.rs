@@ -1,0 +1,430 @@
+//! Bases: `scratch` and `oci:DIR[:tag]` (a local OCI image layout). Resolves
+//! a base reference to, per platform, the manifest, the parsed config and the
+//! layer descriptors. Base layers are never unpacked: they are referenced by
+//! descriptor and their blobs copied by the layout writer.
+//!
+//! Every document read is bounded (4 MiB) and checked against its digest.
+//! Registry references arrive with the registry issue; until then they are
+//! an error that says so.
+
+use crate::oci::{
+    self, AnyDocument, Descriptor, Digest, ImageConfig, Index, Manifest, Platform,
+};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Largest manifest, index or config imgc reads.
+pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Errors resolving a base image.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseError {
+    /// The layout folder is missing or not a layout.
+    #[error("base layout `{dir}` does not exist or is not an OCI image layout (no `{missing}`)")]
+    MissingLayout {
+        /// The layout folder.
+        dir: PathBuf,
+        /// The file that was looked for.
+        missing: &'static str,
+    },
+    /// A file of the layout could not be read.
+    #[error("failed to read `{path}` of base layout")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON document of the layout is malformed.
+    #[error("`{path}` of base layout is not a valid {what}")]
+    BadDocument {
+        /// The file.
+        path: PathBuf,
+        /// What it should have been.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blob's bytes do not match its digest or size.
+    #[error("blob `{path}` of base layout does not match its descriptor (expected {expected}, {expected_size} bytes; found {actual}, {actual_size} bytes)")]
+    DigestMismatch {
+        /// The blob file.
+        path: PathBuf,
+        /// The descriptor's digest.
+        expected: Digest,
+        /// The descriptor's size.
+        expected_size: u64,
+        /// The digest of the bytes found.
+        actual: Digest,
+        /// The size found.
+        actual_size: u64,
+    },
+    /// A document is larger than imgc reads.
+    #[error("`{path}` of base layout is larger than {MAX_DOCUMENT_SIZE} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The tag is not in the layout.
+    #[error("base layout `{dir}` has no tag `{tag}` (it has: {available})")]
+    NoSuchTag {
+        /// The layout folder.
+        dir: PathBuf,
+        /// The tag asked for.
+        tag: String,
+        /// The tags present.
+        available: String,
+    },
+    /// No tag was given and the layout holds several images.
+    #[error("base layout `{dir}` holds several images; name one with `oci:DIR:TAG` (tags: {available})")]
+    AmbiguousTag {
+        /// The layout folder.
+        dir: PathBuf,
+        /// The tags present.
+        available: String,
+    },
+    /// The base lacks a platform.
+    #[error("base `{reference}` has no image for platform {platform} (it has: {available})")]
+    MissingPlatform {
+        /// The base reference.
+        reference: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms present.
+        available: String,
+    },
+    /// A document of an unexpected kind.
+    #[error("`{path}` of base layout has media type `{media_type}`, which is neither an image index nor an image manifest")]
+    UnsupportedMediaType {
+        /// The file.
+        path: PathBuf,
+        /// Its media type.
+        media_type: String,
+    },
+    /// A document that claims to be both an index and a manifest.
+    #[error("`{path}` of base layout is ambiguous: it has both `manifests` and `layers`/`config`")]
+    Ambiguous {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A registry reference (not supported yet).
+    #[error("base `{reference}` is a registry reference; pulling from registries is not supported yet")]
+    RegistryUnsupported {
+        /// The reference.
+        reference: String,
+    },
+    /// An `oci:` reference without a folder.
+    #[error("base `{reference}` names no layout folder (expected `oci:DIR` or `oci:DIR:TAG`)")]
+    BadReference {
+        /// The reference.
+        reference: String,
+    },
+}
+
+/// A base image resolved for one platform.
+#[derive(Clone, Debug)]
+pub struct BaseImage {
+    /// The reference as written in the spec (`scratch`, `oci:...`).
+    pub reference: String,
+    /// The layout the blobs come from (`None` for scratch).
+    pub layout_dir: Option<PathBuf>,
+    /// The platform manifest's descriptor (`None` for scratch).
+    pub manifest: Option<Descriptor>,
+    /// The base config (empty for scratch).
+    pub config: ImageConfig,
+    /// The base layers.
+    pub layers: Vec<Descriptor>,
+}
+
+impl BaseImage {
+    /// The empty base.
+    pub fn scratch() -> Self {
+        BaseImage {
+            reference: "scratch".to_string(),
+            layout_dir: None,
+            manifest: None,
+            config: ImageConfig::default(),
+            layers: Vec::new(),
+        }
+    }
+}
+
+/// A base reference opened once; images for platforms are selected from it.
+#[derive(Debug)]
+pub enum OpenedBase {
+    /// `scratch`.
+    Scratch,
+    /// A local layout.
+    Layout {
+        /// The reference as written.
+        reference: String,
+        /// The layout folder.
+        dir: PathBuf,
+        /// Each candidate manifest with its platform.
+        candidates: Vec<(Platform, Descriptor)>,
+    },
+}
+
+impl OpenedBase {
+    /// Opens a base reference; relative layout folders are relative to `spec_dir`.
+    pub fn open(reference: &str, spec_dir: &Path) -> Result<OpenedBase, BaseError> {
+        if reference == "scratch" {
+            return Ok(OpenedBase::Scratch);
+        }
+        let Some(rest) = reference.strip_prefix("oci:") else {
+            return Err(BaseError::RegistryUnsupported {
+                reference: reference.to_string(),
+            });
+        };
+        let (dir, tag) = split_layout_ref(rest);
+        if dir.is_empty() {
+            return Err(BaseError::BadReference {
+                reference: reference.to_string(),
+            });
+        }
+        let dir = spec_dir.join(dir);
+        if !dir.join("oci-layout").is_file() {
+            return Err(BaseError::MissingLayout {
+                dir,
+                missing: "oci-layout",
+            });
+        }
+        let index_path = dir.join("index.json");
+        let top: Index = parse_doc(&index_path, &read_bounded(&index_path)?, "index.json")?;
+        let tagged = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
+        let tags: Vec<String> = top.manifests.iter().filter_map(tagged).collect();
+        let list = || {
+            if tags.is_empty() {
+                "no tags".to_string()
+            } else {
+                tags.join(", ")
+            }
+        };
+        let entry = match tag {
+            Some(t) => top
+                .manifests
+                .iter()
+                .find(|d| tagged(d).as_deref() == Some(t))
+                .ok_or_else(|| BaseError::NoSuchTag {
+                    dir: dir.clone(),
+                    tag: t.to_string(),
+                    available: list(),
+                })?,
+            None if top.manifests.len() == 1 => &top.manifests[0],
+            None => top
+                .manifests
+                .iter()
+                .find(|d| tagged(d).as_deref() == Some("latest"))
+                .ok_or_else(|| BaseError::AmbiguousTag {
+                    dir: dir.clone(),
+                    available: list(),
+                })?,
+        };
+        let mut candidates = Vec::new();
+        collect_candidates(&dir, entry, 0, &mut candidates)?;
+        Ok(OpenedBase::Layout {
+            reference: reference.to_string(),
+            dir,
+            candidates,
+        })
+    }
+
+    /// The platforms the base offers (empty for scratch).
+    pub fn platforms(&self) -> Vec<Platform> {
+        match self {
+            OpenedBase::Scratch => Vec::new(),
+            OpenedBase::Layout { candidates, .. } => {
+                candidates.iter().map(|(p, _)| p.clone()).collect()
+            }
+        }
+    }
+
+    /// The base image for one platform.
+    pub fn select(&self, platform: &Platform) -> Result<BaseImage, BaseError> {
+        let (reference, dir, candidates) = match self {
+            OpenedBase::Scratch => return Ok(BaseImage::scratch()),
+            OpenedBase::Layout {
+                reference,
+                dir,
+                candidates,
+            } => (reference, dir, candidates),
+        };
+        let Some((_, desc)) = candidates.iter().find(|(p, _)| p.matches(platform)) else {
+            return Err(BaseError::MissingPlatform {
+                reference: reference.clone(),
+                platform: platform.to_string(),
+                available: candidates
+                    .iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let path = blob_path(dir, &desc.digest);
+        let manifest: Manifest = parse_doc(&path, &read_blob(dir, desc)?, "image manifest")?;
+        let config_path = blob_path(dir, &manifest.config.digest);
+        let config: ImageConfig =
+            parse_doc(&config_path, &read_blob(dir, &manifest.config)?, "image config")?;
+        Ok(BaseImage {
+            reference: reference.clone(),
+            layout_dir: Some(dir.clone()),
+            manifest: Some(desc.clone()),
+            config,
+            layers: manifest.layers,
+        })
+    }
+}
+
+/// Splits `DIR[:TAG]`: the tag is what follows the last `:` when it holds no `/`.
+fn split_layout_ref(s: &str) -> (&str, Option<&str>) {
+    match s.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() => (dir, Some(tag)),
+        _ => (s, None),
+    }
+}
+
+fn collect_candidates(
+    dir: &Path,
+    desc: &Descriptor,
+    depth: usize,
+    out: &mut Vec<(Platform, Descriptor)>,
+) -> Result<(), BaseError> {
+    let path = blob_path(dir, &desc.digest);
+    let bytes = read_blob(dir, desc)?;
+    let any: AnyDocument = parse_doc(&path, &bytes, "OCI document")?;
+    let is_index = any.manifests.is_some();
+    if is_index && (any.layers.is_some() || any.config.is_some()) {
+        return Err(BaseError::Ambiguous { path });
+    }
+    let media_type = any.media_type.clone().unwrap_or_else(|| desc.media_type.clone());
+    if is_index || oci::is_index_media_type(&media_type) {
+        let index: Index = parse_doc(&path, &bytes, "image index")?;
+        for child in &index.manifests {
+            if oci::is_index_media_type(&child.media_type) && depth < 4 {
+                collect_candidates(dir, child, depth + 1, out)?;
+            } else if oci::is_manifest_media_type(&child.media_type) {
+                if let Some(p) = &child.platform {
+                    // Attestations and other artifacts are listed as unknown/unknown.
+                    if p.os != "unknown" {
+                        out.push((p.clone(), child.clone()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    } else if oci::is_manifest_media_type(&media_type) {
+        let manifest: Manifest = parse_doc(&path, &bytes, "image manifest")?;
+        let config_path = blob_path(dir, &manifest.config.digest);
+        let config: ImageConfig =
+            parse_doc(&config_path, &read_blob(dir, &manifest.config)?, "image config")?;
+        let mut platform = Platform::new(
+            &config.os,
+            &config.architecture,
+            config.variant.as_deref(),
+        );
+        platform.os_version = config.os_version.clone();
+        out.push((platform, desc.clone()));
+        Ok(())
+    } else {
+        Err(BaseError::UnsupportedMediaType { path, media_type })
+    }
+}
+
+/// The path of a blob in a layout.
+pub fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
+    dir.join("blobs").join("sha256").join(digest.hex())
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, BaseError> {
+    let file = std::fs::File::open(path).map_err(|source| BaseError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut bytes = Vec::new();
+    file.take(MAX_DOCUMENT_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| BaseError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
+        return Err(BaseError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Reads a (small) blob and checks it against its descriptor.
+fn read_blob(dir: &Path, desc: &Descriptor) -> Result<Vec<u8>, BaseError> {
+    let path = blob_path(dir, &desc.digest);
+    if desc.size > MAX_DOCUMENT_SIZE {
+        return Err(BaseError::TooLarge { path });
+    }
+    let bytes = read_bounded(&path)?;
+    let actual = oci::sha256_digest(&bytes);
+    if actual != desc.digest || bytes.len() as u64 != desc.size {
+        return Err(BaseError::DigestMismatch {
+            path,
+            expected: desc.digest.clone(),
+            expected_size: desc.size,
+            actual,
+            actual_size: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
+}
+
+fn parse_doc<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, BaseError> {
+    serde_json::from_slice(bytes).map_err(|source| BaseError::BadDocument {
+        path: path.to_path_buf(),
+        what,
+        source,
+    })
+}
+
+/// Platforms offered by several opened bases, deduplicated in order.
+pub fn platform_names(platforms: &[Platform]) -> String {
+    let mut seen = BTreeMap::new();
+    for p in platforms {
+        seen.entry(p.to_string()).or_insert(());
+    }
+    seen.into_keys().collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_layout_references() {
+        assert_eq!(split_layout_ref("../vendor/base:1.0"), ("../vendor/base", Some("1.0")));
+        assert_eq!(split_layout_ref("base"), ("base", None));
+        assert_eq!(split_layout_ref("C:/x/base"), ("C:/x/base", None));
+    }
+
+    #[test]
+    fn opens_the_example_base() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-arch");
+        let base = OpenedBase::open("oci:base:1.0", &dir).unwrap();
+        assert_eq!(platform_names(&base.platforms()), "linux/amd64, linux/arm64/v8");
+        let img = base.select(&"linux/arm64".parse().unwrap()).unwrap();
+        assert_eq!(img.config.architecture, "arm64");
+        assert_eq!(img.layers.len(), 1);
+        let err = base.select(&"linux/riscv64".parse().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("linux/amd64, linux/arm64/v8"), "{err}");
+        let single = OpenedBase::open("oci:base:1.0-amd64", &dir).unwrap();
+        assert_eq!(platform_names(&single.platforms()), "linux/amd64");
+        let err = OpenedBase::open("oci:base:nope", &dir).unwrap_err();
+        assert!(err.to_string().contains("has no tag `nope`"), "{err}");
+        let err = OpenedBase::open("oci:missing", &dir).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+}

@@ -1,0 +1,329 @@
+//! Drives one build: plan → layers → images → layout. Builds each distinct
+//! layer once, copies base blobs, assembles configs, manifests and the image
+//! index, and commits the layout atomically. Reports through a `Reporter`.
+
+use crate::base::BaseImage;
+use crate::layers::{self, BuiltLayer, Codec, LayerError};
+use crate::layout::{LayoutError, LayoutWriter};
+use crate::oci::{self, ContainerConfig, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform};
+use crate::plan::{ImagePlan, Plan, PlanError};
+use crate::progress::{Event, Reporter};
+use crate::spec::{Location, MediaTypesName, SpecError};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Any error of the library, as the CLI receives it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec file.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// Planning.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// Building a layer.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// Writing the layout.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// Encoding a document.
+    #[error("failed to encode {what}")]
+    Encode {
+        /// Which document.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// Where in the spec the error is, if known.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            Error::Spec(e) => e.location(),
+            Error::Plan(e) => e.location(),
+            _ => None,
+        }
+    }
+
+    /// A hint for the user, if there is one.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            Error::Spec(e) => e.help(),
+            Error::Plan(e) => e.help(),
+            _ => None,
+        }
+    }
+}
+
+/// What a build produced.
+#[derive(Clone, Debug)]
+pub struct BuildOutput {
+    /// The layout folder.
+    pub layout: PathBuf,
+    /// The image index's descriptor.
+    pub index: Descriptor,
+    /// Each platform's manifest digest.
+    pub manifests: Vec<(Platform, Digest)>,
+    /// The tags written to `index.json`.
+    pub tags: Vec<String>,
+}
+
+/// Builds `plan` into the OCI layout at `output`.
+pub fn build(
+    plan: &Plan,
+    output: &Path,
+    threads: usize,
+    reporter: &dyn Reporter,
+) -> Result<BuildOutput, Error> {
+    reporter.report(Event::Planned {
+        images: plan.images.len(),
+        layers: plan.layers.len(),
+    });
+    let docker = plan.media_types == MediaTypesName::Docker;
+    let mut writer = LayoutWriter::create(output)?;
+
+    let mut built: Vec<BuiltLayer> = Vec::with_capacity(plan.layers.len());
+    for node in &plan.layers {
+        reporter.report(Event::LayerStarted {
+            name: &node.name,
+            platforms: &node.platforms,
+        });
+        let (file, tmp) = writer.temp_file()?;
+        let (layer, _file) = layers::build_layer(node, plan.epoch, plan.codec, threads, file)?;
+        writer.add_blob_file(&tmp, &layer.digest)?;
+        reporter.report(Event::LayerFinished {
+            name: &node.name,
+            digest: &layer.digest,
+            size: layer.size,
+            tar_size: layer.tar_size,
+        });
+        built.push(layer);
+    }
+
+    let layer_media_type = if docker {
+        oci::MEDIA_TYPE_DOCKER_LAYER_GZIP.to_string()
+    } else {
+        format!("{}{}", oci::MEDIA_TYPE_LAYER, plan.codec.media_type_suffix())
+    };
+    let mut children = Vec::new();
+    let mut manifests = Vec::new();
+    for image in &plan.images {
+        let mut layer_descs = Vec::new();
+        if let Some(dir) = &image.base.layout_dir {
+            for desc in &image.base.layers {
+                if writer.copy_blob(dir, desc)? {
+                    reporter.report(Event::BaseBlobCopied {
+                        digest: &desc.digest,
+                        size: desc.size,
+                    });
+                }
+                let mut d = desc.clone();
+                d.media_type = convert_layer_media_type(&d.media_type, docker);
+                layer_descs.push(d);
+            }
+        }
+        let mut diff_ids = Vec::new();
+        for &i in &image.layers {
+            let l = &built[i];
+            layer_descs.push(Descriptor::new(layer_media_type.clone(), l.digest.clone(), l.size));
+            diff_ids.push((plan.layers[i].name.as_str(), l.diff_id.clone()));
+        }
+        let config = assemble_config(&image.base, image, &diff_ids, plan.epoch);
+        let config_bytes = oci::to_canonical_json(&config).map_err(|source| Error::Encode {
+            what: "image config",
+            source,
+        })?;
+        let config_mt = if docker { oci::MEDIA_TYPE_DOCKER_CONFIG } else { oci::MEDIA_TYPE_CONFIG };
+        let config_desc = writer.add_blob_bytes(config_mt, &config_bytes)?;
+        let manifest_mt = if docker { oci::MEDIA_TYPE_DOCKER_MANIFEST } else { oci::MEDIA_TYPE_MANIFEST };
+        let mut annotations = image.annotations.clone();
+        if docker {
+            annotations.clear();
+        }
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: Some(manifest_mt.to_string()),
+            artifact_type: None,
+            config: config_desc,
+            layers: layer_descs,
+            subject: None,
+            annotations,
+        };
+        let bytes = oci::to_canonical_json(&manifest).map_err(|source| Error::Encode {
+            what: "image manifest",
+            source,
+        })?;
+        let mut desc = writer.add_blob_bytes(manifest_mt, &bytes)?;
+        desc.platform = Some(output_platform(&image.platform));
+        manifests.push((image.platform.clone(), desc.digest.clone()));
+        children.push(desc);
+    }
+
+    let index_mt = if docker { oci::MEDIA_TYPE_DOCKER_LIST } else { oci::MEDIA_TYPE_INDEX };
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(index_mt.to_string()),
+        artifact_type: None,
+        manifests: children,
+        subject: None,
+        annotations: if docker { BTreeMap::new() } else { plan.index_annotations.clone() },
+    };
+    let bytes = oci::to_canonical_json(&index).map_err(|source| Error::Encode {
+        what: "image index",
+        source,
+    })?;
+    let index_desc = writer.add_blob_bytes(index_mt, &bytes)?;
+    let refs: Vec<(String, Descriptor)> = plan
+        .tags
+        .iter()
+        .map(|t| (t.clone(), index_desc.clone()))
+        .collect();
+    writer.commit(&refs)?;
+    reporter.report(Event::LayoutWritten {
+        path: output,
+        digest: &index_desc.digest,
+    });
+    Ok(BuildOutput {
+        layout: output.to_path_buf(),
+        index: index_desc,
+        manifests,
+        tags: plan.tags.clone(),
+    })
+}
+
+/// The platform object written into the index: the declared platform.
+fn output_platform(p: &Platform) -> Platform {
+    let (os, arch, variant) = p.normalized();
+    let variant = p.variant.clone().or(if variant.is_empty() { None } else { Some(variant) });
+    let mut out = Platform::new(&os, &arch, variant.as_deref());
+    out.os_version = p.os_version.clone();
+    out
+}
+
+fn convert_layer_media_type(mt: &str, docker: bool) -> String {
+    let table = [
+        (oci::MEDIA_TYPE_DOCKER_LAYER_GZIP, "application/vnd.oci.image.layer.v1.tar+gzip"),
+        ("application/vnd.docker.image.rootfs.diff.tar", oci::MEDIA_TYPE_LAYER),
+        (
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        ),
+    ];
+    for (d, o) in table {
+        if docker && mt == o {
+            return d.to_string();
+        }
+        if !docker && mt == d {
+            return o.to_string();
+        }
+    }
+    mt.to_string()
+}
+
+/// The base config with the spec's config merged on, the build epoch as
+/// every time, and one history entry per added layer.
+fn assemble_config(
+    base: &BaseImage,
+    image: &ImagePlan,
+    layers: &[(&str, Digest)],
+    epoch: u64,
+) -> ImageConfig {
+    let created = oci::rfc3339(epoch);
+    let mut config = base.config.clone();
+    let p = output_platform(&image.platform);
+    config.created = Some(created.clone());
+    config.architecture = p.architecture;
+    config.os = p.os;
+    config.variant = p.variant;
+    if p.os_version.is_some() {
+        config.os_version = p.os_version;
+    }
+    config.rootfs.kind = "layers".to_string();
+    let mut cc = config.config.take().unwrap_or_default();
+    merge_container_config(&mut cc, &image.config);
+    config.config = Some(cc);
+    for (name, diff_id) in layers {
+        config.rootfs.diff_ids.push(diff_id.clone());
+        config.history.push(History {
+            created: Some(created.clone()),
+            created_by: Some(format!("imgc build: layer {name}")),
+            author: None,
+            comment: Some("imgc".to_string()),
+            empty_layer: None,
+        });
+    }
+    config
+}
+
+fn merge_container_config(cc: &mut ContainerConfig, spec: &crate::spec::ConfigSection) {
+    let crate::spec::ConfigSection {
+        entrypoint,
+        cmd,
+        env,
+        user,
+        workdir,
+        ports,
+        volumes,
+        labels,
+        stop_signal,
+    } = spec;
+    if let Some(e) = entrypoint {
+        cc.entrypoint = Some(e.clone());
+        // Docker's rule: a new entrypoint without a cmd clears the base's cmd.
+        if cmd.is_none() {
+            cc.cmd = None;
+        }
+    }
+    if let Some(c) = cmd {
+        cc.cmd = Some(c.clone());
+    }
+    if !env.is_empty() {
+        let mut list: Vec<String> = cc.env.take().unwrap_or_default();
+        for (k, v) in env {
+            let item = format!("{k}={v}");
+            match list.iter().position(|e| e.split('=').next() == Some(k.as_str())) {
+                Some(i) => list[i] = item,
+                None => list.push(item),
+            }
+        }
+        cc.env = Some(list);
+    }
+    if let Some(u) = user {
+        cc.user = Some(u.clone());
+    }
+    if let Some(w) = workdir {
+        cc.working_dir = Some(w.clone());
+    }
+    if let Some(ports) = ports {
+        cc.exposed_ports = Some(
+            ports
+                .iter()
+                .map(|p| (p.0.clone(), serde_json::json!({})))
+                .collect(),
+        );
+    }
+    if let Some(v) = volumes {
+        cc.volumes = Some(v.iter().map(|p| (p.clone(), serde_json::json!({}))).collect());
+    }
+    if !labels.is_empty() {
+        let mut l = cc.labels.take().unwrap_or_default();
+        l.extend(labels.clone());
+        cc.labels = Some(l);
+    }
+    if let Some(s) = stop_signal {
+        cc.stop_signal = Some(s.clone());
+    }
+}
+
+/// The number of worker threads to use when none is given.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Whether a codec's layers can be read by Docker 20.10 (for warnings).
+pub fn codec_is_widely_readable(codec: Codec) -> bool {
+    codec != Codec::Zstd
+}

@@ -1,0 +1,384 @@
+//! The command line: clap arguments, one function per command, the only
+//! printer and the only reader of environment variables (`IMGC_THREADS`,
+//! `SOURCE_DATE_EPOCH`). Errors are rendered here once, with their spec
+//! location and a hint.
+
+mod render;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use imgc::oci::Platform;
+use imgc::plan::{self, Plan, PlanOptions};
+use imgc::progress::{Event, Reporter};
+use imgc::spec::SpecFile;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Compose reproducible multi-platform OCI images from a declarative spec.
+#[derive(Parser, Debug)]
+#[command(name = "imgc", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Plan, build and write an OCI image layout.
+    Build(BuildArgs),
+    /// Print the layer graph without building.
+    Plan(PlanArgs),
+    /// Print the JSON Schema of image.toml.
+    Schema,
+}
+
+#[derive(Args, Debug)]
+struct CommonArgs {
+    /// The spec file (image.toml).
+    spec: PathBuf,
+    /// Build only this platform (repeatable), e.g. linux/arm64.
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]", value_parser = parse_platform)]
+    platforms: Vec<Platform>,
+    /// Set a template variable (repeatable), overriding [vars].
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = parse_var)]
+    vars: Vec<(String, String)>,
+    /// The build context (default: the spec file's folder).
+    #[arg(long, value_name = "DIR")]
+    context: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Where to write: oci:DIR (default: ./imgc-out/<name>).
+    #[arg(long, short, value_name = "oci:DIR", value_parser = parse_output)]
+    output: Option<PathBuf>,
+    /// Write the image index digest (sha256:…) to this file.
+    #[arg(long, value_name = "FILE")]
+    digest_file: Option<PathBuf>,
+    /// Worker threads (default: IMGC_THREADS, else the number of cores).
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    jobs: Option<u16>,
+    /// Print only the digest.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+struct PlanArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    s.parse().map_err(|e: imgc::oci::PlatformError| e.to_string())
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+fn parse_output(s: &str) -> Result<PathBuf, String> {
+    match s.strip_prefix("oci:") {
+        Some(dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+        _ => Err(format!(
+            "`{s}` is not a supported output; use oci:DIR (an OCI image layout folder)"
+        )),
+    }
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let result = match cli.command {
+        Command::Build(args) => cmd_build(args),
+        Command::Plan(args) => cmd_plan(args),
+        Command::Schema => {
+            print!("{}", imgc::spec::json_schema());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(failure) => {
+            eprint!("{}", render::render(&failure));
+            failure.exit_code()
+        }
+    }
+}
+
+/// A failure of a command: a library error or a CLI-level one.
+#[derive(Debug)]
+pub enum Failure {
+    /// From the library.
+    Lib(imgc::Error),
+    /// From the CLI itself (environment, output files), exit 1.
+    Cli(String, Option<std::io::Error>),
+    /// A usage problem found after parsing, exit 2.
+    Usage(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl<E: Into<imgc::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Lib(e.into())
+    }
+}
+
+fn env_epoch() -> Result<Option<u64>, Failure> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => v.trim().parse().map(Some).map_err(|_| {
+            Failure::Usage(format!(
+                "SOURCE_DATE_EPOCH `{v}` is not a whole number of seconds since 1970"
+            ))
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+fn threads(jobs: Option<u16>) -> Result<usize, Failure> {
+    if let Some(j) = jobs {
+        return Ok(usize::from(j));
+    }
+    match std::env::var("IMGC_THREADS") {
+        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(Failure::Usage(format!(
+                "IMGC_THREADS `{v}` is not a number of threads from 1 to 1024"
+            ))),
+        },
+        _ => Ok(imgc::build::default_threads()),
+    }
+}
+
+fn load_and_plan(common: &CommonArgs) -> Result<(SpecFile, Plan), Failure> {
+    let file = SpecFile::load(&common.spec)?;
+    let opts = PlanOptions {
+        context: common.context.clone(),
+        platforms: common.platforms.clone(),
+        vars: common.vars.iter().cloned().collect::<BTreeMap<_, _>>(),
+        source_date_epoch: env_epoch()?,
+    };
+    let plan = plan::plan(&file, &opts)?;
+    Ok((file, plan))
+}
+
+fn default_output(file: &SpecFile, plan: &Plan) -> PathBuf {
+    let from_name = plan
+        .name
+        .as_deref()
+        .and_then(|n| n.rsplit('/').next())
+        .map(|n| n.split([':', '@']).next().unwrap_or(n).to_string())
+        .filter(|n| !n.is_empty());
+    let from_dir = || {
+        std::fs::canonicalize(&file.path)
+            .ok()
+            .and_then(|p| p.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()))
+    };
+    let name = from_name.or_else(from_dir).unwrap_or_else(|| "image".to_string());
+    Path::new("imgc-out").join(name)
+}
+
+struct StderrReporter {
+    quiet: bool,
+}
+
+impl Reporter for StderrReporter {
+    fn report(&self, event: Event<'_>) {
+        if self.quiet {
+            if let Event::Warning(w) = event {
+                eprintln!("warning: {w}");
+            }
+            return;
+        }
+        match event {
+            Event::Planned { images, layers } => {
+                eprintln!("planned {images} image(s), {layers} distinct layer(s)")
+            }
+            Event::LayerStarted { .. } => {}
+            Event::LayerFinished {
+                name,
+                digest,
+                size,
+                tar_size,
+            } => eprintln!(
+                "  layer {name:<16} {} {:>10} (tar {})",
+                short(digest.as_str()),
+                human(size),
+                human(tar_size)
+            ),
+            Event::BaseBlobCopied { digest, size } => {
+                eprintln!("  base  {:<16} {} {:>10}", "blob", short(digest.as_str()), human(size))
+            }
+            Event::Warning(w) => eprintln!("warning: {w}"),
+            Event::LayoutWritten { path, digest } => {
+                eprintln!("wrote {} ({})", path.display(), short(digest.as_str()))
+            }
+        }
+    }
+}
+
+fn short(d: &str) -> &str {
+    &d[..d.len().min(19)]
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
+    let threads = threads(args.jobs)?;
+    let (file, plan) = load_and_plan(&args.common)?;
+    let output = args.output.clone().unwrap_or_else(|| default_output(&file, &plan));
+    let reporter = StderrReporter { quiet: args.quiet };
+    let out = imgc::build(&plan, &output, threads, &reporter)?;
+    if let Some(f) = &args.digest_file {
+        write_file(f, out.index.digest.as_str().as_bytes())?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", out.index.digest);
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    std::fs::write(path, bytes)
+        .map_err(|e| Failure::Cli(format!("failed to write `{}`", path.display()), Some(e)))
+}
+
+fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
+    let (_file, plan) = load_and_plan(&args.common)?;
+    let mut stdout = std::io::stdout().lock();
+    let text = match args.format {
+        Format::Json => {
+            let mut s = serde_json::to_string_pretty(&plan_json(&plan)).unwrap_or_default();
+            s.push('\n');
+            s
+        }
+        Format::Text => plan_text(&plan),
+    };
+    let _ = stdout.write_all(text.as_bytes());
+    Ok(())
+}
+
+fn layer_bytes(node: &imgc::plan::LayerNode) -> u64 {
+    node.entries
+        .iter()
+        .map(|e| match &e.kind {
+            imgc::plan::EntryKind::File { size, .. } => *size,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn plan_json(plan: &Plan) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "epoch": plan.epoch,
+        "created": imgc::oci::rfc3339(plan.epoch),
+        "compression": plan.codec.format_id(),
+        "media_types": format!("{:?}", plan.media_types).to_lowercase(),
+        "name": plan.name,
+        "tags": plan.tags,
+        "index_annotations": plan.index_annotations,
+        "layers": plan.layers.iter().map(|l| json!({
+            "key": l.key,
+            "name": l.name,
+            "platforms": l.platforms,
+            "bytes": layer_bytes(l),
+            "entries": l.entries.iter().map(|e| {
+                let (kind, extra) = match &e.kind {
+                    imgc::plan::EntryKind::Dir => ("dir", json!(null)),
+                    imgc::plan::EntryKind::Symlink { target } => ("symlink", json!(target)),
+                    imgc::plan::EntryKind::File { source, size } => ("file", match source {
+                        imgc::plan::FileSource::Context { rel, .. } => json!({"src": rel, "size": size}),
+                        imgc::plan::FileSource::Inline(_) => json!({"inline": true, "size": size}),
+                    }),
+                };
+                json!({"path": format!("/{}", e.path), "kind": kind, "mode": format!("{:04o}", e.mode),
+                       "owner": format!("{}:{}", e.uid, e.gid), "detail": extra})
+            }).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "images": plan.images.iter().map(|i| json!({
+            "platform": i.platform.to_string(),
+            "base": i.base.reference,
+            "base_manifest": i.base.manifest.as_ref().map(|d| d.digest.to_string()),
+            "base_layers": i.base.layers.len(),
+            "layers": i.layers,
+            "annotations": i.annotations,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn plan_text(plan: &Plan) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "epoch {} ({}), layers {}, media types {}\n",
+        plan.epoch,
+        imgc::oci::rfc3339(plan.epoch),
+        plan.codec.format_id(),
+        format!("{:?}", plan.media_types).to_lowercase()
+    ));
+    s.push_str(&format!("tags: {}\n", plan.tags.join(", ")));
+    s.push_str("layers:\n");
+    for (i, l) in plan.layers.iter().enumerate() {
+        s.push_str(&format!(
+            "  [{i}] {:<16} key {}  {} entries, {}  ({})\n",
+            l.name,
+            &l.key[..12],
+            l.entries.len(),
+            human(layer_bytes(l)),
+            l.platforms.join(", ")
+        ));
+    }
+    s.push_str("images:\n");
+    for img in &plan.images {
+        let layers: Vec<String> = img.layers.iter().map(|i| format!("[{i}]")).collect();
+        s.push_str(&format!(
+            "  {:<16} base {} (+{} layers)  layers {}\n",
+            img.platform.to_string(),
+            img.base.reference,
+            img.base.layers.len(),
+            layers.join(" ")
+        ));
+    }
+    s
+}

@@ -1,0 +1,225 @@
+//! Layers: one plan node → a deterministic tar stream → a compressed blob,
+//! hashed while written (diff_id over the tar, digest over the blob, in one
+//! pass). Memory does not grow with layer size: files are streamed, and the
+//! compressor holds a bounded number of blocks.
+//!
+//! It reads the context files the plan names and writes one blob file it is
+//! given; it knows nothing of layouts, manifests or registries.
+
+pub mod compress;
+pub mod tar;
+
+pub use compress::Codec;
+
+use crate::oci::Digest;
+use crate::plan::{Entry, EntryKind, FileSource, LayerNode};
+use compress::Compressor;
+use sha2::{Digest as _, Sha256};
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use tar::{TarHeader, TarKind, TarWriter};
+
+/// Errors building a layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// A context file could not be read.
+    #[error("failed to read `{path}` for layer `{layer}`")]
+    Read {
+        /// The layer.
+        layer: String,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A context file changed between planning and building.
+    #[error("`{path}` changed while layer `{layer}` was being built (it was {planned} bytes when planned)")]
+    Changed {
+        /// The layer.
+        layer: String,
+        /// The file.
+        path: PathBuf,
+        /// Its planned size.
+        planned: u64,
+    },
+    /// Writing the blob failed.
+    #[error("failed to write the blob of layer `{layer}`")]
+    Write {
+        /// The layer.
+        layer: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A built layer blob.
+#[derive(Clone, Debug)]
+pub struct BuiltLayer {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Size of the compressed blob.
+    pub size: u64,
+    /// Size of the uncompressed tar.
+    pub tar_size: u64,
+}
+
+/// Hashes and counts what passes through.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Builds the layer `node` into `out` (a fresh, empty file), returning the
+/// digests and sizes and the file back.
+pub fn build_layer(
+    node: &LayerNode,
+    epoch: u64,
+    codec: Codec,
+    threads: usize,
+    out: File,
+) -> Result<(BuiltLayer, File), LayerError> {
+    let write_err = |source| LayerError::Write {
+        layer: node.name.clone(),
+        source,
+    };
+    let compressor =
+        Compressor::new(codec, threads, BufWriter::with_capacity(1 << 20, out)).map_err(write_err)?;
+    let mut tar = TarWriter::new(HashingWriter {
+        inner: compressor,
+        hasher: Sha256::new(),
+        count: 0,
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    for entry in &node.entries {
+        write_entry(&mut tar, entry, epoch, &node.name, &mut buf)?;
+    }
+    let hashing = tar.finish().map_err(write_err)?;
+    let diff_id = Digest::from_hex(&hex::encode(hashing.hasher.finalize()))
+        .map_err(|e| write_err(io::Error::other(e)))?;
+    let tar_size = hashing.count;
+    let compressed = hashing.inner.finish().map_err(write_err)?;
+    let file = compressed
+        .inner
+        .into_inner()
+        .map_err(|e| write_err(e.into_error()))?;
+    file.sync_all().map_err(write_err)?;
+    let digest = Digest::from_hex(&compressed.sha256_hex).map_err(|e| write_err(io::Error::other(e)))?;
+    Ok((
+        BuiltLayer {
+            digest,
+            diff_id,
+            size: compressed.size,
+            tar_size,
+        },
+        file,
+    ))
+}
+
+fn write_entry<W: Write>(
+    tar: &mut TarWriter<W>,
+    entry: &Entry,
+    epoch: u64,
+    layer: &str,
+    buf: &mut [u8],
+) -> Result<(), LayerError> {
+    let write_err = |source| LayerError::Write {
+        layer: layer.to_string(),
+        source,
+    };
+    let dir_path;
+    let (kind, path, size, link) = match &entry.kind {
+        EntryKind::Dir => {
+            dir_path = format!("{}/", entry.path);
+            (TarKind::Dir, dir_path.as_str(), 0, "")
+        }
+        EntryKind::Symlink { target } => (TarKind::Symlink, entry.path.as_str(), 0, target.as_str()),
+        EntryKind::File { size, .. } => (TarKind::File, entry.path.as_str(), *size, ""),
+    };
+    tar.header(&TarHeader {
+        path,
+        kind,
+        mode: entry.mode,
+        uid: entry.uid,
+        gid: entry.gid,
+        size,
+        mtime: epoch,
+        link,
+    })
+    .map_err(write_err)?;
+    if let EntryKind::File { source, size } = &entry.kind {
+        match source {
+            FileSource::Inline(bytes) => tar.data(bytes).map_err(write_err)?,
+            FileSource::Context { path, .. } => {
+                copy_file(tar, path, *size, layer, buf)?;
+            }
+        }
+        tar.pad(*size).map_err(write_err)?;
+    }
+    Ok(())
+}
+
+/// Streams exactly `size` bytes of a context file, refusing symlinks
+/// (O_NOFOLLOW) and files whose size changed since planning.
+fn copy_file<W: Write>(
+    tar: &mut TarWriter<W>,
+    path: &std::path::Path,
+    size: u64,
+    layer: &str,
+    buf: &mut [u8],
+) -> Result<(), LayerError> {
+    let read_err = |source| LayerError::Read {
+        layer: layer.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let changed = || LayerError::Changed {
+        layer: layer.to_string(),
+        path: path.to_path_buf(),
+        planned: size,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(read_err)?;
+    let md = file.metadata().map_err(read_err)?;
+    if !md.is_file() || md.len() != size {
+        return Err(changed());
+    }
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = file.read(&mut buf[..want]).map_err(read_err)?;
+        if n == 0 {
+            return Err(changed());
+        }
+        tar.data(&buf[..n]).map_err(|source| LayerError::Write {
+            layer: layer.to_string(),
+            source,
+        })?;
+        left -= n as u64;
+    }
+    if file.read(&mut buf[..1]).map_err(read_err)? != 0 {
+        return Err(changed());
+    }
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! The OCI image layout on disk: staged blob writes, the atomic commit of
+//! `index.json` under a lock, and re-verification of blobs already present.
+//!
+//! Everything a build writes goes first into a staging folder beside the
+//! target (same filesystem). Only when the whole build has succeeded are
+//! the blobs renamed into place and `index.json` replaced, so a failed
+//! build leaves an existing layout exactly as it was. A blob already in the
+//! target is re-hashed before it is trusted.
+
+use crate::oci::{self, Descriptor, Digest, Index};
+use sha2::{Digest as _, Sha256};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The `oci-layout` file's content.
+pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Errors writing a layout.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// An I/O error on a named path.
+    #[error("failed to {action} `{path}`")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The output folder exists and is not an OCI layout.
+    #[error("output `{path}` exists and is not an OCI image layout (no `oci-layout` file); refusing to write into it")]
+    NotALayout {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// A copied blob does not match its descriptor.
+    #[error("blob `{path}` does not match its descriptor (expected {expected}, found {actual})")]
+    DigestMismatch {
+        /// The source file.
+        path: PathBuf,
+        /// The expected digest.
+        expected: Digest,
+        /// The digest found.
+        actual: Digest,
+    },
+    /// The existing `index.json` cannot be parsed.
+    #[error("existing `{path}` is not a valid image index")]
+    BadIndex {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> LayoutError {
+    let path = path.to_path_buf();
+    move |source| LayoutError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Writes one build's blobs and index into a layout, atomically.
+#[derive(Debug)]
+pub struct LayoutWriter {
+    target: PathBuf,
+    staging: PathBuf,
+    next_tmp: u64,
+    committed: bool,
+}
+
+impl LayoutWriter {
+    /// Prepares to write the layout at `target` (created if missing).
+    pub fn create(target: &Path) -> Result<Self, LayoutError> {
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "layout".to_string());
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(io_err("create folder", &parent))?;
+        if target.exists() {
+            let is_layout = target.join("oci-layout").is_file();
+            let empty = target.is_dir()
+                && fs::read_dir(target)
+                    .map_err(io_err("read folder", target))?
+                    .next()
+                    .is_none();
+            if !is_layout && !empty {
+                return Err(LayoutError::NotALayout {
+                    path: target.to_path_buf(),
+                });
+            }
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let staging = parent.join(format!(".{name}.imgc-staging-{}-{nanos}", std::process::id()));
+        let blobs = staging.join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).map_err(io_err("create folder", &blobs))?;
+        Ok(LayoutWriter {
+            target: target.to_path_buf(),
+            staging,
+            next_tmp: 0,
+            committed: false,
+        })
+    }
+
+    /// The layout folder this writer commits to.
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// A new empty temporary file in the staging folder.
+    pub fn temp_file(&mut self) -> Result<(File, PathBuf), LayoutError> {
+        self.next_tmp += 1;
+        let path = self.staging.join(format!("tmp-{}", self.next_tmp));
+        let file = File::create(&path).map_err(io_err("create", &path))?;
+        Ok((file, path))
+    }
+
+    fn staged(&self, digest: &Digest) -> PathBuf {
+        self.staging.join("blobs").join("sha256").join(digest.hex())
+    }
+
+    fn in_target(&self, digest: &Digest) -> PathBuf {
+        self.target.join("blobs").join("sha256").join(digest.hex())
+    }
+
+    /// Moves a finished (synced) temporary file into place as blob `digest`.
+    pub fn add_blob_file(&mut self, tmp: &Path, digest: &Digest) -> Result<(), LayoutError> {
+        let dest = self.staged(digest);
+        fs::rename(tmp, &dest).map_err(io_err("move blob into", &dest))
+    }
+
+    /// Writes a blob from bytes and returns its descriptor.
+    pub fn add_blob_bytes(
+        &mut self,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Descriptor, LayoutError> {
+        let digest = oci::sha256_digest(bytes);
+        let (mut file, tmp) = self.temp_file()?;
+        file.write_all(bytes).map_err(io_err("write", &tmp))?;
+        file.sync_all().map_err(io_err("sync", &tmp))?;
+        self.add_blob_file(&tmp, &digest)?;
+        Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
+    }
+
+    /// Copies blob `desc` from the layout at `src_dir`, checking its digest
+    /// while copying. Returns false when the target already holds a verified
+    /// copy (nothing copied).
+    pub fn copy_blob(&mut self, src_dir: &Path, desc: &Descriptor) -> Result<bool, LayoutError> {
+        if self.staged(&desc.digest).exists() || verify_blob(&self.in_target(&desc.digest), &desc.digest) {
+            return Ok(false);
+        }
+        let src = src_dir.join("blobs").join("sha256").join(desc.digest.hex());
+        let mut input = File::open(&src).map_err(io_err("open", &src))?;
+        let (mut out, tmp) = self.temp_file()?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = input.read(&mut buf).map_err(io_err("read", &src))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_err("write", &tmp))?;
+        }
+        let actual = Digest::from_hex(&hex::encode(hasher.finalize()))
+            .map_err(|e| io_err("hash", &src)(io::Error::other(e)))?;
+        if actual != desc.digest {
+            let _ = fs::remove_file(&tmp);
+            return Err(LayoutError::DigestMismatch {
+                path: src,
+                expected: desc.digest.clone(),
+                actual,
+            });
+        }
+        out.sync_all().map_err(io_err("sync", &tmp))?;
+        self.add_blob_file(&tmp, &desc.digest)?;
+        Ok(true)
+    }
+
+    /// Puts every staged blob into the target, then replaces `index.json`
+    /// so that each `(tag, descriptor)` is listed (entries of other tags are
+    /// kept), under an exclusive lock on the layout folder.
+    pub fn commit(mut self, refs: &[(String, Descriptor)]) -> Result<(), LayoutError> {
+        let fresh = !self.target.exists();
+        if fresh {
+            fs::create_dir(&self.target).map_err(io_err("create folder", &self.target))?;
+        }
+        let dir = File::open(&self.target).map_err(io_err("open", &self.target))?;
+        dir.lock().map_err(io_err("lock", &self.target))?;
+        let blobs = self.target.join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).map_err(io_err("create folder", &blobs))?;
+        let staged_dir = self.staging.join("blobs").join("sha256");
+        let mut staged: Vec<_> = fs::read_dir(&staged_dir)
+            .map_err(io_err("read folder", &staged_dir))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
+            .collect();
+        staged.sort();
+        for name in staged {
+            let from = staged_dir.join(&name);
+            let to = blobs.join(&name);
+            let trusted = name
+                .to_str()
+                .and_then(|h| Digest::from_hex(h).ok())
+                .is_some_and(|d| verify_blob(&to, &d));
+            if !trusted {
+                fs::rename(&from, &to).map_err(io_err("move blob into", &to))?;
+            }
+        }
+        sync_dir(&blobs)?;
+        let layout_file = self.target.join("oci-layout");
+        if !layout_file.is_file() {
+            write_atomic(&self.staging, &layout_file, OCI_LAYOUT)?;
+        }
+        let index_path = self.target.join("index.json");
+        let mut index = if !fresh && index_path.is_file() {
+            let bytes = fs::read(&index_path).map_err(io_err("read", &index_path))?;
+            serde_json::from_slice::<Index>(&bytes).map_err(|source| LayoutError::BadIndex {
+                path: index_path.clone(),
+                source,
+            })?
+        } else {
+            Index {
+                schema_version: 2,
+                media_type: Some(oci::MEDIA_TYPE_INDEX.to_string()),
+                artifact_type: None,
+                manifests: Vec::new(),
+                subject: None,
+                annotations: Default::default(),
+            }
+        };
+        let new_tags: Vec<&str> = refs.iter().map(|(t, _)| t.as_str()).collect();
+        index.manifests.retain(|d| {
+            d.annotations
+                .get(oci::ANNOTATION_REF_NAME)
+                .is_none_or(|t| !new_tags.contains(&t.as_str()))
+        });
+        for (tag, desc) in refs {
+            let mut d = desc.clone();
+            d.annotations
+                .insert(oci::ANNOTATION_REF_NAME.to_string(), tag.clone());
+            index.manifests.push(d);
+        }
+        let bytes = oci::to_canonical_json(&index)
+            .map_err(|e| io_err("encode", &index_path)(io::Error::other(e)))?;
+        write_atomic(&self.staging, &index_path, &bytes)?;
+        sync_dir(&self.target)?;
+        self.committed = true;
+        let _ = fs::remove_dir_all(&self.staging);
+        Ok(())
+    }
+}
+
+impl Drop for LayoutWriter {
+    fn drop(&mut self) {
+        // Uncommitted (or committed) staging is never left behind.
+        let _ = fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Whether `path` holds exactly the bytes of `digest`.
+pub fn verify_blob(path: &Path, digest: &Digest) -> bool {
+    let Ok(mut f) = File::open(path) else {
+        return false;
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(_) => return false,
+        }
+    }
+    hex::encode(hasher.finalize()) == digest.hex()
+}
+
+fn write_atomic(staging: &Path, dest: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = staging.join(format!("{name}.new"));
+    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(bytes).map_err(io_err("write", &tmp))?;
+    f.sync_all().map_err(io_err("sync", &tmp))?;
+    fs::rename(&tmp, dest).map_err(io_err("replace", dest))
+}
+
+fn sync_dir(path: &Path) -> Result<(), LayoutError> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync folder", path))
+}

@@ -1,0 +1,534 @@
+//! Expanding one rendered layer spec into its sorted entry list: globs over
+//! the build context (never following a symlink, never leaving the context),
+//! `dst` rules, mode and owner normalization, duplicate detection.
+
+use super::{Entry, EntryKind, FileSource, PlanError};
+use crate::spec::{Location, Mode, Owner};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+/// A file entry after rendering.
+pub(crate) struct FileItem {
+    pub src: Option<String>,
+    pub content: Option<String>,
+    pub dst: String,
+    pub exclude: Vec<String>,
+    pub mode: Option<Mode>,
+    pub dir_mode: Option<Mode>,
+    pub owner: Option<Owner>,
+    pub optional: bool,
+    pub location: Location,
+}
+
+/// A folder entry after rendering.
+pub(crate) struct DirItem {
+    pub path: String,
+    pub mode: Option<Mode>,
+    pub owner: Option<Owner>,
+    pub location: Location,
+}
+
+/// A symlink entry after rendering.
+pub(crate) struct LinkItem {
+    pub path: String,
+    pub target: String,
+    pub owner: Option<Owner>,
+    pub location: Location,
+}
+
+/// Layer-wide defaults.
+pub(crate) struct LayerDefaults {
+    pub owner: Option<Owner>,
+    pub mode: Option<Mode>,
+    pub dir_mode: Option<Mode>,
+}
+
+/// Collects entries by image path, remembering which spec entry made each.
+struct Collector {
+    entries: BTreeMap<String, (Entry, usize)>,
+    origins: Vec<Location>,
+}
+
+impl Collector {
+    fn add(&mut self, entry: Entry, origin: usize) -> Result<(), PlanError> {
+        if let Some((_, first)) = self.entries.get(&entry.path) {
+            if *first == origin {
+                return Ok(());
+            }
+            return Err(PlanError::DuplicateDst {
+                path: format!("/{}", entry.path),
+                first: Box::new(self.origins[*first].clone()),
+                location: Box::new(self.origins[origin].clone()),
+            });
+        }
+        self.entries.insert(entry.path.clone(), (entry, origin));
+        Ok(())
+    }
+}
+
+/// Expands a layer's items into sorted entries.
+pub(crate) fn expand(
+    context: &Path,
+    defaults: &LayerDefaults,
+    files: Vec<FileItem>,
+    dirs: Vec<DirItem>,
+    links: Vec<LinkItem>,
+) -> Result<Vec<Entry>, PlanError> {
+    let mut c = Collector {
+        entries: BTreeMap::new(),
+        origins: Vec::new(),
+    };
+    let owner_of = |o: Option<Owner>| o.or(defaults.owner).unwrap_or(Owner { uid: 0, gid: 0 });
+    for d in dirs {
+        let origin = c.origins.len();
+        c.origins.push(d.location.clone());
+        let path = image_path(&d.path, &d.location, "path")?;
+        let owner = owner_of(d.owner);
+        let mode = d.mode.or(defaults.dir_mode).map_or(0o755, |m| m.0);
+        if path.is_empty() {
+            return Err(PlanError::InvalidImagePath {
+                path: d.path,
+                reason: "the root folder cannot be declared",
+                location: Box::new(d.location),
+            });
+        }
+        c.add(entry(path, EntryKind::Dir, mode, owner), origin)?;
+    }
+    for l in links {
+        let origin = c.origins.len();
+        c.origins.push(l.location.clone());
+        let path = image_path(&l.path, &l.location, "path")?;
+        if l.target.is_empty() || l.target.contains('\0') {
+            return Err(PlanError::InvalidImagePath {
+                path: l.target,
+                reason: "a symlink target must be a non-empty path",
+                location: Box::new(l.location),
+            });
+        }
+        let owner = owner_of(l.owner);
+        c.add(
+            entry(path, EntryKind::Symlink { target: l.target }, 0o777, owner),
+            origin,
+        )?;
+    }
+    for f in files {
+        let origin = c.origins.len();
+        c.origins.push(f.location.clone());
+        expand_file(context, defaults, f, origin, &mut c)?;
+    }
+    Ok(c.entries.into_values().map(|(e, _)| e).collect())
+}
+
+fn entry(path: String, kind: EntryKind, mode: u32, owner: Owner) -> Entry {
+    Entry {
+        path,
+        kind,
+        mode,
+        uid: owner.uid,
+        gid: owner.gid,
+    }
+}
+
+/// Validates an absolute image path and returns it without the leading `/`
+/// and without a trailing `/` (`""` is the root).
+fn image_path(p: &str, location: &Location, key: &'static str) -> Result<String, PlanError> {
+    let bad = |reason| PlanError::InvalidImagePath {
+        path: p.to_string(),
+        reason,
+        location: Box::new(location.clone()),
+    };
+    let Some(rest) = p.strip_prefix('/') else {
+        return Err(bad(if key == "dst" {
+            "`dst` must be an absolute path in the image (start with `/`)"
+        } else {
+            "image paths must be absolute (start with `/`)"
+        }));
+    };
+    if p.contains('\0') {
+        return Err(bad("image paths cannot contain NUL"));
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Ok(String::new());
+    }
+    for part in rest.split('/') {
+        match part {
+            "" => return Err(bad("image paths cannot contain `//`")),
+            "." | ".." => return Err(bad("image paths cannot contain `.` or `..` components")),
+            _ => {}
+        }
+    }
+    Ok(rest.to_string())
+}
+
+fn join_image(base: &str, rel: &str) -> String {
+    match (base.is_empty(), rel.is_empty()) {
+        (true, _) => rel.to_string(),
+        (_, true) => base.to_string(),
+        _ => format!("{base}/{rel}"),
+    }
+}
+
+fn expand_file(
+    context: &Path,
+    defaults: &LayerDefaults,
+    f: FileItem,
+    origin: usize,
+    c: &mut Collector,
+) -> Result<(), PlanError> {
+    let loc = || Box::new(f.location.clone());
+    let owner = f.owner.or(defaults.owner).unwrap_or(Owner { uid: 0, gid: 0 });
+    let file_mode = f.mode.or(defaults.mode);
+    let dir_mode = f.dir_mode.or(defaults.dir_mode).map_or(0o755, |m| m.0);
+    let dst_is_dir = f.dst.ends_with('/');
+    let dst = image_path(&f.dst, &f.location, "dst")?;
+    match (&f.src, &f.content) {
+        (Some(_), Some(_)) => return Err(PlanError::SrcAndContent { location: loc() }),
+        (None, None) => return Err(PlanError::NoSrcNorContent { location: loc() }),
+        (None, Some(content)) => {
+            if dst_is_dir || dst.is_empty() {
+                return Err(PlanError::InvalidImagePath {
+                    path: f.dst.clone(),
+                    reason: "an inline `content` needs a file path as `dst`, not a folder",
+                    location: loc(),
+                });
+            }
+            let bytes = content.clone().into_bytes();
+            let size = bytes.len() as u64;
+            let e = entry(
+                dst,
+                EntryKind::File {
+                    source: FileSource::Inline(bytes),
+                    size,
+                },
+                file_mode.map_or(0o644, |m| m.0),
+                owner,
+            );
+            return c.add(e, origin);
+        }
+        (Some(_), None) => {}
+    }
+    let src = f.src.clone().unwrap_or_default();
+    let rel = context_relative(&src).ok_or_else(|| PlanError::SrcOutsideContext {
+        src: src.clone(),
+        location: loc(),
+    })?;
+    let excludes = build_globset(&f.exclude, &f.location)?;
+    let meta = Meta {
+        owner,
+        file_mode,
+        dir_mode,
+    };
+    let is_glob = src.contains(['*', '?', '[', '{']);
+    if !is_glob {
+        check_no_symlink_ancestors(context, &rel, &src, &f.location)?;
+        let path = context.join(&rel);
+        let md = match std::fs::symlink_metadata(&path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if f.optional {
+                    return Ok(());
+                }
+                return Err(PlanError::SrcNotFound { src, location: loc() });
+            }
+            Err(source) => return Err(PlanError::ReadContext { path, source }),
+        };
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if md.is_dir() {
+            // A folder is copied recursively to `dst`, which names the folder itself.
+            if !dst.is_empty() {
+                c.add(entry(dst.clone(), EntryKind::Dir, dir_mode, owner), origin)?;
+            }
+            walk_into(context, &path, &dst, &excludes, &meta, origin, c, &f.location)?;
+        } else {
+            if dst.is_empty() && !dst_is_dir {
+                return Err(PlanError::InvalidImagePath {
+                    path: f.dst.clone(),
+                    reason: "a file cannot replace the root folder",
+                    location: loc(),
+                });
+            }
+            let target = if dst_is_dir || dst.is_empty() {
+                join_image(&dst, &name)
+            } else {
+                dst
+            };
+            c.add(make_entry(context, &path, target, &md, &meta, &f.location)?, origin)?;
+        }
+        return Ok(());
+    }
+
+    // A glob: walk below its literal prefix, match context-relative paths.
+    if !dst_is_dir {
+        return Err(PlanError::GlobNeedsFolder {
+            src,
+            dst: f.dst.clone(),
+            location: loc(),
+        });
+    }
+    let rel_str = path_str(&rel);
+    let prefix: PathBuf = rel_str
+        .split('/')
+        .take_while(|p| !p.contains(['*', '?', '[', '{']))
+        .collect();
+    let glob = GlobBuilder::new(&rel_str)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map_err(|e| PlanError::BadGlob {
+            glob: src.clone(),
+            message: e.kind().to_string(),
+            location: loc(),
+        })?
+        .compile_matcher();
+    let root = context.join(&prefix);
+    if !prefix.as_os_str().is_empty() {
+        check_no_symlink_ancestors(context, &prefix, &src, &f.location)?;
+        if std::fs::symlink_metadata(&root).map(|m| m.is_symlink()).unwrap_or(false) {
+            return Err(PlanError::SrcThroughSymlink {
+                src,
+                link: path_str(&prefix),
+                location: loc(),
+            });
+        }
+    }
+    let before = c.entries.len();
+    let mut matched_any = false;
+    if root.is_dir() {
+        let mut copy_all: Vec<PathBuf> = Vec::new();
+        let mut walk = walkdir::WalkDir::new(&root)
+            .follow_links(false)
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter();
+        while let Some(item) = walk.next() {
+            let item = item.map_err(|e| walk_error(&root, e))?;
+            let path = item.path();
+            let ctx_rel = relative(context, path)?;
+            let below = relative(&root, path)?;
+            while copy_all.last().is_some_and(|d| !path.starts_with(d)) {
+                copy_all.pop();
+            }
+            let inside_copied = !copy_all.is_empty();
+            if !inside_copied && !glob.is_match(&ctx_rel) {
+                continue;
+            }
+            if excludes.is_match(&below) || excludes.is_match(&ctx_rel) {
+                if item.file_type().is_dir() {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            matched_any = true;
+            let md = item.path().symlink_metadata().map_err(|source| PlanError::ReadContext {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            if md.is_dir() {
+                copy_all.push(path.to_path_buf());
+            }
+            let target = join_image(&dst, &below);
+            c.add(make_entry(context, path, target, &md, &meta, &f.location)?, origin)?;
+        }
+    }
+    if !matched_any && c.entries.len() == before && !f.optional {
+        return Err(PlanError::GlobMatchedNothing { src, location: loc() });
+    }
+    Ok(())
+}
+
+struct Meta {
+    owner: Owner,
+    file_mode: Option<Mode>,
+    dir_mode: u32,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk_into(
+    context: &Path,
+    root: &Path,
+    dst: &str,
+    excludes: &GlobSet,
+    meta: &Meta,
+    origin: usize,
+    c: &mut Collector,
+    location: &Location,
+) -> Result<(), PlanError> {
+    let mut walk = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter();
+    while let Some(item) = walk.next() {
+        let item = item.map_err(|e| walk_error(root, e))?;
+        let below = relative(root, item.path())?;
+        let ctx_rel = relative(context, item.path())?;
+        if excludes.is_match(&below) || excludes.is_match(&ctx_rel) {
+            if item.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            continue;
+        }
+        let md = item.path().symlink_metadata().map_err(|source| PlanError::ReadContext {
+            path: item.path().to_path_buf(),
+            source,
+        })?;
+        let target = join_image(dst, &below);
+        c.add(make_entry(context, item.path(), target, &md, meta, location)?, origin)?;
+    }
+    Ok(())
+}
+
+fn make_entry(
+    context: &Path,
+    path: &Path,
+    target: String,
+    md: &std::fs::Metadata,
+    meta: &Meta,
+    location: &Location,
+) -> Result<Entry, PlanError> {
+    let ft = md.file_type();
+    let owner = meta.owner;
+    if ft.is_symlink() {
+        let link = std::fs::read_link(path).map_err(|source| PlanError::ReadContext {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let target_str = link.to_str().ok_or_else(|| PlanError::NotUtf8 {
+            path: path.to_path_buf(),
+        })?;
+        Ok(entry(
+            target,
+            EntryKind::Symlink {
+                target: target_str.to_string(),
+            },
+            0o777,
+            owner,
+        ))
+    } else if ft.is_dir() {
+        Ok(entry(target, EntryKind::Dir, meta.dir_mode, owner))
+    } else if ft.is_file() {
+        let exec = md.permissions().mode() & 0o111 != 0;
+        let mode = meta
+            .file_mode
+            .map_or(if exec { 0o755 } else { 0o644 }, |m| m.0);
+        let rel = relative(context, path)?;
+        Ok(entry(
+            target,
+            EntryKind::File {
+                source: FileSource::Context {
+                    path: path.to_path_buf(),
+                    rel,
+                },
+                size: md.len(),
+            },
+            mode,
+            owner,
+        ))
+    } else {
+        let kind = if ft.is_fifo() {
+            "a named pipe"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        Err(PlanError::UnsupportedFileType {
+            path: relative(context, path)?,
+            kind,
+            location: Box::new(location.clone()),
+        })
+    }
+}
+
+/// `src` as a normalized relative path, or `None` when it is absolute or
+/// climbs out with `..`.
+fn context_relative(src: &str) -> Option<PathBuf> {
+    if src.is_empty() || src.contains('\0') {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for comp in Path::new(src).components() {
+        match comp {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Errors when any folder between the context and `rel`'s last component is
+/// a symlink: imgc never follows symlinks in the context.
+fn check_no_symlink_ancestors(
+    context: &Path,
+    rel: &Path,
+    src: &str,
+    location: &Location,
+) -> Result<(), PlanError> {
+    let mut cur = context.to_path_buf();
+    let mut shown = PathBuf::new();
+    let parts: Vec<_> = rel.components().collect();
+    for comp in parts.iter().take(parts.len().saturating_sub(1)) {
+        cur.push(comp);
+        shown.push(comp);
+        match std::fs::symlink_metadata(&cur) {
+            Ok(md) if md.is_symlink() => {
+                return Err(PlanError::SrcThroughSymlink {
+                    src: src.to_string(),
+                    link: path_str(&shown),
+                    location: Box::new(location.clone()),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn build_globset(patterns: &[String], location: &Location) -> Result<GlobSet, PlanError> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        let g = GlobBuilder::new(p)
+            .literal_separator(true)
+            .build()
+            .or_else(|_| Glob::new(p))
+            .map_err(|e| PlanError::BadGlob {
+                glob: p.clone(),
+                message: e.kind().to_string(),
+                location: Box::new(location.clone()),
+            })?;
+        b.add(g);
+    }
+    b.build().map_err(|e| PlanError::BadGlob {
+        glob: patterns.join(", "),
+        message: e.to_string(),
+        location: Box::new(location.clone()),
+    })
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().replace('\\', "/")
+}
+
+fn relative(base: &Path, path: &Path) -> Result<String, PlanError> {
+    let rel = path.strip_prefix(base).unwrap_or(path);
+    rel.to_str()
+        .map(|s| s.to_string())
+        .ok_or_else(|| PlanError::NotUtf8 {
+            path: path.to_path_buf(),
+        })
+}
+
+fn walk_error(root: &Path, e: walkdir::Error) -> PlanError {
+    let path = e.path().unwrap_or(root).to_path_buf();
+    let source = e
+        .into_io_error()
+        .unwrap_or_else(|| std::io::Error::other("filesystem loop"));
+    PlanError::ReadContext { path, source }
+}

@@ -1,0 +1,866 @@
+//! The planner: spec + build context + resolved bases → `Plan`, the layer
+//! graph of a build. Everything that decides what the output holds happens
+//! here, once: template rendering, glob expansion, modes and owners, the
+//! build epoch, per-platform overrides, and layer identity (a layer that
+//! renders the same for several platforms is one node, built once).
+//!
+//! It reads the build context and base layouts; it writes nothing.
+
+mod entries;
+pub mod template;
+
+use crate::base::{BaseError, BaseImage, OpenedBase};
+use crate::layers::Codec;
+use crate::oci::{self, Platform};
+use crate::spec::{
+    CompressionName, ConfigSection, LayerSpec, Location, MediaTypesName, Sp, SpecFile,
+};
+use entries::{DirItem, FileItem, LayerDefaults, LinkItem};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use template::{TemplateContext, TemplateFailure};
+
+/// What the caller decides besides the spec.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// The build context; default: the spec file's folder.
+    pub context: Option<PathBuf>,
+    /// Only these platforms (each must be one of the spec's).
+    pub platforms: Vec<Platform>,
+    /// `--var` overrides.
+    pub vars: BTreeMap<String, String>,
+    /// `SOURCE_DATE_EPOCH`, read by the caller.
+    pub source_date_epoch: Option<u64>,
+}
+
+/// The layer graph of one build.
+#[derive(Debug)]
+pub struct Plan {
+    /// The build epoch: every mtime and `created`.
+    pub epoch: u64,
+    /// Layer compression.
+    pub codec: Codec,
+    /// Media type family.
+    pub media_types: MediaTypesName,
+    /// `[image].name`.
+    pub name: Option<String>,
+    /// Rendered tags (at least one).
+    pub tags: Vec<String>,
+    /// Annotations of the image index.
+    pub index_annotations: BTreeMap<String, String>,
+    /// Distinct layers, in first-use order.
+    pub layers: Vec<LayerNode>,
+    /// One image per platform.
+    pub images: Vec<ImagePlan>,
+}
+
+/// One platform's image.
+#[derive(Debug)]
+pub struct ImagePlan {
+    /// The platform, as declared.
+    pub platform: Platform,
+    /// The base for this platform.
+    pub base: BaseImage,
+    /// Indices into `Plan::layers`, in order.
+    pub layers: Vec<usize>,
+    /// The config to merge onto the base's.
+    pub config: ConfigSection,
+    /// Manifest annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One layer to build.
+#[derive(Debug)]
+pub struct LayerNode {
+    /// Identity of the layer's recipe within a build: entries, metadata,
+    /// sources (context-relative paths, inline content hashes), epoch and
+    /// encoder. Equal keys mean equal blobs.
+    pub key: String,
+    /// The `name` of the `[[layers]]` table.
+    pub name: String,
+    /// Sorted entries (parents before children).
+    pub entries: Vec<Entry>,
+    /// Platforms using this layer, as strings.
+    pub platforms: Vec<String>,
+}
+
+/// One entry of a layer's tar.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Path in the image without the leading `/` (`app/server`).
+    pub path: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Permission and special bits.
+    pub mode: u32,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+}
+
+/// The kind of an entry.
+#[derive(Clone, Debug)]
+pub enum EntryKind {
+    /// A regular file.
+    File {
+        /// Where its bytes come from.
+        source: FileSource,
+        /// Its size when planned; a different size at build time is an error.
+        size: u64,
+    },
+    /// A folder.
+    Dir,
+    /// A symbolic link.
+    Symlink {
+        /// The target, verbatim.
+        target: String,
+    },
+}
+
+/// Where a file's bytes come from.
+#[derive(Clone, Debug)]
+pub enum FileSource {
+    /// A file of the build context.
+    Context {
+        /// Its path on disk.
+        path: PathBuf,
+        /// Its path relative to the context.
+        rel: String,
+    },
+    /// Inline `content`.
+    Inline(Vec<u8>),
+}
+
+/// Errors while planning. Each names the offending spec item.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)]
+pub enum PlanError {
+    #[error("undefined template variable `{name}` in {what}")]
+    UndefinedVariable {
+        name: String,
+        what: String,
+        suggestion: Option<String>,
+        location: Option<Box<Location>>,
+    },
+    #[error("invalid template in {what}: {message}")]
+    Template {
+        what: String,
+        message: String,
+        location: Option<Box<Location>>,
+    },
+    #[error("`src` `{src}` is outside the build context (absolute, or uses `..`)")]
+    SrcOutsideContext {
+        src: String,
+        location: Box<Location>,
+    },
+    #[error("`src` `{src}` passes through the symlink `{link}`; imgc never follows symlinks in the build context")]
+    SrcThroughSymlink {
+        src: String,
+        link: String,
+        location: Box<Location>,
+    },
+    #[error("`src` `{src}` does not exist in the build context")]
+    SrcNotFound {
+        src: String,
+        location: Box<Location>,
+    },
+    #[error("glob `{src}` matched nothing in the build context")]
+    GlobMatchedNothing {
+        src: String,
+        location: Box<Location>,
+    },
+    #[error("glob `{src}` needs a folder `dst` ending in `/`, not `{dst}`")]
+    GlobNeedsFolder {
+        src: String,
+        dst: String,
+        location: Box<Location>,
+    },
+    #[error("invalid glob `{glob}`: {message}")]
+    BadGlob {
+        glob: String,
+        message: String,
+        location: Box<Location>,
+    },
+    #[error("a file entry has both `src` and `content`; give one")]
+    SrcAndContent { location: Box<Location> },
+    #[error("a file entry needs `src` or `content`")]
+    NoSrcNorContent { location: Box<Location> },
+    #[error("invalid image path `{path}`: {reason}")]
+    InvalidImagePath {
+        path: String,
+        reason: &'static str,
+        location: Box<Location>,
+    },
+    #[error("two entries of the layer write `{path}` (the other one is at {first})")]
+    DuplicateDst {
+        path: String,
+        first: Box<Location>,
+        location: Box<Location>,
+    },
+    #[error("`{path}` in the build context is {kind}, which images cannot hold")]
+    UnsupportedFileType {
+        path: String,
+        kind: &'static str,
+        location: Box<Location>,
+    },
+    #[error("path `{path}` is not valid UTF-8")]
+    NotUtf8 { path: PathBuf },
+    #[error("failed to read `{path}` in the build context")]
+    ReadContext {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("build context `{path}` is not a readable folder")]
+    Context {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to resolve base `{reference}`")]
+    Base {
+        reference: String,
+        #[source]
+        source: BaseError,
+        location: Option<Box<Location>>,
+    },
+    #[error("platform {platform} is not one of the spec's platforms ({available})")]
+    PlatformNotInSpec { platform: String, available: String },
+    #[error("platform {platform} is listed twice")]
+    DuplicatePlatform {
+        platform: String,
+        location: Option<Box<Location>>,
+    },
+    #[error("no platforms to build: the base is `scratch`, so `[image].platforms` must list them")]
+    NoPlatforms,
+    #[error("invalid tag `{tag}`: tags are 1 to 128 of `A-Za-z0-9_.-`, not starting with `.` or `-`")]
+    InvalidTag {
+        tag: String,
+        location: Option<Box<Location>>,
+    },
+    #[error("`compression = \"{compression}\"` needs OCI media types; `media_types = \"docker\"` supports only gzip")]
+    DockerCompression { compression: &'static str },
+    #[error("invalid {what} `{value}`: {reason}")]
+    InvalidConfig {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("`[platform.\"{platform}\"]` is not one of the spec's platforms ({available})")]
+    OverrideNotBuilt {
+        platform: String,
+        available: String,
+        location: Option<Box<Location>>,
+    },
+}
+
+impl PlanError {
+    /// Where in the spec the error is, if known.
+    pub fn location(&self) -> Option<&Location> {
+        use PlanError::*;
+        match self {
+            UndefinedVariable { location, .. }
+            | Template { location, .. }
+            | Base { location, .. }
+            | DuplicatePlatform { location, .. }
+            | InvalidTag { location, .. }
+            | OverrideNotBuilt { location, .. } => location.as_deref(),
+            SrcOutsideContext { location, .. }
+            | SrcThroughSymlink { location, .. }
+            | SrcNotFound { location, .. }
+            | GlobMatchedNothing { location, .. }
+            | GlobNeedsFolder { location, .. }
+            | BadGlob { location, .. }
+            | SrcAndContent { location }
+            | NoSrcNorContent { location }
+            | InvalidImagePath { location, .. }
+            | DuplicateDst { location, .. }
+            | UnsupportedFileType { location, .. } => Some(location),
+            _ => None,
+        }
+    }
+
+    /// A hint for the user, if there is one.
+    pub fn help(&self) -> Option<String> {
+        use PlanError::*;
+        match self {
+            UndefinedVariable {
+                suggestion: Some(s),
+                ..
+            } => Some(format!("did you mean `{s}`?")),
+            UndefinedVariable { name, .. } if name.starts_with("vars.") => Some(format!(
+                "define it under [vars] or pass `--var {}=VALUE`",
+                &name[5..]
+            )),
+            UndefinedVariable { name, .. } if name.starts_with("platform.") => Some(
+                "`platform.*` exists only in per-platform values, not in tags, the base or index annotations".into(),
+            ),
+            UndefinedVariable { .. } => Some(
+                "templates see only `vars.*` and `platform.*` (os, arch, variant, string); the environment is not visible".into(),
+            ),
+            GlobMatchedNothing { .. } | SrcNotFound { .. } => {
+                Some("paths are relative to the build context; add `optional = true` to allow no match".into())
+            }
+            SrcThroughSymlink { .. } => Some("name the folder the symlink points to instead".into()),
+            DuplicateDst { .. } => Some("each path may be written once per layer; put overrides in a later layer".into()),
+            _ => None,
+        }
+    }
+}
+
+/// Renders a spanned template string, naming it in errors.
+struct Renderer<'a> {
+    file: &'a SpecFile,
+}
+
+impl Renderer<'_> {
+    fn sp(&self, ctx: &TemplateContext, s: &Sp<String>, what: &str) -> Result<String, PlanError> {
+        self.render(ctx, &s.value, what, Some(&s.span))
+    }
+
+    fn render(
+        &self,
+        ctx: &TemplateContext,
+        text: &str,
+        what: &str,
+        span: Option<&std::ops::Range<usize>>,
+    ) -> Result<String, PlanError> {
+        let location = span.map(|s| Box::new(self.file.locate(s)));
+        ctx.render(text).map_err(|f| match f {
+            TemplateFailure::Undefined { name, suggestion } => PlanError::UndefinedVariable {
+                name,
+                what: what.to_string(),
+                suggestion,
+                location,
+            },
+            TemplateFailure::Other(message) => PlanError::Template {
+                what: what.to_string(),
+                message,
+                location,
+            },
+        })
+    }
+
+    fn strings(
+        &self,
+        ctx: &TemplateContext,
+        v: &Option<Vec<String>>,
+        what: &str,
+    ) -> Result<Option<Vec<String>>, PlanError> {
+        v.as_ref()
+            .map(|items| items.iter().map(|s| self.render(ctx, s, what, None)).collect())
+            .transpose()
+    }
+
+    fn opt(
+        &self,
+        ctx: &TemplateContext,
+        v: &Option<String>,
+        what: &str,
+    ) -> Result<Option<String>, PlanError> {
+        v.as_ref().map(|s| self.render(ctx, s, what, None)).transpose()
+    }
+
+    fn map(
+        &self,
+        ctx: &TemplateContext,
+        m: &BTreeMap<String, String>,
+        what: &str,
+    ) -> Result<BTreeMap<String, String>, PlanError> {
+        m.iter()
+            .map(|(k, v)| Ok((k.clone(), self.render(ctx, v, &format!("{what}.{k}"), None)?)))
+            .collect()
+    }
+
+    fn spanned_map(
+        &self,
+        ctx: &TemplateContext,
+        m: &BTreeMap<String, Sp<String>>,
+        what: &str,
+    ) -> Result<BTreeMap<String, String>, PlanError> {
+        m.iter()
+            .map(|(k, v)| Ok((k.clone(), self.sp(ctx, v, &format!("{what}.\"{k}\""))?)))
+            .collect()
+    }
+}
+
+/// Plans a build.
+pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
+    let spec = &file.spec;
+    let spec_dir = file
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let spec_dir = if spec_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        spec_dir
+    };
+    let context_in = opts.context.clone().unwrap_or_else(|| spec_dir.clone());
+    let context = std::fs::canonicalize(&context_in).map_err(|source| PlanError::Context {
+        path: context_in.clone(),
+        source,
+    })?;
+    if !context.is_dir() {
+        return Err(PlanError::Context {
+            path: context_in,
+            source: std::io::Error::other("not a folder"),
+        });
+    }
+    let r = Renderer { file };
+    let mut vars = spec.vars.clone();
+    vars.extend(opts.vars.clone());
+    let global = TemplateContext::new(vars);
+
+    let epoch = opts
+        .source_date_epoch
+        .or(spec.image.epoch)
+        .unwrap_or(0);
+    let codec = match spec.image.compression.unwrap_or(CompressionName::Gzip) {
+        CompressionName::Gzip => Codec::Gzip,
+        CompressionName::Zstd => Codec::Zstd,
+        CompressionName::None => Codec::None,
+    };
+    let media_types = spec.image.media_types.unwrap_or(MediaTypesName::Oci);
+    if media_types == MediaTypesName::Docker && codec != Codec::Gzip {
+        return Err(PlanError::DockerCompression {
+            compression: if codec == Codec::Zstd { "zstd" } else { "none" },
+        });
+    }
+
+    // Bases are opened once per reference.
+    let mut bases: BTreeMap<String, OpenedBase> = BTreeMap::new();
+    let (default_base, default_base_loc) = match &spec.image.base {
+        Some(b) => (
+            r.sp(&global, b, "`[image].base`")?,
+            Some(Box::new(file.locate(&b.span))),
+        ),
+        None => ("scratch".to_string(), None),
+    };
+
+    // Platforms: declared, else the default base's.
+    let mut platforms: Vec<(Platform, Option<Box<Location>>)> = Vec::new();
+    match &spec.image.platforms {
+        Some(list) => {
+            for p in list {
+                let loc = Some(Box::new(file.locate(&p.span)));
+                if platforms.iter().any(|(q, _)| q.matches(&p.value.0)) {
+                    return Err(PlanError::DuplicatePlatform {
+                        platform: p.value.0.to_string(),
+                        location: loc,
+                    });
+                }
+                platforms.push((p.value.0.clone(), loc));
+            }
+        }
+        None => {
+            let opened = open_base(&mut bases, &spec_dir, &default_base, default_base_loc.clone())?;
+            for p in opened.platforms() {
+                platforms.push((p, None));
+            }
+        }
+    }
+    if platforms.is_empty() {
+        return Err(PlanError::NoPlatforms);
+    }
+    let available = || {
+        platforms
+            .iter()
+            .map(|(p, _)| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (key, ov) in &spec.platform {
+        if !platforms.iter().any(|(p, _)| p.matches(&key.0)) {
+            return Err(PlanError::OverrideNotBuilt {
+                platform: key.0.to_string(),
+                available: available(),
+                location: Some(Box::new(file.locate(&ov.span))),
+            });
+        }
+    }
+    for want in &opts.platforms {
+        if !platforms.iter().any(|(p, _)| p.matches(want)) {
+            return Err(PlanError::PlatformNotInSpec {
+                platform: want.to_string(),
+                available: available(),
+            });
+        }
+    }
+    if !opts.platforms.is_empty() {
+        platforms.retain(|(p, _)| opts.platforms.iter().any(|w| w.matches(p)));
+    }
+
+    let mut layers: Vec<LayerNode> = Vec::new();
+    let mut images = Vec::new();
+    for (platform, _) in &platforms {
+        let ctx = global.with_platform(platform);
+        let ov = spec
+            .platform
+            .iter()
+            .find(|(k, _)| k.0.matches(platform))
+            .map(|(_, v)| &v.value);
+        let (base_ref, base_loc) = match ov.and_then(|o| o.base.as_ref()) {
+            Some(b) => (
+                r.sp(&ctx, b, &format!("`[platform.\"{platform}\"].base`"))?,
+                Some(Box::new(file.locate(&b.span))),
+            ),
+            None => (
+                r.sp(&ctx, spec.image.base.as_ref().unwrap_or(&Sp { value: "scratch".into(), span: 0..0 }), "`[image].base`")?,
+                default_base_loc.clone(),
+            ),
+        };
+        let base = open_base(&mut bases, &spec_dir, &base_ref, base_loc.clone())?
+            .select(platform)
+            .map_err(|source| PlanError::Base {
+                reference: base_ref.clone(),
+                source,
+                location: base_loc.clone(),
+            })?;
+
+        let mut layer_ids = Vec::new();
+        let specs = spec
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("layers[{i}]"), l))
+            .chain(ov.into_iter().flat_map(|o| {
+                o.layers.iter().enumerate().map(move |(i, l)| {
+                    (format!("platform.\"{platform}\".layers[{i}]"), l)
+                })
+            }));
+        for (what, layer) in specs {
+            if let Some(only) = &layer.value.platforms {
+                if !only.iter().any(|p| p.0.matches(platform)) {
+                    continue;
+                }
+            }
+            let entries = expand_layer(&r, &ctx, &context, &layer.value, &what)?;
+            let key = layer_key(&layer.value.name, &entries, epoch, codec);
+            let id = match layers.iter().position(|l| l.key == key) {
+                Some(id) => id,
+                None => {
+                    layers.push(LayerNode {
+                        key,
+                        name: layer.value.name.clone(),
+                        entries,
+                        platforms: Vec::new(),
+                    });
+                    layers.len() - 1
+                }
+            };
+            layers[id].platforms.push(platform.to_string());
+            layer_ids.push(id);
+        }
+
+        let config = merge_config(&r, &ctx, &spec.config, ov.and_then(|o| o.config.as_ref()))?;
+        let mut annotations = r.spanned_map(&ctx, &spec.annotations, "annotations")?;
+        if let Some(o) = ov {
+            annotations.extend(r.spanned_map(
+                &ctx,
+                &o.annotations,
+                &format!("platform.\"{platform}\".annotations"),
+            )?);
+        }
+        annotations
+            .entry(oci::ANNOTATION_CREATED.to_string())
+            .or_insert_with(|| oci::rfc3339(epoch));
+        images.push(ImagePlan {
+            platform: platform.clone(),
+            base,
+            layers: layer_ids,
+            config,
+            annotations,
+        });
+    }
+
+    let mut tags = Vec::new();
+    for t in &spec.image.tags {
+        let tag = r.sp(&global, t, "`[image].tags`")?;
+        if !valid_tag(&tag) {
+            return Err(PlanError::InvalidTag {
+                tag,
+                location: Some(Box::new(file.locate(&t.span))),
+            });
+        }
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    if tags.is_empty() {
+        tags.push("latest".to_string());
+    }
+    let mut index_annotations = r.spanned_map(&global, &spec.annotations, "annotations")?;
+    index_annotations.extend(r.spanned_map(&global, &spec.index_annotations, "index_annotations")?);
+    index_annotations
+        .entry(oci::ANNOTATION_CREATED.to_string())
+        .or_insert_with(|| oci::rfc3339(epoch));
+    let name = spec
+        .image
+        .name
+        .as_ref()
+        .map(|n| r.sp(&global, n, "`[image].name`"))
+        .transpose()?;
+
+    Ok(Plan {
+        epoch,
+        codec,
+        media_types,
+        name,
+        tags,
+        index_annotations,
+        layers,
+        images,
+    })
+}
+
+/// Opens a base reference once per build.
+fn open_base<'a>(
+    bases: &'a mut BTreeMap<String, OpenedBase>,
+    spec_dir: &Path,
+    reference: &str,
+    location: Option<Box<Location>>,
+) -> Result<&'a OpenedBase, PlanError> {
+    if !bases.contains_key(reference) {
+        let opened = OpenedBase::open(reference, spec_dir).map_err(|source| PlanError::Base {
+            reference: reference.to_string(),
+            source,
+            location,
+        })?;
+        bases.insert(reference.to_string(), opened);
+    }
+    Ok(&bases[reference])
+}
+
+fn expand_layer(
+    r: &Renderer,
+    ctx: &TemplateContext,
+    context: &Path,
+    layer: &LayerSpec,
+    what: &str,
+) -> Result<Vec<Entry>, PlanError> {
+    // Destructured without `..`: a new key cannot be silently ignored.
+    let LayerSpec {
+        name: _,
+        platforms: _,
+        defaults,
+        files,
+        dirs,
+        symlinks,
+    } = layer;
+    let defaults = LayerDefaults {
+        owner: defaults.owner,
+        mode: defaults.mode,
+        dir_mode: defaults.dir_mode,
+    };
+    let mut file_items = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let w = format!("{what}.files[{i}]");
+        let crate::spec::FileEntry {
+            src,
+            content,
+            dst,
+            exclude,
+            mode,
+            dir_mode,
+            owner,
+            optional,
+        } = &f.value;
+        file_items.push(FileItem {
+            src: src
+                .as_ref()
+                .map(|s| r.sp(ctx, s, &format!("{w}.src")))
+                .transpose()?,
+            content: content
+                .as_ref()
+                .map(|s| r.sp(ctx, s, &format!("{w}.content")))
+                .transpose()?,
+            dst: r.sp(ctx, dst, &format!("{w}.dst"))?,
+            exclude: exclude
+                .iter()
+                .map(|e| r.render(ctx, e, &format!("{w}.exclude"), Some(&f.span)))
+                .collect::<Result<_, _>>()?,
+            mode: *mode,
+            dir_mode: *dir_mode,
+            owner: *owner,
+            optional: *optional,
+            location: r.file.locate(&f.span),
+        });
+    }
+    let mut dir_items = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let crate::spec::DirEntry { path, mode, owner } = &d.value;
+        dir_items.push(DirItem {
+            path: r.sp(ctx, path, &format!("{what}.dirs[{i}].path"))?,
+            mode: *mode,
+            owner: *owner,
+            location: r.file.locate(&d.span),
+        });
+    }
+    let mut link_items = Vec::new();
+    for (i, l) in symlinks.iter().enumerate() {
+        let crate::spec::SymlinkEntry {
+            path,
+            target,
+            owner,
+        } = &l.value;
+        link_items.push(LinkItem {
+            path: r.sp(ctx, path, &format!("{what}.symlinks[{i}].path"))?,
+            target: r.sp(ctx, target, &format!("{what}.symlinks[{i}].target"))?,
+            owner: *owner,
+            location: r.file.locate(&l.span),
+        });
+    }
+    entries::expand(context, &defaults, file_items, dir_items, link_items)
+}
+
+/// Merges `[config]` with a platform's `config` (the platform wins; `env`
+/// and `labels` merge by key) and renders every string.
+fn merge_config(
+    r: &Renderer,
+    ctx: &TemplateContext,
+    global: &ConfigSection,
+    over: Option<&ConfigSection>,
+) -> Result<ConfigSection, PlanError> {
+    let mut c = global.clone();
+    if let Some(o) = over {
+        let ConfigSection {
+            entrypoint,
+            cmd,
+            env,
+            user,
+            workdir,
+            ports,
+            volumes,
+            labels,
+            stop_signal,
+        } = o.clone();
+        if entrypoint.is_some() {
+            c.entrypoint = entrypoint;
+        }
+        if cmd.is_some() {
+            c.cmd = cmd;
+        }
+        c.env.extend(env);
+        if user.is_some() {
+            c.user = user;
+        }
+        if workdir.is_some() {
+            c.workdir = workdir;
+        }
+        if ports.is_some() {
+            c.ports = ports;
+        }
+        if volumes.is_some() {
+            c.volumes = volumes;
+        }
+        c.labels.extend(labels);
+        if stop_signal.is_some() {
+            c.stop_signal = stop_signal;
+        }
+    }
+    for key in c.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(PlanError::InvalidConfig {
+                what: "env key",
+                value: key.clone(),
+                reason: "environment variable names must be non-empty and cannot contain `=`",
+            });
+        }
+    }
+    let rendered = ConfigSection {
+        entrypoint: r.strings(ctx, &c.entrypoint, "config.entrypoint")?,
+        cmd: r.strings(ctx, &c.cmd, "config.cmd")?,
+        env: r.map(ctx, &c.env, "config.env")?,
+        user: r.opt(ctx, &c.user, "config.user")?,
+        workdir: r.opt(ctx, &c.workdir, "config.workdir")?,
+        ports: c.ports,
+        volumes: r.strings(ctx, &c.volumes, "config.volumes")?,
+        labels: r.map(ctx, &c.labels, "config.labels")?,
+        stop_signal: r.opt(ctx, &c.stop_signal, "config.stop_signal")?,
+    };
+    if let Some(w) = &rendered.workdir {
+        if !w.starts_with('/') {
+            return Err(PlanError::InvalidConfig {
+                what: "config.workdir",
+                value: w.clone(),
+                reason: "the working folder must be an absolute path",
+            });
+        }
+    }
+    for v in rendered.volumes.iter().flatten() {
+        if !v.starts_with('/') {
+            return Err(PlanError::InvalidConfig {
+                what: "config.volumes entry",
+                value: v.clone(),
+                reason: "volumes must be absolute paths",
+            });
+        }
+    }
+    Ok(rendered)
+}
+
+/// Tag grammar of the distribution spec: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+#[derive(Serialize)]
+struct KeyEntry<'a> {
+    path: &'a str,
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    source: String,
+}
+
+fn layer_key(name: &str, entries: &[Entry], epoch: u64, codec: Codec) -> String {
+    let items: Vec<KeyEntry> = entries
+        .iter()
+        .map(|e| {
+            let (kind, size, source) = match &e.kind {
+                EntryKind::Dir => ("dir", 0, String::new()),
+                EntryKind::Symlink { target } => ("symlink", 0, target.clone()),
+                EntryKind::File { source, size } => (
+                    "file",
+                    *size,
+                    match source {
+                        FileSource::Context { rel, .. } => format!("context:{rel}"),
+                        FileSource::Inline(b) => {
+                            format!("inline:{}", hex::encode(Sha256::digest(b)))
+                        }
+                    },
+                ),
+            };
+            KeyEntry {
+                path: &e.path,
+                kind,
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                size,
+                source,
+            }
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "name": name,
+        "epoch": epoch,
+        "codec": codec.format_id(),
+        "entries": items,
+    });
+    let bytes = oci::to_canonical_json(&doc).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}

@@ -1,0 +1,66 @@
+//! The `Reporter` trait: how the library tells the outside world what it is
+//! doing. The library never prints; the CLI implements this trait and
+//! decides how (and whether) to show each event.
+
+use crate::oci::Digest;
+use std::path::Path;
+
+/// Something worth telling the user while building.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The plan is ready.
+    Planned {
+        /// Images (platforms) to assemble.
+        images: usize,
+        /// Distinct layers to build.
+        layers: usize,
+    },
+    /// A layer is being built.
+    LayerStarted {
+        /// The layer's name.
+        name: &'a str,
+        /// The platforms that use it, as strings.
+        platforms: &'a [String],
+    },
+    /// A layer was built.
+    LayerFinished {
+        /// The layer's name.
+        name: &'a str,
+        /// The compressed blob's digest.
+        digest: &'a Digest,
+        /// Compressed size.
+        size: u64,
+        /// Uncompressed tar size.
+        tar_size: u64,
+    },
+    /// A base image blob was copied into the output layout.
+    BaseBlobCopied {
+        /// Its digest.
+        digest: &'a Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// Something the user should know, which does not stop the build.
+    Warning(&'a str),
+    /// The layout was written.
+    LayoutWritten {
+        /// Where.
+        path: &'a Path,
+        /// The image index digest.
+        digest: &'a Digest,
+    },
+}
+
+/// Receives events; implementations must be cheap and must not fail.
+pub trait Reporter: Send + Sync {
+    /// Called for each event, from any thread.
+    fn report(&self, event: Event<'_>);
+}
+
+/// A reporter that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullReporter;
+
+impl Reporter for NullReporter {
+    fn report(&self, _: Event<'_>) {}
+}
