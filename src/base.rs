@@ -7,9 +7,7 @@
 //! Registry references arrive with the registry issue; until then they are
 //! an error that says so.
 
-use crate::oci::{
-    self, AnyDocument, Descriptor, Digest, ImageConfig, Index, Manifest, Platform,
-};
+use crate::oci::{self, AnyDocument, Descriptor, Digest, ImageConfig, Index, Manifest, Platform};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -79,7 +77,9 @@ pub enum BaseError {
         available: String,
     },
     /// No tag was given and the layout holds several images.
-    #[error("base layout `{dir}` holds several images; name one with `oci:DIR:TAG` (tags: {available})")]
+    #[error(
+        "base layout `{dir}` holds several images; name one with `oci:DIR:TAG` (tags: {available})"
+    )]
     AmbiguousTag {
         /// The layout folder.
         dir: PathBuf,
@@ -111,7 +111,9 @@ pub enum BaseError {
         path: PathBuf,
     },
     /// A registry reference (not supported yet).
-    #[error("base `{reference}` is a registry reference; pulling from registries is not supported yet")]
+    #[error(
+        "base `{reference}` is a registry reference; pulling from registries is not supported yet"
+    )]
     RegistryUnsupported {
         /// The reference.
         reference: String,
@@ -266,8 +268,11 @@ impl OpenedBase {
         let path = blob_path(dir, &desc.digest);
         let manifest: Manifest = parse_doc(&path, &read_blob(dir, desc)?, "image manifest")?;
         let config_path = blob_path(dir, &manifest.config.digest);
-        let config: ImageConfig =
-            parse_doc(&config_path, &read_blob(dir, &manifest.config)?, "image config")?;
+        let config: ImageConfig = parse_doc(
+            &config_path,
+            &read_blob(dir, &manifest.config)?,
+            "image config",
+        )?;
         Ok(BaseImage {
             reference: reference.clone(),
             layout_dir: Some(dir.clone()),
@@ -299,7 +304,10 @@ fn collect_candidates(
     if is_index && (any.layers.is_some() || any.config.is_some()) {
         return Err(BaseError::Ambiguous { path });
     }
-    let media_type = any.media_type.clone().unwrap_or_else(|| desc.media_type.clone());
+    let media_type = any
+        .media_type
+        .clone()
+        .unwrap_or_else(|| desc.media_type.clone());
     if is_index || oci::is_index_media_type(&media_type) {
         let index: Index = parse_doc(&path, &bytes, "image index")?;
         for child in &index.manifests {
@@ -318,13 +326,13 @@ fn collect_candidates(
     } else if oci::is_manifest_media_type(&media_type) {
         let manifest: Manifest = parse_doc(&path, &bytes, "image manifest")?;
         let config_path = blob_path(dir, &manifest.config.digest);
-        let config: ImageConfig =
-            parse_doc(&config_path, &read_blob(dir, &manifest.config)?, "image config")?;
-        let mut platform = Platform::new(
-            &config.os,
-            &config.architecture,
-            config.variant.as_deref(),
-        );
+        let config: ImageConfig = parse_doc(
+            &config_path,
+            &read_blob(dir, &manifest.config)?,
+            "image config",
+        )?;
+        let mut platform =
+            Platform::new(&config.os, &config.architecture, config.variant.as_deref());
         platform.os_version = config.os_version.clone();
         out.push((platform, desc.clone()));
         Ok(())
@@ -405,7 +413,10 @@ mod tests {
 
     #[test]
     fn splits_layout_references() {
-        assert_eq!(split_layout_ref("../vendor/base:1.0"), ("../vendor/base", Some("1.0")));
+        assert_eq!(
+            split_layout_ref("../vendor/base:1.0"),
+            ("../vendor/base", Some("1.0"))
+        );
         assert_eq!(split_layout_ref("base"), ("base", None));
         assert_eq!(split_layout_ref("C:/x/base"), ("C:/x/base", None));
     }
@@ -414,12 +425,18 @@ mod tests {
     fn opens_the_example_base() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-arch");
         let base = OpenedBase::open("oci:base:1.0", &dir).unwrap();
-        assert_eq!(platform_names(&base.platforms()), "linux/amd64, linux/arm64/v8");
+        assert_eq!(
+            platform_names(&base.platforms()),
+            "linux/amd64, linux/arm64/v8"
+        );
         let img = base.select(&"linux/arm64".parse().unwrap()).unwrap();
         assert_eq!(img.config.architecture, "arm64");
         assert_eq!(img.layers.len(), 1);
         let err = base.select(&"linux/riscv64".parse().unwrap()).unwrap_err();
-        assert!(err.to_string().contains("linux/amd64, linux/arm64/v8"), "{err}");
+        assert!(
+            err.to_string().contains("linux/amd64, linux/arm64/v8"),
+            "{err}"
+        );
         let single = OpenedBase::open("oci:base:1.0-amd64", &dir).unwrap();
         assert_eq!(platform_names(&single.platforms()), "linux/amd64");
         let err = OpenedBase::open("oci:base:nope", &dir).unwrap_err();

@@ -5,7 +5,9 @@
 use crate::base::BaseImage;
 use crate::layers::{self, BuiltLayer, Codec, LayerError};
 use crate::layout::{LayoutError, LayoutWriter};
-use crate::oci::{self, ContainerConfig, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform};
+use crate::oci::{
+    self, ContainerConfig, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform,
+};
 use crate::plan::{ImagePlan, Plan, PlanError};
 use crate::progress::{Event, Reporter};
 use crate::spec::{Location, MediaTypesName, SpecError};
@@ -106,7 +108,11 @@ pub fn build(
     let layer_media_type = if docker {
         oci::MEDIA_TYPE_DOCKER_LAYER_GZIP.to_string()
     } else {
-        format!("{}{}", oci::MEDIA_TYPE_LAYER, plan.codec.media_type_suffix())
+        format!(
+            "{}{}",
+            oci::MEDIA_TYPE_LAYER,
+            plan.codec.media_type_suffix()
+        )
     };
     let mut children = Vec::new();
     let mut manifests = Vec::new();
@@ -128,7 +134,11 @@ pub fn build(
         let mut diff_ids = Vec::new();
         for &i in &image.layers {
             let l = &built[i];
-            layer_descs.push(Descriptor::new(layer_media_type.clone(), l.digest.clone(), l.size));
+            layer_descs.push(Descriptor::new(
+                layer_media_type.clone(),
+                l.digest.clone(),
+                l.size,
+            ));
             diff_ids.push((plan.layers[i].name.as_str(), l.diff_id.clone()));
         }
         let config = assemble_config(&image.base, image, &diff_ids, plan.epoch);
@@ -136,9 +146,17 @@ pub fn build(
             what: "image config",
             source,
         })?;
-        let config_mt = if docker { oci::MEDIA_TYPE_DOCKER_CONFIG } else { oci::MEDIA_TYPE_CONFIG };
+        let config_mt = if docker {
+            oci::MEDIA_TYPE_DOCKER_CONFIG
+        } else {
+            oci::MEDIA_TYPE_CONFIG
+        };
         let config_desc = writer.add_blob_bytes(config_mt, &config_bytes)?;
-        let manifest_mt = if docker { oci::MEDIA_TYPE_DOCKER_MANIFEST } else { oci::MEDIA_TYPE_MANIFEST };
+        let manifest_mt = if docker {
+            oci::MEDIA_TYPE_DOCKER_MANIFEST
+        } else {
+            oci::MEDIA_TYPE_MANIFEST
+        };
         let mut annotations = image.annotations.clone();
         if docker {
             annotations.clear();
@@ -162,14 +180,22 @@ pub fn build(
         children.push(desc);
     }
 
-    let index_mt = if docker { oci::MEDIA_TYPE_DOCKER_LIST } else { oci::MEDIA_TYPE_INDEX };
+    let index_mt = if docker {
+        oci::MEDIA_TYPE_DOCKER_LIST
+    } else {
+        oci::MEDIA_TYPE_INDEX
+    };
     let index = Index {
         schema_version: 2,
         media_type: Some(index_mt.to_string()),
         artifact_type: None,
         manifests: children,
         subject: None,
-        annotations: if docker { BTreeMap::new() } else { plan.index_annotations.clone() },
+        annotations: if docker {
+            BTreeMap::new()
+        } else {
+            plan.index_annotations.clone()
+        },
     };
     let bytes = oci::to_canonical_json(&index).map_err(|source| Error::Encode {
         what: "image index",
@@ -197,7 +223,11 @@ pub fn build(
 /// The platform object written into the index: the declared platform.
 fn output_platform(p: &Platform) -> Platform {
     let (os, arch, variant) = p.normalized();
-    let variant = p.variant.clone().or(if variant.is_empty() { None } else { Some(variant) });
+    let variant = p.variant.clone().or(if variant.is_empty() {
+        None
+    } else {
+        Some(variant)
+    });
     let mut out = Platform::new(&os, &arch, variant.as_deref());
     out.os_version = p.os_version.clone();
     out
@@ -205,8 +235,14 @@ fn output_platform(p: &Platform) -> Platform {
 
 fn convert_layer_media_type(mt: &str, docker: bool) -> String {
     let table = [
-        (oci::MEDIA_TYPE_DOCKER_LAYER_GZIP, "application/vnd.oci.image.layer.v1.tar+gzip"),
-        ("application/vnd.docker.image.rootfs.diff.tar", oci::MEDIA_TYPE_LAYER),
+        (
+            oci::MEDIA_TYPE_DOCKER_LAYER_GZIP,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+        (
+            "application/vnd.docker.image.rootfs.diff.tar",
+            oci::MEDIA_TYPE_LAYER,
+        ),
         (
             "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
@@ -284,7 +320,10 @@ fn merge_container_config(cc: &mut ContainerConfig, spec: &crate::spec::ConfigSe
         let mut list: Vec<String> = cc.env.take().unwrap_or_default();
         for (k, v) in env {
             let item = format!("{k}={v}");
-            match list.iter().position(|e| e.split('=').next() == Some(k.as_str())) {
+            match list
+                .iter()
+                .position(|e| e.split('=').next() == Some(k.as_str()))
+            {
                 Some(i) => list[i] = item,
                 None => list.push(item),
             }
@@ -306,7 +345,11 @@ fn merge_container_config(cc: &mut ContainerConfig, spec: &crate::spec::ConfigSe
         );
     }
     if let Some(v) = volumes {
-        cc.volumes = Some(v.iter().map(|p| (p.clone(), serde_json::json!({}))).collect());
+        cc.volumes = Some(
+            v.iter()
+                .map(|p| (p.clone(), serde_json::json!({})))
+                .collect(),
+        );
     }
     if !labels.is_empty() {
         let mut l = cc.labels.take().unwrap_or_default();

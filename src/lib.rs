@@ -4,13 +4,13 @@
 //! [`build`] module drives that flow; the `imgc` binary's `cli` module is the
 //! only place that prints or reads the process environment.
 
-pub mod oci;
-pub mod spec;
 pub mod base;
-pub mod progress;
-pub mod layers;
-pub mod plan;
 pub mod build;
+pub mod layers;
 pub mod layout;
+pub mod oci;
+pub mod plan;
+pub mod progress;
+pub mod spec;
 
 pub use build::{build, BuildOutput, Error};

@@ -81,7 +81,8 @@ enum Format {
 }
 
 fn parse_platform(s: &str) -> Result<Platform, String> {
-    s.parse().map_err(|e: imgc::oci::PlatformError| e.to_string())
+    s.parse()
+        .map_err(|e: imgc::oci::PlatformError| e.to_string())
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {
@@ -199,11 +200,15 @@ fn default_output(file: &SpecFile, plan: &Plan) -> PathBuf {
         .map(|n| n.split([':', '@']).next().unwrap_or(n).to_string())
         .filter(|n| !n.is_empty());
     let from_dir = || {
-        std::fs::canonicalize(&file.path)
-            .ok()
-            .and_then(|p| p.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()))
+        std::fs::canonicalize(&file.path).ok().and_then(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
     };
-    let name = from_name.or_else(from_dir).unwrap_or_else(|| "image".to_string());
+    let name = from_name
+        .or_else(from_dir)
+        .unwrap_or_else(|| "image".to_string());
     Path::new("imgc-out").join(name)
 }
 
@@ -236,7 +241,12 @@ impl Reporter for StderrReporter {
                 human(tar_size)
             ),
             Event::BaseBlobCopied { digest, size } => {
-                eprintln!("  base  {:<16} {} {:>10}", "blob", short(digest.as_str()), human(size))
+                eprintln!(
+                    "  base  {:<16} {} {:>10}",
+                    "blob",
+                    short(digest.as_str()),
+                    human(size)
+                )
             }
             Event::Warning(w) => eprintln!("warning: {w}"),
             Event::LayoutWritten { path, digest } => {
@@ -268,7 +278,10 @@ fn human(n: u64) -> String {
 fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
     let threads = threads(args.jobs)?;
     let (file, plan) = load_and_plan(&args.common)?;
-    let output = args.output.clone().unwrap_or_else(|| default_output(&file, &plan));
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(&file, &plan));
     let reporter = StderrReporter { quiet: args.quiet };
     let out = imgc::build(&plan, &output, threads, &reporter)?;
     if let Some(f) = &args.digest_file {

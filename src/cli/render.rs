@@ -41,7 +41,11 @@ pub fn render(failure: &Failure) -> String {
                     out,
                     "{pad} | {}{}",
                     " ".repeat(loc.column.saturating_sub(1)),
-                    "^".repeat(loc.width.min(loc.line_text.chars().count().saturating_sub(loc.column - 1)).max(1))
+                    "^".repeat(
+                        loc.width
+                            .min(loc.line_text.chars().count().saturating_sub(loc.column - 1))
+                            .max(1)
+                    )
                 );
             }
             if let Some(help) = err.help() {

@@ -73,9 +73,18 @@ pub struct Compressed<W> {
 impl<W: Write + Send + 'static> Compressor<W> {
     /// New.
     pub fn new(codec: Codec, threads: usize, out: W) -> io::Result<Self> {
-        let h = Hashing { inner: out, h: Sha256::new(), n: 0 };
+        let h = Hashing {
+            inner: out,
+            h: Sha256::new(),
+            n: 0,
+        };
         let enc = match codec {
-            Codec::Gzip => Enc::Gz(flate2::GzBuilder::new().mtime(0).operating_system(255).write(h, flate2::Compression::new(3))),
+            Codec::Gzip => Enc::Gz(
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(h, flate2::Compression::new(3)),
+            ),
             Codec::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(h, 3)?;
                 e.multithread(threads.max(1) as u32)?;
@@ -92,7 +101,11 @@ impl<W: Write + Send + 'static> Compressor<W> {
             Enc::Zs(e) => e.finish()?,
             Enc::No(h) => h,
         };
-        Ok(Compressed { inner: h.inner, sha256_hex: hex::encode(h.h.finalize()), size: h.n })
+        Ok(Compressed {
+            inner: h.inner,
+            sha256_hex: hex::encode(h.h.finalize()),
+            size: h.n,
+        })
     }
 }
 

@@ -101,8 +101,8 @@ pub fn build_layer(
         layer: node.name.clone(),
         source,
     };
-    let compressor =
-        Compressor::new(codec, threads, BufWriter::with_capacity(1 << 20, out)).map_err(write_err)?;
+    let compressor = Compressor::new(codec, threads, BufWriter::with_capacity(1 << 20, out))
+        .map_err(write_err)?;
     let mut tar = TarWriter::new(HashingWriter {
         inner: compressor,
         hasher: Sha256::new(),
@@ -122,7 +122,8 @@ pub fn build_layer(
         .into_inner()
         .map_err(|e| write_err(e.into_error()))?;
     file.sync_all().map_err(write_err)?;
-    let digest = Digest::from_hex(&compressed.sha256_hex).map_err(|e| write_err(io::Error::other(e)))?;
+    let digest =
+        Digest::from_hex(&compressed.sha256_hex).map_err(|e| write_err(io::Error::other(e)))?;
     Ok((
         BuiltLayer {
             digest,
@@ -151,7 +152,9 @@ fn write_entry<W: Write>(
             dir_path = format!("{}/", entry.path);
             (TarKind::Dir, dir_path.as_str(), 0, "")
         }
-        EntryKind::Symlink { target } => (TarKind::Symlink, entry.path.as_str(), 0, target.as_str()),
+        EntryKind::Symlink { target } => {
+            (TarKind::Symlink, entry.path.as_str(), 0, target.as_str())
+        }
         EntryKind::File { size, .. } => (TarKind::File, entry.path.as_str(), *size, ""),
     };
     tar.header(&TarHeader {

@@ -101,7 +101,17 @@ impl<W: Write> TarWriter<W> {
             let pax_name = format!("PaxHeaders/{}", truncate(h.path.trim_end_matches('/'), 80));
             let (pname, pprefix) =
                 split_ustar_path(&pax_name).unwrap_or((truncate(&pax_name, 100), ""));
-            let block = ustar_block(pname, pprefix, b'x', 0o644, 0, 0, records.len() as u64, h.mtime.min(MAX_OCTAL_11), "");
+            let block = ustar_block(
+                pname,
+                pprefix,
+                b'x',
+                0o644,
+                0,
+                0,
+                records.len() as u64,
+                h.mtime.min(MAX_OCTAL_11),
+                "",
+            );
             self.put(&block)?;
             self.put(&records)?;
             self.pad(records.len() as u64)?;
@@ -238,7 +248,13 @@ mod tests {
         assert_eq!(pax_record("path", "a"), b"10 path=a\n");
         let long = "x".repeat(95);
         let r = pax_record("path", &long);
-        let n: usize = std::str::from_utf8(&r).unwrap().split(' ').next().unwrap().parse().unwrap();
+        let n: usize = std::str::from_utf8(&r)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(n, r.len());
     }
 

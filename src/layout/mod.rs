@@ -104,7 +104,10 @@ impl LayoutWriter {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let staging = parent.join(format!(".{name}.imgc-staging-{}-{nanos}", std::process::id()));
+        let staging = parent.join(format!(
+            ".{name}.imgc-staging-{}-{nanos}",
+            std::process::id()
+        ));
         let blobs = staging.join("blobs").join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create folder", &blobs))?;
         Ok(LayoutWriter {
@@ -160,7 +163,9 @@ impl LayoutWriter {
     /// while copying. Returns false when the target already holds a verified
     /// copy (nothing copied).
     pub fn copy_blob(&mut self, src_dir: &Path, desc: &Descriptor) -> Result<bool, LayoutError> {
-        if self.staged(&desc.digest).exists() || verify_blob(&self.in_target(&desc.digest), &desc.digest) {
+        if self.staged(&desc.digest).exists()
+            || verify_blob(&self.in_target(&desc.digest), &desc.digest)
+        {
             return Ok(false);
         }
         let src = src_dir.join("blobs").join("sha256").join(desc.digest.hex());

@@ -14,7 +14,11 @@ pub struct Platform {
     /// The operating system (`linux`, `windows`, ...).
     pub os: String,
     /// The OS version (Windows).
-    #[serde(default, rename = "os.version", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "os.version",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     /// Required OS features.
     #[serde(default, rename = "os.features", skip_serializing_if = "Vec::is_empty")]
@@ -26,7 +30,9 @@ pub struct Platform {
 
 /// A platform string that is not `os/arch[/variant]`.
 #[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not a valid platform (expected `os/arch` or `os/arch/variant`, like `linux/arm64`)")]
+#[error(
+    "`{0}` is not a valid platform (expected `os/arch` or `os/arch/variant`, like `linux/arm64`)"
+)]
 pub struct PlatformError(pub String);
 
 impl Platform {
@@ -48,7 +54,11 @@ impl Platform {
     pub fn normalized(&self) -> (String, String, String) {
         let os = self.os.to_ascii_lowercase();
         let arch = self.architecture.to_ascii_lowercase();
-        let variant = self.variant.clone().unwrap_or_default().to_ascii_lowercase();
+        let variant = self
+            .variant
+            .clone()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         let (arch, variant) = match (arch.as_str(), variant.as_str()) {
             ("aarch64" | "arm64", "v8" | "") => ("arm64", String::new()),
             ("aarch64", v) => ("arm64", v.to_string()),

@@ -179,7 +179,10 @@ fn expand_file(
     c: &mut Collector,
 ) -> Result<(), PlanError> {
     let loc = || Box::new(f.location.clone());
-    let owner = f.owner.or(defaults.owner).unwrap_or(Owner { uid: 0, gid: 0 });
+    let owner = f
+        .owner
+        .or(defaults.owner)
+        .unwrap_or(Owner { uid: 0, gid: 0 });
     let file_mode = f.mode.or(defaults.mode);
     let dir_mode = f.dir_mode.or(defaults.dir_mode).map_or(0o755, |m| m.0);
     let dst_is_dir = f.dst.ends_with('/');
@@ -231,7 +234,10 @@ fn expand_file(
                 if f.optional {
                     return Ok(());
                 }
-                return Err(PlanError::SrcNotFound { src, location: loc() });
+                return Err(PlanError::SrcNotFound {
+                    src,
+                    location: loc(),
+                });
             }
             Err(source) => return Err(PlanError::ReadContext { path, source }),
         };
@@ -244,7 +250,16 @@ fn expand_file(
             if !dst.is_empty() {
                 c.add(entry(dst.clone(), EntryKind::Dir, dir_mode, owner), origin)?;
             }
-            walk_into(context, &path, &dst, &excludes, &meta, origin, c, &f.location)?;
+            walk_into(
+                context,
+                &path,
+                &dst,
+                &excludes,
+                &meta,
+                origin,
+                c,
+                &f.location,
+            )?;
         } else {
             if dst.is_empty() && !dst_is_dir {
                 return Err(PlanError::InvalidImagePath {
@@ -258,7 +273,10 @@ fn expand_file(
             } else {
                 dst
             };
-            c.add(make_entry(context, &path, target, &md, &meta, &f.location)?, origin)?;
+            c.add(
+                make_entry(context, &path, target, &md, &meta, &f.location)?,
+                origin,
+            )?;
         }
         return Ok(());
     }
@@ -289,7 +307,10 @@ fn expand_file(
     let root = context.join(&prefix);
     if !prefix.as_os_str().is_empty() {
         check_no_symlink_ancestors(context, &prefix, &src, &f.location)?;
-        if std::fs::symlink_metadata(&root).map(|m| m.is_symlink()).unwrap_or(false) {
+        if std::fs::symlink_metadata(&root)
+            .map(|m| m.is_symlink())
+            .unwrap_or(false)
+        {
             return Err(PlanError::SrcThroughSymlink {
                 src,
                 link: path_str(&prefix),
@@ -325,19 +346,28 @@ fn expand_file(
                 continue;
             }
             matched_any = true;
-            let md = item.path().symlink_metadata().map_err(|source| PlanError::ReadContext {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let md = item
+                .path()
+                .symlink_metadata()
+                .map_err(|source| PlanError::ReadContext {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             if md.is_dir() {
                 copy_all.push(path.to_path_buf());
             }
             let target = join_image(&dst, &below);
-            c.add(make_entry(context, path, target, &md, &meta, &f.location)?, origin)?;
+            c.add(
+                make_entry(context, path, target, &md, &meta, &f.location)?,
+                origin,
+            )?;
         }
     }
     if !matched_any && c.entries.len() == before && !f.optional {
-        return Err(PlanError::GlobMatchedNothing { src, location: loc() });
+        return Err(PlanError::GlobMatchedNothing {
+            src,
+            location: loc(),
+        });
     }
     Ok(())
 }
@@ -374,12 +404,18 @@ fn walk_into(
             }
             continue;
         }
-        let md = item.path().symlink_metadata().map_err(|source| PlanError::ReadContext {
-            path: item.path().to_path_buf(),
-            source,
-        })?;
+        let md = item
+            .path()
+            .symlink_metadata()
+            .map_err(|source| PlanError::ReadContext {
+                path: item.path().to_path_buf(),
+                source,
+            })?;
         let target = join_image(dst, &below);
-        c.add(make_entry(context, item.path(), target, &md, meta, location)?, origin)?;
+        c.add(
+            make_entry(context, item.path(), target, &md, meta, location)?,
+            origin,
+        )?;
     }
     Ok(())
 }

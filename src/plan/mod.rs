@@ -236,7 +236,9 @@ pub enum PlanError {
     },
     #[error("no platforms to build: the base is `scratch`, so `[image].platforms` must list them")]
     NoPlatforms,
-    #[error("invalid tag `{tag}`: tags are 1 to 128 of `A-Za-z0-9_.-`, not starting with `.` or `-`")]
+    #[error(
+        "invalid tag `{tag}`: tags are 1 to 128 of `A-Za-z0-9_.-`, not starting with `.` or `-`"
+    )]
     InvalidTag {
         tag: String,
         location: Option<Box<Location>>,
@@ -351,7 +353,12 @@ impl Renderer<'_> {
         what: &str,
     ) -> Result<Option<Vec<String>>, PlanError> {
         v.as_ref()
-            .map(|items| items.iter().map(|s| self.render(ctx, s, what, None)).collect())
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|s| self.render(ctx, s, what, None))
+                    .collect()
+            })
             .transpose()
     }
 
@@ -361,7 +368,9 @@ impl Renderer<'_> {
         v: &Option<String>,
         what: &str,
     ) -> Result<Option<String>, PlanError> {
-        v.as_ref().map(|s| self.render(ctx, s, what, None)).transpose()
+        v.as_ref()
+            .map(|s| self.render(ctx, s, what, None))
+            .transpose()
     }
 
     fn map(
@@ -371,7 +380,12 @@ impl Renderer<'_> {
         what: &str,
     ) -> Result<BTreeMap<String, String>, PlanError> {
         m.iter()
-            .map(|(k, v)| Ok((k.clone(), self.render(ctx, v, &format!("{what}.{k}"), None)?)))
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    self.render(ctx, v, &format!("{what}.{k}"), None)?,
+                ))
+            })
             .collect()
     }
 
@@ -416,10 +430,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
     vars.extend(opts.vars.clone());
     let global = TemplateContext::new(vars);
 
-    let epoch = opts
-        .source_date_epoch
-        .or(spec.image.epoch)
-        .unwrap_or(0);
+    let epoch = opts.source_date_epoch.or(spec.image.epoch).unwrap_or(0);
     let codec = match spec.image.compression.unwrap_or(CompressionName::Gzip) {
         CompressionName::Gzip => Codec::Gzip,
         CompressionName::Zstd => Codec::Zstd,
@@ -458,7 +469,12 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             }
         }
         None => {
-            let opened = open_base(&mut bases, &spec_dir, &default_base, default_base_loc.clone())?;
+            let opened = open_base(
+                &mut bases,
+                &spec_dir,
+                &default_base,
+                default_base_loc.clone(),
+            )?;
             for p in opened.platforms() {
                 platforms.push((p, None));
             }
@@ -510,7 +526,14 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
                 Some(Box::new(file.locate(&b.span))),
             ),
             None => (
-                r.sp(&ctx, spec.image.base.as_ref().unwrap_or(&Sp { value: "scratch".into(), span: 0..0 }), "`[image].base`")?,
+                r.sp(
+                    &ctx,
+                    spec.image.base.as_ref().unwrap_or(&Sp {
+                        value: "scratch".into(),
+                        span: 0..0,
+                    }),
+                    "`[image].base`",
+                )?,
                 default_base_loc.clone(),
             ),
         };
@@ -529,9 +552,10 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             .enumerate()
             .map(|(i, l)| (format!("layers[{i}]"), l))
             .chain(ov.into_iter().flat_map(|o| {
-                o.layers.iter().enumerate().map(move |(i, l)| {
-                    (format!("platform.\"{platform}\".layers[{i}]"), l)
-                })
+                o.layers
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, l)| (format!("platform.\"{platform}\".layers[{i}]"), l))
             }));
         for (what, layer) in specs {
             if let Some(only) = &layer.value.platforms {
@@ -595,7 +619,11 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
         tags.push("latest".to_string());
     }
     let mut index_annotations = r.spanned_map(&global, &spec.annotations, "annotations")?;
-    index_annotations.extend(r.spanned_map(&global, &spec.index_annotations, "index_annotations")?);
+    index_annotations.extend(r.spanned_map(
+        &global,
+        &spec.index_annotations,
+        "index_annotations",
+    )?);
     index_annotations
         .entry(oci::ANNOTATION_CREATED.to_string())
         .or_insert_with(|| oci::rfc3339(epoch));
@@ -810,8 +838,7 @@ pub fn valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 

@@ -156,7 +156,13 @@ mod tests {
             no_platform.render("{{ platform.arch }}"),
             Err(TemplateFailure::Undefined { name, .. }) if name == "platform.arch"
         ));
-        assert!(matches!(c.render("{{ env.HOME }}"), Err(TemplateFailure::Undefined { .. })));
-        assert!(matches!(c.render("{{ vars.version "), Err(TemplateFailure::Other(_))));
+        assert!(matches!(
+            c.render("{{ env.HOME }}"),
+            Err(TemplateFailure::Undefined { .. })
+        ));
+        assert!(matches!(
+            c.render("{{ vars.version "),
+            Err(TemplateFailure::Other(_))
+        ));
     }
 }

@@ -156,7 +156,9 @@ fn locate(path: &Path, source: &str, span: &Range<usize>) -> Location {
         .map_or(source.len(), |i| start + i);
     let line = source[..start].matches('\n').count() + 1;
     let column = source[line_start..start].chars().count() + 1;
-    let line_text = source[line_start..line_end].trim_end_matches('\r').to_string();
+    let line_text = source[line_start..line_end]
+        .trim_end_matches('\r')
+        .to_string();
     let end = floor_char_boundary(source, span.end.clamp(start, line_end));
     let width = source[start..end].chars().count().max(1);
     Location {
@@ -224,7 +226,8 @@ mod tests {
 
     #[test]
     fn unknown_key_has_location_and_suggestion() {
-        let err = parse("[image]\nplatforms = [\"linux/amd64\"]\ncompresion = \"zstd\"\n").unwrap_err();
+        let err =
+            parse("[image]\nplatforms = [\"linux/amd64\"]\ncompresion = \"zstd\"\n").unwrap_err();
         let loc = err.location().expect("location");
         assert_eq!((loc.line, loc.column), (3, 1));
         assert_eq!(err.to_string(), "unknown key `compresion`");
@@ -234,14 +237,20 @@ mod tests {
     #[test]
     fn invalid_values_name_the_value_and_place() {
         let err = parse("[image]\nplatforms = [\"linux\"]\n").unwrap_err();
-        assert!(err.to_string().contains("`linux` is not a valid platform"), "{err}");
+        assert!(
+            err.to_string().contains("`linux` is not a valid platform"),
+            "{err}"
+        );
         assert_eq!(err.location().unwrap().line, 2);
 
         let err = parse("[image]\n[[layers]]\nname = \"a\"\nfiles = [{ content = \"x\", dst = \"/x\", mode = \"0799\" }]\n").unwrap_err();
         assert!(err.to_string().contains("`0799`"), "{err}");
         assert_eq!(err.location().unwrap().line, 4);
 
-        let err = parse("[image]\n[[layers]]\nname = \"a\"\ndirs = [{ path = \"/x\", owner = \"root\" }]\n").unwrap_err();
+        let err = parse(
+            "[image]\n[[layers]]\nname = \"a\"\ndirs = [{ path = \"/x\", owner = \"root\" }]\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("`root`"), "{err}");
     }
 

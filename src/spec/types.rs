@@ -289,7 +289,8 @@ impl<'de> Deserialize<'de> for Mode {
                 f.write_str("an octal mode string like \"0755\"")
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Mode, E> {
-                let ok = (3..=4).contains(&s.len()) && s.bytes().all(|b| (b'0'..=b'7').contains(&b));
+                let ok =
+                    (3..=4).contains(&s.len()) && s.bytes().all(|b| (b'0'..=b'7').contains(&b));
                 match u32::from_str_radix(s, 8) {
                     Ok(m) if ok => Ok(Mode(m)),
                     _ => Err(E::custom(format!(
