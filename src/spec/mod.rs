@@ -62,7 +62,7 @@ pub enum SpecError {
         /// The keys allowed there.
         expected: Vec<String>,
         /// Where it is.
-        location: Option<Location>,
+        location: Option<Box<Location>>,
     },
     /// TOML syntax or a value of the wrong shape.
     #[error("{message}")]
@@ -70,7 +70,7 @@ pub enum SpecError {
         /// The parser's sentence.
         message: String,
         /// Where it is.
-        location: Option<Location>,
+        location: Option<Box<Location>>,
     },
 }
 
@@ -79,7 +79,7 @@ impl SpecError {
     pub fn location(&self) -> Option<&Location> {
         match self {
             SpecError::UnknownKey { location, .. } | SpecError::Invalid { location, .. } => {
-                location.as_ref()
+                location.as_deref()
             }
             _ => None,
         }
@@ -178,7 +178,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 }
 
 fn convert_error(path: &Path, source: &str, err: &toml::de::Error) -> SpecError {
-    let location = err.span().map(|span| locate(path, source, &span));
+    let location = err.span().map(|span| Box::new(locate(path, source, &span)));
     let message = err.message().trim().to_string();
     if let Some((key, expected)) = parse_unknown_field(&message) {
         let suggestion = expected
@@ -214,6 +214,14 @@ fn parse_unknown_field(message: &str) -> Option<(String, Vec<String>)> {
         .map(str::to_string)
         .collect();
     Some((key.to_string(), expected))
+}
+
+/// The JSON Schema of the spec format, as pretty JSON with a final newline.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Spec);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
 }
 
 #[cfg(test)]
@@ -272,12 +280,4 @@ mod tests {
         let loc = f.locate(&f.spec.layers[1].value.files[0].span);
         assert!(loc.line_text.contains("server"), "{loc:?}");
     }
-}
-
-/// The JSON Schema of the spec format, as pretty JSON with a final newline.
-pub fn json_schema() -> String {
-    let schema = schemars::schema_for!(Spec);
-    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
-    s.push('\n');
-    s
 }

@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const GOOD: &str = r#"[image]
 platforms = ["linux/amd64"]
