@@ -100,6 +100,13 @@ pub(crate) fn expand(
         let origin = c.origins.len();
         c.origins.push(l.location.clone());
         let path = image_path(&l.path, &l.location, "path")?;
+        if path.is_empty() {
+            return Err(PlanError::InvalidImagePath {
+                path: l.path,
+                reason: "the root folder cannot be a symlink",
+                location: Box::new(l.location),
+            });
+        }
         if l.target.is_empty() || l.target.contains('\0') {
             return Err(PlanError::InvalidImagePath {
                 path: l.target,
@@ -118,7 +125,11 @@ pub(crate) fn expand(
         c.origins.push(f.location.clone());
         expand_file(context, defaults, f, origin, &mut c)?;
     }
-    Ok(c.entries.into_values().map(|(e, _)| e).collect())
+    let mut out: Vec<Entry> = c.entries.into_values().map(|(e, _)| e).collect();
+    // Bytewise by the name stored in the tar (folders end with `/`): a parent
+    // is a prefix of its children, so it always comes first.
+    out.sort_by_cached_key(Entry::tar_name);
+    Ok(out)
 }
 
 fn entry(path: String, kind: EntryKind, mode: u32, owner: Owner) -> Entry {
@@ -339,7 +350,7 @@ fn expand_file(
             if !inside_copied && !glob.is_match(&ctx_rel) {
                 continue;
             }
-            if excludes.is_match(&below) || excludes.is_match(&ctx_rel) {
+            if is_excluded(&excludes, &below, &ctx_rel) {
                 if item.file_type().is_dir() {
                     walk.skip_current_dir();
                 }
@@ -398,7 +409,7 @@ fn walk_into(
         let item = item.map_err(|e| walk_error(root, e))?;
         let below = relative(root, item.path())?;
         let ctx_rel = relative(context, item.path())?;
-        if excludes.is_match(&below) || excludes.is_match(&ctx_rel) {
+        if is_excluded(&excludes, &below, &ctx_rel) {
             if item.file_type().is_dir() {
                 walk.skip_current_dir();
             }
@@ -546,6 +557,27 @@ fn build_globset(patterns: &[String], location: &Location) -> Result<GlobSet, Pl
         message: e.to_string(),
         location: Box::new(location.clone()),
     })
+}
+
+/// Whether a path, or any folder above it, matches an exclude pattern, either
+/// as the path below the src's root or as the context-relative path.
+fn is_excluded(excludes: &GlobSet, below: &str, ctx_rel: &str) -> bool {
+    if excludes.is_empty() {
+        return false;
+    }
+    let hit = |p: &str| {
+        let mut end = p.len();
+        loop {
+            if excludes.is_match(&p[..end]) {
+                return true;
+            }
+            match p[..end].rfind('/') {
+                Some(i) => end = i,
+                None => return false,
+            }
+        }
+    };
+    hit(below) || hit(ctx_rel)
 }
 
 fn path_str(p: &Path) -> String {

@@ -101,6 +101,16 @@ pub struct Entry {
     pub gid: u32,
 }
 
+impl Entry {
+    /// The name stored in the tar: the path, with a final `/` for folders.
+    pub fn tar_name(&self) -> String {
+        match self.kind {
+            EntryKind::Dir => format!("{}/", self.path),
+            _ => self.path.clone(),
+        }
+    }
+}
+
 /// The kind of an entry.
 #[derive(Clone, Debug)]
 pub enum EntryKind {
@@ -234,6 +244,10 @@ pub enum PlanError {
         platform: String,
         location: Option<Box<Location>>,
     },
+    #[error(
+        "`[platform.\"{first}\"]` and `[platform.\"{second}\"]` name the same platform; merge them"
+    )]
+    DuplicateOverride { first: String, second: String },
     #[error("no platforms to build: the base is `scratch`, so `[image].platforms` must list them")]
     NoPlatforms,
     #[error(
@@ -490,6 +504,15 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let keys: Vec<&Platform> = spec.platform.keys().map(|k| &k.0).collect();
+    for (i, a) in keys.iter().enumerate() {
+        if let Some(b) = keys[i + 1..].iter().find(|b| a.matches(b)) {
+            return Err(PlanError::DuplicateOverride {
+                first: a.to_string(),
+                second: b.to_string(),
+            });
+        }
+    }
     for (key, ov) in &spec.platform {
         if !platforms.iter().any(|(p, _)| p.matches(&key.0)) {
             return Err(PlanError::OverrideNotBuilt {

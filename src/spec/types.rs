@@ -88,7 +88,7 @@ pub struct ImageSection {
     pub tags: Vec<Sp<String>>,
     /// `scratch` (default) or `oci:DIR[:tag]`, a local OCI layout relative to the spec's folder.
     pub base: Option<Sp<String>>,
-    /// Platforms to build, `os/arch[/variant]`. Default: the base's platforms, or `linux/amd64` on scratch.
+    /// Platforms to build, `os/arch[/variant]`. Default: the base's platforms (required on `scratch`).
     pub platforms: Option<Vec<Sp<PlatformName>>>,
     /// Layer compression: `gzip` (default), `zstd` or `none`.
     pub compression: Option<CompressionName>,

@@ -128,3 +128,46 @@ fn platform_flag_builds_a_subset() {
         "{stderr}"
     );
 }
+
+#[test]
+fn entries_sort_by_tar_name_and_excluded_folders_drop_their_files() {
+    let tmp = tempdir();
+    let ctx = tmp.path();
+    for f in ["w/a/x.css", "w/a-b.css", "w/skip/y.css", "w/z.txt"] {
+        fs::create_dir_all(ctx.join(f).parent().unwrap()).unwrap();
+        fs::write(ctx.join(f), "x").unwrap();
+    }
+    let spec = ctx.join("image.toml");
+    fs::write(
+        &spec,
+        "[image]\nplatforms = [\"linux/amd64\"]\n[[layers]]\nname = \"l\"\nfiles = [{ src = \"w/**/*.css\", dst = \"/w/\", exclude = [\"skip\"] }]\ndirs = [{ path = \"/w/a\" }]\n",
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&run(imgc()
+        .arg("plan")
+        .arg(&spec)
+        .args(["--format", "json"])))
+    .unwrap();
+    let paths: Vec<&str> = json["layers"][0]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    // Stored names are `w/a-b.css`, `w/a/`, `w/a/x.css`: bytewise, `-` < `/`.
+    assert_eq!(paths, ["/w/a-b.css", "/w/a", "/w/a/x.css"]);
+}
+
+#[test]
+fn two_overrides_for_one_platform_are_an_error() {
+    let tmp = tempdir();
+    let spec = tmp.path().join("image.toml");
+    fs::write(
+        &spec,
+        "[image]\nplatforms = [\"linux/arm64\"]\n[platform.\"linux/arm64\"]\nannotations = { a = \"1\" }\n[platform.\"linux/arm64/v8\"]\nannotations = { a = \"2\" }\n",
+    )
+    .unwrap();
+    let out = run_fails(imgc().arg("plan").arg(&spec));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("name the same platform"), "{stderr}");
+}
