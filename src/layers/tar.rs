@@ -245,7 +245,8 @@ mod tests {
 
     #[test]
     fn pax_record_length_counts_itself() {
-        assert_eq!(pax_record("path", "a"), b"10 path=a\n");
+        assert_eq!(pax_record("path", "a"), b"9 path=a\n");
+        assert_eq!(pax_record("path", "abc"), b"12 path=abc\n");
         let long = "x".repeat(95);
         let r = pax_record("path", &long);
         let n: usize = std::str::from_utf8(&r)

@@ -409,7 +409,7 @@ fn walk_into(
         let item = item.map_err(|e| walk_error(root, e))?;
         let below = relative(root, item.path())?;
         let ctx_rel = relative(context, item.path())?;
-        if is_excluded(&excludes, &below, &ctx_rel) {
+        if is_excluded(excludes, &below, &ctx_rel) {
             if item.file_type().is_dir() {
                 walk.skip_current_dir();
             }

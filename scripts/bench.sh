@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# The benchmark: scripts/bench.sh [--write-book] [--keep]   (`just bench`)
+#
+# Not part of the test suite. Builds imgc in release mode, makes a ~200 MB
+# input tree and times, in one run on one machine, imgc against its peers
+# (umoci insert for gzip, the `tar | zstd -T0 -3` pipe for zstd), then checks
+# imgc's peak memory on a 1 GiB file. Prints a Markdown table on stdout;
+# --write-book also puts it in book/src/benchmarks.md between the markers
+# `<!-- bench:begin -->` and `<!-- bench:end -->`.
+#
+# The targets (from design/COMPRESSION-NOTES.md):
+#   cold gzip build  <= 0.8 x `umoci insert` of the same tree
+#   cold zstd build  <= 1.0 x `tar -cf - . | zstd -T0 -3`
+#   peak RSS of a build holding one 1 GiB file < 100 MB
+#
+# Environment:
+#   BENCH_TREE=DIR     time DIR's content instead of /usr/lib/python3* + /usr/share/doc
+#   BENCH_RUNS=N       timed runs per method, the median is reported (default 3)
+#   BENCH_TIMER=T      auto (hyperfine if installed, else loop), hyperfine, or loop
+#                      (own loop with `date +%s.%N`; runs the methods round-robin)
+#   BENCH_MEM_SIZE=S   size of the memory-check file, as for `truncate -s` (default 1G; 0 skips)
+#
+# Caches cannot be dropped here (no root on CI, shared machine): the tree is
+# read once before timing, so every method reads it from the page cache.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'scripts/bench.sh: error: %s\n' "$*" >&2; exit 1; }
+
+WRITE_BOOK=0
+KEEP=0
+for arg in "$@"; do
+  case $arg in
+    --write-book) WRITE_BOOK=1 ;;
+    --keep) KEEP=1 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument \`$arg\` (use --write-book, --keep)" ;;
+  esac
+done
+
+RUNS=${BENCH_RUNS:-3}
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive number, not \`$RUNS\`"
+MEM_SIZE=${BENCH_MEM_SIZE:-1G}
+BOOK=book/src/benchmarks.md
+if [ "$WRITE_BOOK" = 1 ]; then
+  [ -f "$BOOK" ] || die "$BOOK not found"
+  [ "$(grep -c '^<!-- bench:begin -->$' "$BOOK")" = 1 ] && [ "$(grep -c '^<!-- bench:end -->$' "$BOOK")" = 1 ] \
+    || die "$BOOK must hold the lines <!-- bench:begin --> and <!-- bench:end --> once each"
+fi
+
+# ---------------------------------------------------------------- tools
+# command -> Debian package. `time` is a bash keyword: check the file.
+missing=()
+for pair in umoci:umoci skopeo:skopeo pigz:pigz zstd:zstd gzip:gzip tar:tar awk:mawk cargo:; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    [ -n "$pkg" ] || die "$cmd not found (install Rust: https://rustup.rs)"
+    missing+=("$pkg")
+  fi
+done
+[ -x /usr/bin/time ] || missing+=(time)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing missing benchmark tools: ${missing[*]}"
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${missing[*]}"
+  sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || die "not root and no sudo; install by hand: ${missing[*]}"
+    sudo=(sudo)
+  fi
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q || die "apt-get update failed"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+    || die "apt-get install failed: ${missing[*]}"
+fi
+
+TIMER=${BENCH_TIMER:-auto}
+case $TIMER in
+  auto) if command -v hyperfine >/dev/null 2>&1; then TIMER=hyperfine; else TIMER=loop; fi ;;
+  hyperfine) command -v hyperfine >/dev/null 2>&1 || die "BENCH_TIMER=hyperfine but hyperfine is not installed (apt-get install hyperfine)" ;;
+  loop) ;;
+  *) die "BENCH_TIMER must be auto, hyperfine or loop, not \`$TIMER\`" ;;
+esac
+
+# ---------------------------------------------------------------- imgc
+say "cargo build --release --locked"
+cargo build --release --locked
+T=$(mktemp -d "${TMPDIR:-/tmp}/imgc-bench.XXXXXX")
+cleanup() { if [ "$KEEP" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi; }
+trap cleanup EXIT
+# A private copy: a rebuild by someone else during the run must not swap it.
+cp target/release/imgc "$T/imgc"
+IMGC=$T/imgc
+# The spec decides; nothing from the caller's environment.
+unset IMGC_THREADS SOURCE_DATE_EPOCH
+
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+  COMMIT="$COMMIT+uncommitted"
+fi
+
+# ---------------------------------------------------------------- input
+mkdir -p "$T/ctx/tree"
+if [ -n "${BENCH_TREE:-}" ]; then
+  [ -d "$BENCH_TREE" ] || die "BENCH_TREE=$BENCH_TREE is not a folder"
+  say "copying $BENCH_TREE"
+  cp -a "$BENCH_TREE/." "$T/ctx/tree/"
+  TREE_DESC="content of \`$BENCH_TREE\`"
+else
+  say "copying /usr/lib/python3* /usr/share/doc"
+  cp -a /usr/lib/python3* /usr/share/doc "$T/ctx/tree/"
+  TREE_DESC="\`/usr/lib/python3*\` + \`/usr/share/doc\`"
+fi
+sync  # no write-back of the copy during the timed runs
+# Warm the page cache (caches cannot be dropped): read every file once.
+TAR_BYTES=$(tar -C "$T/ctx/tree" -cf - . | wc -c)
+NFILES=$(find "$T/ctx/tree" | wc -l)
+[ "$TAR_BYTES" -gt 0 ] || die "the input tree is empty"
+
+spec() { # spec FILE COMPRESSION SRC DST
+  cat >"$1" <<EOF
+[image]
+name = "bench.local/imgc/bench"
+platforms = ["linux/amd64"]
+epoch = 0
+compression = "$2"
+
+[[layers]]
+name = "tree"
+files = [{ src = "$3", dst = "$4" }]
+EOF
+}
+spec "$T/ctx/gzip.toml" gzip 'tree/**' /
+spec "$T/ctx/zstd.toml" zstd 'tree/**' /
+CODEC_ID=$("$IMGC" plan "$T/ctx/gzip.toml" --format json | awk -F'"' '$2 == "compression" { print $4; exit }')
+
+UMOCI_ROOTLESS=()
+[ "$(id -u)" -eq 0 ] || UMOCI_ROOTLESS=(--rootless)
+
+# ---------------------------------------------------------------- methods
+# NAME | PREPARE (untimed, before each run) | COMMAND (timed). Commands run in
+# `bash -o pipefail -c`. Sizes are counted with `wc -c` at the end of the
+# pipes instead of `> /dev/null`. Every imgc build goes to a fresh folder.
+q() { printf '%q' "$1"; }
+TARP="tar -C $(q "$T/ctx/tree") -cf - ."
+imgc_build() { # SPEC OUT [ARGS...]
+  local spec=$1 out=$2; shift 2
+  printf '%s build %s --output oci:%s -q %s >> %s' "$(q "$IMGC")" "$(q "$spec")" "$(q "$out")" "$*" "$(q "$out.digests")"
+}
+NAMES=() PREPS=() CMDS=()
+add() { NAMES+=("$1"); PREPS+=("$2"); CMDS+=("$3"); }
+add imgc-gzip   "rm -rf $(q "$T/o-gz")" "$(imgc_build "$T/ctx/gzip.toml" "$T/o-gz")"
+add umoci       "rm -rf $(q "$T/umoci") && umoci init --layout $(q "$T/umoci") && umoci new --image $(q "$T/umoci"):bench" \
+                "umoci insert ${UMOCI_ROOTLESS[*]} --image $(q "$T/umoci"):bench $(q "$T/ctx/tree") /"
+add pigz        ":" "$TARP | pigz -6 | wc -c > $(q "$T/size.pigz")"
+add gzip        ":" "$TARP | gzip -6 | wc -c > $(q "$T/size.gzip")"
+add imgc-zstd   "rm -rf $(q "$T/o-zs")" "$(imgc_build "$T/ctx/zstd.toml" "$T/o-zs")"
+add zstd        ":" "$TARP | zstd -q -T0 -3 -c | wc -c > $(q "$T/size.zstd")"
+add imgc-gzip-j1 "rm -rf $(q "$T/o-gz1")" "$(imgc_build "$T/ctx/gzip.toml" "$T/o-gz1" -j 1)"
+add imgc-gzip-j2 "rm -rf $(q "$T/o-gz2")" "$(imgc_build "$T/ctx/gzip.toml" "$T/o-gz2" -j 2)"
+# Runs after imgc-gzip, whose layout it copies. --insecure-policy: a local
+# oci-to-oci copy needs no signature policy (/etc/containers/policy.json).
+add skopeo      "rm -rf $(q "$T/copy")" "skopeo --insecure-policy copy -q oci:$(q "$T/o-gz"):latest oci:$(q "$T/copy"):latest"
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+say "input: $TAR_BYTES bytes of tar, $NFILES paths; $RUNS runs per method, timer: $TIMER; load average: $LOAD_BEFORE"
+mkdir -p "$T/times"
+if [ "$TIMER" = hyperfine ]; then
+  for i in "${!NAMES[@]}"; do
+    say "${NAMES[$i]}: ${CMDS[$i]}"
+    hyperfine --style basic --shell 'bash --norc -o pipefail' --runs "$RUNS" \
+      --command-name "${NAMES[$i]}" --prepare "${PREPS[$i]}" \
+      --export-csv "$T/times/${NAMES[$i]}.csv" "${CMDS[$i]}" >&2
+    # command,mean,stddev,median,user,system,min,max
+    awk -F, 'NR == 2 { print $4, $7, $8 }' "$T/times/${NAMES[$i]}.csv" >"$T/times/${NAMES[$i]}"
+  done
+else
+  # Round-robin: a burst of load from other users hits every method alike.
+  for ((r = 1; r <= RUNS; r++)); do
+    for i in "${!NAMES[@]}"; do
+      bash --norc -o pipefail -c "${PREPS[$i]}" >/dev/null || die "${NAMES[$i]}: prepare failed: ${PREPS[$i]}"
+      t0=$(date +%s.%N)
+      bash --norc -o pipefail -c "${CMDS[$i]}" >/dev/null || die "${NAMES[$i]} failed: ${CMDS[$i]}"
+      t1=$(date +%s.%N)
+      s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+      echo "$s" >>"$T/times/${NAMES[$i]}.all"
+      say "round $r/$RUNS ${NAMES[$i]}: ${s}s"
+    done
+  done
+  for n in "${NAMES[@]}"; do
+    sort -g "$T/times/$n.all" | awk '{ v[NR] = $1 } END {
+      m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      print m, v[1], v[NR] }' >"$T/times/$n"
+  done
+fi
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------- sizes
+largest_blob() { find "$1/blobs" -type f -printf '%s\n' | sort -n | tail -n1; }
+declare -A SIZE
+SIZE[imgc-gzip]=$(largest_blob "$T/o-gz")
+SIZE[imgc-gzip-j1]=$(largest_blob "$T/o-gz1")
+SIZE[imgc-gzip-j2]=$(largest_blob "$T/o-gz2")
+SIZE[imgc-zstd]=$(largest_blob "$T/o-zs")
+SIZE[umoci]=$(largest_blob "$T/umoci")
+SIZE[skopeo]=$(largest_blob "$T/copy")
+for n in pigz gzip zstd; do SIZE[$n]=$(tr -d ' ' <"$T/size.$n"); done
+# Every gzip build, at any -j, in every run: one index digest.
+GZ_DIGESTS=$(cat "$T/o-gz.digests" "$T/o-gz1.digests" "$T/o-gz2.digests" | sort -u | wc -l)
+ZS_DIGESTS=$(sort -u "$T/o-zs.digests" | wc -l)
+[ "$GZ_DIGESTS" = 1 ] && SAME_GZ=yes || SAME_GZ="NO ($GZ_DIGESTS digests)"
+[ "$ZS_DIGESTS" = 1 ] && SAME_ZS=yes || SAME_ZS="NO ($ZS_DIGESTS digests)"
+
+# ---------------------------------------------------------------- memory
+MEM_ROWS=""
+if [ "$MEM_SIZE" != 0 ]; then
+  say "memory check: one $MEM_SIZE file"
+  mkdir -p "$T/mem"
+  # Real content (the input tar, repeated), so compression does real work.
+  eval "$TARP" >"$T/tree.tar"
+  mem_bytes=$(numfmt --from=iec "$MEM_SIZE")
+  copies=$(((mem_bytes + TAR_BYTES - 1) / TAR_BYTES))
+  for ((i = 0; i < copies; i++)); do cat "$T/tree.tar"; done >"$T/mem/big.bin"
+  truncate -s "$mem_bytes" "$T/mem/big.bin"
+  rm -f "$T/tree.tar"
+  # Free the timed outputs' disk space (skopeo copy was the last reader).
+  rm -rf "$T/o-gz" "$T/o-gz1" "$T/o-gz2" "$T/o-zs" "$T/umoci" "$T/copy"
+  tar -C "$T/mem" -cf - big.bin | wc -c >/dev/null  # warm
+  for c in gzip zstd; do
+    spec "$T/mem/$c.toml" "$c" big.bin /big.bin
+    /usr/bin/time -v "$IMGC" build "$T/mem/$c.toml" --output "oci:$T/mem/out-$c" -q >/dev/null 2>"$T/mem/time-$c" \
+      || { cat "$T/mem/time-$c" >&2; die "memory check: imgc build ($c) failed"; }
+    rss_kb=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$T/mem/time-$c")
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0
+      for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$T/mem/time-$c")
+    out=$(largest_blob "$T/mem/out-$c")
+    MEM_ROWS+=$(awk -v c="$c" -v kb="$rss_kb" -v w="$wall" -v in_="$mem_bytes" -v out="$out" -v sz="$MEM_SIZE" 'BEGIN {
+      mb = kb / 1024
+      printf "| imgc build, %s, one %s file | %.1f | %.2f | %.0f | %.1f | < 100 MB: %s |\n", c, sz, mb, w, in_ / 1e6 / w, out / 1e6, (mb < 100 ? "**holds**" : "**missed**") }')
+    MEM_ROWS+=$'\n'
+    rm -rf "$T/mem/out-$c"
+  done
+fi
+
+# ---------------------------------------------------------------- table
+row() { # NAME LABEL PEER TARGET(ratio limit, or -)
+  local n=$1 label=$2 peer=$3 limit=$4
+  read -r med min max <"$T/times/$n"
+  read -r pmed _ _ <"$T/times/$peer"
+  awk -v label="$label" -v med="$med" -v min="$min" -v max="$max" -v pmed="$pmed" \
+      -v in_="$TAR_BYTES" -v out="${SIZE[$n]}" -v pout="${SIZE[$peer]}" -v limit="$limit" -v self=$([ "$n" = "$peer" ] && echo 1 || echo 0) 'BEGIN {
+    ratio = med / pmed
+    target = "–"
+    if (limit != "-") target = sprintf("≤ %.1f×: %s", limit, ratio <= limit ? "**holds**" : "**missed**")
+    printf "| %s | %.2f (%.2f–%.2f) | %.0f | %.1f | %s | %s | %s |\n", label, med, min, max, in_ / 1e6 / med, out / 1e6,
+      self ? "1 (peer)" : sprintf("%.2f×", ratio), self ? "1 (peer)" : sprintf("%.3f", out / pout), target }'
+}
+NPROC=$(nproc)
+TABLE=$(
+  echo "| method | seconds: median (min–max) | MB/s | output MB | time vs peer | size vs peer | target |"
+  echo "|---|---|---|---|---|---|---|"
+  row imgc-gzip "imgc build, gzip, cold (default -j = $NPROC)" umoci 0.8
+  row umoci "\`umoci insert\` into a new image (gzip peer)" umoci -
+  row pigz "\`tar \| pigz -6\`" umoci -
+  row gzip "\`tar \| gzip -6\`" umoci -
+  row imgc-gzip-j1 "imgc build, gzip, cold, -j 1" umoci -
+  row imgc-gzip-j2 "imgc build, gzip, cold, -j 2" umoci -
+  row imgc-zstd "imgc build, zstd, cold (default -j = $NPROC)" zstd 1.0
+  row zstd "\`tar \| zstd -T0 -3\` (zstd peer)" zstd -
+  row skopeo "\`skopeo copy oci:A oci:B\` of imgc's gzip layout (reference)" umoci -
+)
+IN_MB=$(awk -v b="$TAR_BYTES" 'BEGIN { printf "%.1f", b / 1e6 }')
+NOTES=$(
+  echo "Input: $TREE_DESC, $NFILES paths, a $IN_MB MB tar (MB = 10^6 bytes; MB/s is input tar bytes over wall time)."
+  echo "Wall time of $RUNS runs per method, timer: $TIMER; the tree was read once beforehand (warm page cache, caches not dropped)."
+  echo "Output MB is the layer blob (imgc, umoci, skopeo) or the compressed stream (CLIs). Peers: umoci insert for gzip rows, \`tar | zstd\` for zstd rows."
+  echo "Same index digest in every gzip build (-j default, 1, 2; all runs): $SAME_GZ; in every zstd build: $SAME_ZS."
+  echo "Load average before/after: $LOAD_BEFORE / $LOAD_AFTER."
+)
+MEM_TABLE=""
+if [ -n "$MEM_ROWS" ]; then
+  MEM_TABLE=$(
+    echo "| memory check | max RSS MB | seconds | MB/s | output MB | target |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s' "$MEM_ROWS"
+  )
+fi
+
+CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+v() { "$@" 2>&1 | head -n1; }
+VERSIONS="$(v "$IMGC" --version) (codec \`$CODEC_ID\`), $(v umoci --version), $(v skopeo --version), $(v pigz --version), $(v gzip --version), $(v zstd --version | sed 's/^\*\*\* //; s/ \*\*\*$//; s/, by .*//'), $(v tar --version)"
+[ "$TIMER" = hyperfine ] && VERSIONS+=", $(v hyperfine --version)"
+HEADER="Run $(date -u +'%Y-%m-%d %H:%M UTC') on $NPROC cores ($CPU), imgc commit \`$COMMIT\`."
+
+REPORT=$(
+  echo "$HEADER"
+  echo
+  echo "$TABLE"
+  echo
+  if [ -n "$MEM_TABLE" ]; then echo "$MEM_TABLE"; echo; fi
+  echo "$NOTES" | sed 's/^/- /'
+  echo "- Tools: $VERSIONS."
+)
+printf '%s\n' "$REPORT"
+
+if [ "$WRITE_BOOK" = 1 ]; then
+  printf '%s\n' "$REPORT" >"$T/report.md"
+  awk -v rep="$T/report.md" '
+    $0 == "<!-- bench:begin -->" { print; print ""; while ((getline l < rep) > 0) print l; print ""; skip = 1; next }
+    $0 == "<!-- bench:end -->" { skip = 0 }
+    !skip { print }' "$BOOK" >"$T/book.md"
+  cat "$T/book.md" >"$BOOK"
+  say "wrote the results into $BOOK"
+fi

@@ -1,0 +1,6 @@
+//! The integration tests: one test binary running the real `imgc` against real tools.
+mod bad_input;
+mod cli;
+mod independent;
+mod repro;
+mod support;
