@@ -92,6 +92,10 @@ impl SpecError {
                 suggestion: Some(s),
                 ..
             } => Some(format!("did you mean `{s}`?")),
+            SpecError::UnknownKey { key, .. } if home_table(key).is_some() => Some(format!(
+                "`{key}` is a key of {}",
+                home_table(key).unwrap_or_default()
+            )),
             SpecError::UnknownKey { expected, .. } if !expected.is_empty() => Some(format!(
                 "the keys allowed here are: {}",
                 expected
@@ -102,6 +106,19 @@ impl SpecError {
             )),
             _ => None,
         }
+    }
+}
+
+/// The table a well-known key belongs in, for "wrong table" hints.
+fn home_table(key: &str) -> Option<&'static str> {
+    match key {
+        "entrypoint" | "cmd" | "env" | "user" | "workdir" | "ports" | "volumes" | "labels"
+        | "stop_signal" => Some("[config]"),
+        "name" | "tags" | "base" | "platforms" | "compression" | "media_types" | "epoch" => {
+            Some("[image]")
+        }
+        "files" | "dirs" | "symlinks" | "defaults" => Some("[[layers]]"),
+        _ => None,
     }
 }
 

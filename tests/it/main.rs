@@ -3,4 +3,5 @@ mod bad_input;
 mod cli;
 mod independent;
 mod repro;
+mod snapshots;
 mod support;
