@@ -200,9 +200,11 @@ impl LayoutWriter {
     /// so that each `(tag, descriptor)` is listed (entries of other tags are
     /// kept), under an exclusive lock on the layout folder.
     pub fn commit(mut self, refs: &[(String, Descriptor)]) -> Result<(), LayoutError> {
-        let fresh = !self.target.exists();
-        if fresh {
-            fs::create_dir(&self.target).map_err(io_err("create folder", &self.target))?;
+        match fs::create_dir(&self.target) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(io_err("create folder", &self.target)(e))
+            }
+            _ => {}
         }
         let dir = File::open(&self.target).map_err(io_err("open", &self.target))?;
         dir.lock().map_err(io_err("lock", &self.target))?;
@@ -231,8 +233,14 @@ impl LayoutWriter {
             write_atomic(&self.staging, &layout_file, OCI_LAYOUT)?;
         }
         let index_path = self.target.join("index.json");
-        let mut index = if !fresh && index_path.is_file() {
-            let bytes = fs::read(&index_path).map_err(io_err("read", &index_path))?;
+        let mut index = if index_path.is_file() {
+            let mut bytes = Vec::new();
+            File::open(&index_path)
+                .and_then(|f| {
+                    f.take(crate::base::MAX_DOCUMENT_SIZE)
+                        .read_to_end(&mut bytes)
+                })
+                .map_err(io_err("read", &index_path))?;
             serde_json::from_slice::<Index>(&bytes).map_err(|source| LayoutError::BadIndex {
                 path: index_path.clone(),
                 source,

@@ -171,3 +171,26 @@ fn two_overrides_for_one_platform_are_an_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("name the same platform"), "{stderr}");
 }
+
+#[test]
+fn a_corrupt_blob_in_the_output_is_rehashed_and_replaced() {
+    let (_tmp, dir) = copy_example("hello");
+    let out = dir.join("layout");
+    let digest = build(&dir.join("image.toml"), &out, &[]);
+    let (_, manifest) = &platform_manifests(&out, &digest)["linux/amd64"];
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = blob_path(&out, &layer);
+    let good = fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    bad[20] ^= 0x55;
+    fs::write(&path, &bad).unwrap();
+    assert_eq!(build(&dir.join("image.toml"), &out, &[]), digest);
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        good,
+        "the corrupt blob was trusted"
+    );
+}
