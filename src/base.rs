@@ -267,12 +267,7 @@ impl OpenedBase {
         };
         let path = blob_path(dir, &desc.digest);
         let manifest: Manifest = parse_doc(&path, &read_blob(dir, desc)?, "image manifest")?;
-        let config_path = blob_path(dir, &manifest.config.digest);
-        let config: ImageConfig = parse_doc(
-            &config_path,
-            &read_blob(dir, &manifest.config)?,
-            "image config",
-        )?;
+        let config = read_config(dir, &manifest)?;
         Ok(BaseImage {
             reference: reference.clone(),
             layout_dir: Some(dir.clone()),
@@ -325,12 +320,7 @@ fn collect_candidates(
         Ok(())
     } else if oci::is_manifest_media_type(&media_type) {
         let manifest: Manifest = parse_doc(&path, &bytes, "image manifest")?;
-        let config_path = blob_path(dir, &manifest.config.digest);
-        let config: ImageConfig = parse_doc(
-            &config_path,
-            &read_blob(dir, &manifest.config)?,
-            "image config",
-        )?;
+        let config = read_config(dir, &manifest)?;
         let mut platform =
             Platform::new(&config.os, &config.architecture, config.variant.as_deref());
         platform.os_version = config.os_version.clone();
@@ -339,6 +329,12 @@ fn collect_candidates(
     } else {
         Err(BaseError::UnsupportedMediaType { path, media_type })
     }
+}
+
+/// Reads and checks the config blob of a manifest.
+fn read_config(dir: &Path, manifest: &Manifest) -> Result<ImageConfig, BaseError> {
+    let path = blob_path(dir, &manifest.config.digest);
+    parse_doc(&path, &read_blob(dir, &manifest.config)?, "image config")
 }
 
 /// The path of a blob in a layout.

@@ -790,29 +790,21 @@ fn merge_config(
             labels,
             stop_signal,
         } = o.clone();
-        if entrypoint.is_some() {
-            c.entrypoint = entrypoint;
+        // Scalars and lists replace; `env` and `labels` merge by key.
+        fn replace<T>(slot: &mut Option<T>, value: Option<T>) {
+            if value.is_some() {
+                *slot = value;
+            }
         }
-        if cmd.is_some() {
-            c.cmd = cmd;
-        }
+        replace(&mut c.entrypoint, entrypoint);
+        replace(&mut c.cmd, cmd);
         c.env.extend(env);
-        if user.is_some() {
-            c.user = user;
-        }
-        if workdir.is_some() {
-            c.workdir = workdir;
-        }
-        if ports.is_some() {
-            c.ports = ports;
-        }
-        if volumes.is_some() {
-            c.volumes = volumes;
-        }
+        replace(&mut c.user, user);
+        replace(&mut c.workdir, workdir);
+        replace(&mut c.ports, ports);
+        replace(&mut c.volumes, volumes);
         c.labels.extend(labels);
-        if stop_signal.is_some() {
-            c.stop_signal = stop_signal;
-        }
+        replace(&mut c.stop_signal, stop_signal);
     }
     for key in c.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
