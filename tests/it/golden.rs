@@ -60,7 +60,7 @@ fn pseudo_random_bytes(len: usize) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 4 == 0 {
+        if x.is_multiple_of(4) {
             out.extend_from_slice(&x.to_le_bytes());
         } else {
             let word = b"layer block deterministic gzip zstd tar header ";
