@@ -180,22 +180,29 @@ fn threads(jobs: Option<u16>) -> Result<usize, Failure> {
     }
 }
 
-fn load_and_plan(common: &CommonArgs) -> Result<(SpecFile, Plan), Failure> {
-    let file = SpecFile::load(&common.spec)?;
+fn make_plan(file: &SpecFile, common: &CommonArgs, skip: Vec<PathBuf>) -> Result<Plan, Failure> {
     let opts = PlanOptions {
         context: common.context.clone(),
         platforms: common.platforms.clone(),
         vars: common.vars.iter().cloned().collect::<BTreeMap<_, _>>(),
         source_date_epoch: env_epoch()?,
+        skip,
     };
-    let plan = plan::plan(&file, &opts)?;
-    Ok((file, plan))
+    Ok(plan::plan(file, &opts)?)
 }
 
-fn default_output(file: &SpecFile, plan: &Plan) -> PathBuf {
-    let from_name = plan
+/// The folder default outputs go in.
+const DEFAULT_OUTPUT_ROOT: &str = "imgc-out";
+
+/// `./imgc-out/<last part of [image].name>`, else `./imgc-out/<spec folder>`.
+fn default_output(file: &SpecFile) -> PathBuf {
+    let from_name = file
+        .spec
+        .image
         .name
-        .as_deref()
+        .as_ref()
+        .map(|n| n.value.as_str())
+        .filter(|n| !n.contains("{{"))
         .and_then(|n| n.rsplit('/').next())
         .map(|n| n.split([':', '@']).next().unwrap_or(n).to_string())
         .filter(|n| !n.is_empty());
@@ -209,7 +216,7 @@ fn default_output(file: &SpecFile, plan: &Plan) -> PathBuf {
     let name = from_name
         .or_else(from_dir)
         .unwrap_or_else(|| "image".to_string());
-    Path::new("imgc-out").join(name)
+    Path::new(DEFAULT_OUTPUT_ROOT).join(name)
 }
 
 struct StderrReporter {
@@ -277,11 +284,15 @@ fn human(n: u64) -> String {
 
 fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
     let threads = threads(args.jobs)?;
-    let (file, plan) = load_and_plan(&args.common)?;
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| default_output(&file, &plan));
+    let file = SpecFile::load(&args.common.spec)?;
+    let output = args.output.clone().unwrap_or_else(|| default_output(&file));
+    // A glob over the context never packs the output layout itself, nor
+    // (for the default output) imgc's own `imgc-out` folder.
+    let skip = match &args.output {
+        Some(o) => vec![o.clone()],
+        None => vec![PathBuf::from(DEFAULT_OUTPUT_ROOT)],
+    };
+    let plan = make_plan(&file, &args.common, skip)?;
     let reporter = StderrReporter { quiet: args.quiet };
     let out = imgc::build(&plan, &output, threads, &reporter)?;
     if let Some(f) = &args.digest_file {
@@ -298,7 +309,12 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 }
 
 fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
-    let (_file, plan) = load_and_plan(&args.common)?;
+    let file = SpecFile::load(&args.common.spec)?;
+    let plan = make_plan(
+        &file,
+        &args.common,
+        vec![PathBuf::from(DEFAULT_OUTPUT_ROOT)],
+    )?;
     let mut stdout = std::io::stdout().lock();
     let text = match args.format {
         Format::Json => {

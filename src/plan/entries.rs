@@ -49,6 +49,8 @@ pub(crate) struct LayerDefaults {
 struct Collector {
     entries: BTreeMap<String, (Entry, usize)>,
     origins: Vec<Location>,
+    /// Folders never read, even when a glob covers them (the output layout).
+    skip: Vec<PathBuf>,
 }
 
 impl Collector {
@@ -71,6 +73,7 @@ impl Collector {
 /// Expands a layer's items into sorted entries.
 pub(crate) fn expand(
     context: &Path,
+    skip: &[PathBuf],
     defaults: &LayerDefaults,
     files: Vec<FileItem>,
     dirs: Vec<DirItem>,
@@ -79,6 +82,7 @@ pub(crate) fn expand(
     let mut c = Collector {
         entries: BTreeMap::new(),
         origins: Vec::new(),
+        skip: skip.to_vec(),
     };
     let owner_of = |o: Option<Owner>| o.or(defaults.owner).unwrap_or(Owner { uid: 0, gid: 0 });
     for d in dirs {
@@ -341,6 +345,12 @@ fn expand_file(
         while let Some(item) = walk.next() {
             let item = item.map_err(|e| walk_error(&root, e))?;
             let path = item.path();
+            if c.skip.iter().any(|s| path.starts_with(s)) {
+                if item.file_type().is_dir() {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
             let ctx_rel = relative(context, path)?;
             let below = relative(&root, path)?;
             while copy_all.last().is_some_and(|d| !path.starts_with(d)) {
@@ -407,6 +417,12 @@ fn walk_into(
         .into_iter();
     while let Some(item) = walk.next() {
         let item = item.map_err(|e| walk_error(root, e))?;
+        if c.skip.iter().any(|s| item.path().starts_with(s)) {
+            if item.file_type().is_dir() {
+                walk.skip_current_dir();
+            }
+            continue;
+        }
         let below = relative(root, item.path())?;
         let ctx_rel = relative(context, item.path())?;
         if is_excluded(excludes, &below, &ctx_rel) {

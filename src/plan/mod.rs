@@ -33,6 +33,9 @@ pub struct PlanOptions {
     pub vars: BTreeMap<String, String>,
     /// `SOURCE_DATE_EPOCH`, read by the caller.
     pub source_date_epoch: Option<u64>,
+    /// Folders never put in a layer even when a glob covers them: the output
+    /// layout, so that a build never packs its own (previous) output.
+    pub skip: Vec<PathBuf>,
 }
 
 /// The layer graph of one build.
@@ -440,6 +443,19 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
         });
     }
     let r = Renderer { file };
+    // Compare skipped folders in the context's canonical form.
+    let skip: Vec<PathBuf> = opts
+        .skip
+        .iter()
+        .map(|p| {
+            let abs = if p.is_absolute() {
+                p.clone()
+            } else {
+                std::env::current_dir().unwrap_or_default().join(p)
+            };
+            canonical_prefix(&abs)
+        })
+        .collect();
     let mut vars = spec.vars.clone();
     vars.extend(opts.vars.clone());
     let global = TemplateContext::new(vars);
@@ -586,7 +602,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
                     continue;
                 }
             }
-            let entries = expand_layer(&r, &ctx, &context, &layer.value, &what)?;
+            let entries = expand_layer(&r, &ctx, &context, &skip, &layer.value, &what)?;
             let key = layer_key(&layer.value.name, &entries, epoch, codec);
             let id = match layers.iter().position(|l| l.key == key) {
                 Some(id) => id,
@@ -669,6 +685,28 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
     })
 }
 
+/// The canonical form of a path that may not exist yet: its longest existing
+/// ancestor canonicalized, with the rest appended.
+fn canonical_prefix(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+    let mut out = std::fs::canonicalize(&existing).unwrap_or(existing);
+    out.extend(rest.iter().rev());
+    out
+}
+
 /// Opens a base reference once per build.
 fn open_base<'a>(
     bases: &'a mut BTreeMap<String, OpenedBase>,
@@ -691,6 +729,7 @@ fn expand_layer(
     r: &Renderer,
     ctx: &TemplateContext,
     context: &Path,
+    skip: &[PathBuf],
     layer: &LayerSpec,
     what: &str,
 ) -> Result<Vec<Entry>, PlanError> {
@@ -766,7 +805,7 @@ fn expand_layer(
             location: r.file.locate(&l.span),
         });
     }
-    entries::expand(context, &defaults, file_items, dir_items, link_items)
+    entries::expand(context, skip, &defaults, file_items, dir_items, link_items)
 }
 
 /// Merges `[config]` with a platform's `config` (the platform wins; `env`

@@ -194,3 +194,33 @@ fn a_corrupt_blob_in_the_output_is_rehashed_and_replaced() {
         "the corrupt blob was trusted"
     );
 }
+
+#[test]
+fn a_glob_over_the_context_never_packs_the_output_layout() {
+    let tmp = tempdir();
+    let ctx = tmp.path();
+    fs::write(ctx.join("a.txt"), "a\n").unwrap();
+    fs::write(
+        ctx.join("image.toml"),
+        "[image]\nname = \"example.com/self\"\nplatforms = [\"linux/amd64\"]\n[[layers]]\nname = \"all\"\nfiles = [{ src = \"**\", dst = \"/ctx/\" }]\n",
+    )
+    .unwrap();
+    // Built twice in the context itself: the second build must not pick up
+    // the first one's output (./imgc-out/self), so the digests are equal.
+    let first = run(imgc().current_dir(ctx).args(["build", "image.toml", "-q"]));
+    let second = run(imgc().current_dir(ctx).args(["build", "image.toml", "-q"]));
+    assert_eq!(first, second);
+    assert!(ctx.join("imgc-out/self/index.json").is_file());
+    let plan = run(imgc().current_dir(ctx).args(["plan", "image.toml"]));
+    assert!(plan.contains("2 entries"), "{plan}");
+    // The same with an explicit --output inside the context.
+    let third =
+        run(imgc()
+            .current_dir(ctx)
+            .args(["build", "image.toml", "-q", "--output", "oci:out"]));
+    let fourth =
+        run(imgc()
+            .current_dir(ctx)
+            .args(["build", "image.toml", "-q", "--output", "oci:out"]));
+    assert_eq!(third, fourth);
+}
