@@ -3,7 +3,7 @@
 //! index, and commits the layout atomically. Reports through a `Reporter`.
 
 use crate::base::BaseImage;
-use crate::layers::{self, BuiltLayer, Codec, LayerError};
+use crate::layers::{self, BuiltLayer, LayerError};
 use crate::layout::{LayoutError, LayoutWriter};
 use crate::oci::{
     self, ContainerConfig, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform,
@@ -364,9 +364,4 @@ fn merge_container_config(cc: &mut ContainerConfig, spec: &crate::spec::ConfigSe
 /// The number of worker threads to use when none is given.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Whether a codec's layers can be read by Docker 20.10 (for warnings).
-pub fn codec_is_widely_readable(codec: Codec) -> bool {
-    codec != Codec::Zstd
 }
