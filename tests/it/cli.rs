@@ -224,3 +224,33 @@ fn a_glob_over_the_context_never_packs_the_output_layout() {
             .args(["build", "image.toml", "-q", "--output", "oci:out"]));
     assert_eq!(third, fourth);
 }
+
+#[test]
+fn concurrent_builds_into_one_layout_keep_every_tag() {
+    let (_tmp, dir) = copy_example("hello");
+    let out = dir.join("shared-layout");
+    let spawn = |version: &str| {
+        imgc()
+            .arg("build")
+            .arg(dir.join("image.toml"))
+            .arg("--output")
+            .arg(oci_arg(&out))
+            .args(["-q", "--var", &format!("version={version}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children: Vec<_> = ["1", "2", "3", "4"].iter().map(|v| spawn(v)).collect();
+    let mut digests = Vec::new();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        digests.push(String::from_utf8(o.stdout).unwrap().trim().to_string());
+    }
+    let t = tags(&out);
+    for (v, d) in ["1", "2", "3", "4"].iter().zip(&digests) {
+        assert_eq!(&t[*v], d, "tag {v}");
+    }
+    verify_layout(&out, false);
+}
