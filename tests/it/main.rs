@@ -3,6 +3,7 @@ mod bad_input;
 mod cli;
 mod golden;
 mod independent;
+mod ocispec;
 mod repro;
 mod snapshots;
 mod support;
