@@ -207,7 +207,10 @@ pub fn build(
         .iter()
         .map(|t| (t.clone(), index_desc.clone()))
         .collect();
-    writer.commit(&refs)?;
+    let removed = writer.commit(&refs)?;
+    if removed > 0 {
+        reporter.report(Event::BlobsRemoved { count: removed });
+    }
     reporter.report(Event::LayoutWritten {
         path: output,
         digest: &index_desc.digest,

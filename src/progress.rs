@@ -40,6 +40,11 @@ pub enum Event<'a> {
         /// Its size.
         size: u64,
     },
+    /// Blobs no tag reaches any more were removed from the output layout.
+    BlobsRemoved {
+        /// How many.
+        count: usize,
+    },
     /// Something the user should know, which does not stop the build.
     Warning(&'a str),
     /// The layout was written.

@@ -256,6 +256,9 @@ impl Reporter for StderrReporter {
                 )
             }
             Event::Warning(w) => eprintln!("warning: {w}"),
+            Event::BlobsRemoved { count } => {
+                eprintln!("  removed {count} blob(s) no tag uses any more")
+            }
             Event::LayoutWritten { path, digest } => {
                 eprintln!("wrote {} ({})", path.display(), short(digest.as_str()))
             }

@@ -198,8 +198,10 @@ impl LayoutWriter {
 
     /// Puts every staged blob into the target, then replaces `index.json`
     /// so that each `(tag, descriptor)` is listed (entries of other tags are
-    /// kept), under an exclusive lock on the layout folder.
-    pub fn commit(mut self, refs: &[(String, Descriptor)]) -> Result<(), LayoutError> {
+    /// kept), under an exclusive lock on the layout folder. Then, still under
+    /// the lock, removes the blobs nothing in `index.json` reaches any more
+    /// (see [`collect_garbage`]); returns how many were removed.
+    pub fn commit(mut self, refs: &[(String, Descriptor)]) -> Result<usize, LayoutError> {
         match fs::create_dir(&self.target) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
                 return Err(io_err("create folder", &self.target)(e))
@@ -273,7 +275,8 @@ impl LayoutWriter {
         sync_dir(&self.target)?;
         self.committed = true;
         let _ = fs::remove_dir_all(&self.staging);
-        Ok(())
+        let removed = collect_garbage(&self.target, &index);
+        Ok(removed)
     }
 }
 
@@ -282,6 +285,86 @@ impl Drop for LayoutWriter {
         // Uncommitted (or committed) staging is never left behind.
         let _ = fs::remove_dir_all(&self.staging);
     }
+}
+
+/// Removes the blobs of the layout at `dir` that `index` (its `index.json`)
+/// does not reach, following every descriptor of every index and manifest
+/// (`manifests`, `config`, `layers`, `blobs`, `subject`). Conservative: when
+/// any reachable document is missing or is not JSON, nothing is removed.
+/// Only files named like a sha256 digest are ever removed. Must run under
+/// the layout's lock: another build moves its blobs in only while holding it.
+pub fn collect_garbage(dir: &Path, index: &Index) -> usize {
+    let blobs = dir.join("blobs").join("sha256");
+    let mut reachable = std::collections::BTreeSet::new();
+    let mut todo: Vec<(String, Digest)> = index
+        .manifests
+        .iter()
+        .map(|d| (d.media_type.clone(), d.digest.clone()))
+        .collect();
+    while let Some((media_type, digest)) = todo.pop() {
+        if !reachable.insert(digest.clone()) {
+            continue;
+        }
+        let is_document = oci::is_index_media_type(&media_type)
+            || oci::is_manifest_media_type(&media_type)
+            || media_type == "application/vnd.oci.artifact.manifest.v1+json";
+        if !is_document {
+            continue;
+        }
+        let path = blobs.join(digest.hex());
+        let mut bytes = Vec::new();
+        let read = File::open(&path).and_then(|f| {
+            f.take(crate::base::MAX_DOCUMENT_SIZE)
+                .read_to_end(&mut bytes)
+        });
+        let Ok(doc) = read
+            .map_err(|_| ())
+            .and_then(|_| serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|_| ()))
+        else {
+            return 0;
+        };
+        let mut push = |v: &serde_json::Value| {
+            let mt = v["mediaType"].as_str().unwrap_or_default().to_string();
+            match v["digest"].as_str().map(str::parse::<Digest>) {
+                Some(Ok(d)) => {
+                    todo.push((mt, d));
+                    true
+                }
+                Some(Err(_)) => false,
+                None => true,
+            }
+        };
+        let mut ok = true;
+        for key in ["manifests", "layers", "blobs"] {
+            if let Some(items) = doc[key].as_array() {
+                for item in items {
+                    ok &= push(item);
+                }
+            }
+        }
+        for key in ["config", "subject"] {
+            if doc[key].is_object() {
+                ok &= push(&doc[key]);
+            }
+        }
+        if !ok {
+            return 0;
+        }
+    }
+    let Ok(entries) = fs::read_dir(&blobs) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+            continue;
+        };
+        if !reachable.contains(&digest) && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Whether `path` holds exactly the bytes of `digest`.

@@ -254,3 +254,57 @@ fn concurrent_builds_into_one_layout_keep_every_tag() {
     }
     verify_layout(&out, false);
 }
+
+fn blob_count(layout: &std::path::Path) -> usize {
+    fs::read_dir(layout.join("blobs/sha256")).unwrap().count()
+}
+
+#[test]
+fn rebuilding_a_tag_removes_the_blobs_no_tag_uses() {
+    let tmp = tempdir();
+    let ctx = tmp.path();
+    fs::write(ctx.join("a.txt"), "one\n").unwrap();
+    let spec = ctx.join("image.toml");
+    fs::write(
+        &spec,
+        "[image]\nplatforms = [\"linux/amd64\"]\n[[layers]]\nname = \"a\"\nfiles = [{ src = \"a.txt\", dst = \"/a.txt\" }]\n",
+    )
+    .unwrap();
+    let out = ctx.join("out");
+    build(&spec, &out, &[]);
+    let first = blob_count(&out);
+    assert_eq!(first, 4, "layer, config, manifest, index");
+    for text in ["two\n", "three\n", "four\n"] {
+        fs::write(ctx.join("a.txt"), text).unwrap();
+        build(&spec, &out, &[]);
+        assert_eq!(blob_count(&out), first, "old blobs were kept");
+        verify_layout(&out, true);
+    }
+}
+
+#[test]
+fn garbage_collection_keeps_everything_when_a_document_is_unreadable() {
+    let (_tmp, dir) = copy_example("hello");
+    let out = dir.join("out");
+    let digest = build(&dir.join("image.toml"), &out, &[]);
+    // An extra tag in index.json whose manifest is not JSON: imgc cannot
+    // tell what it references, so nothing may be removed.
+    let junk = write_blob(&out, b"not json");
+    let mut index = read_json(&out.join("index.json"));
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": junk, "size": 8,
+            "annotations": {"org.opencontainers.image.ref.name": "junk"}
+        }));
+    fs::write(out.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    let before = blob_count(&out);
+    let other = build(&dir.join("image.toml"), &out, &["--var", "version=9"]);
+    assert_ne!(other, digest);
+    // 1.0.0 and junk are still tagged; the new build added blobs; none went.
+    assert!(blob_count(&out) > before);
+    assert!(blob_path(&out, &digest).is_file());
+    assert!(blob_path(&out, &junk).is_file());
+}
