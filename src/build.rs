@@ -196,6 +196,7 @@ pub fn build(
         } else {
             plan.index_annotations.clone()
         },
+        extra: Default::default(),
     };
     let bytes = oci::to_canonical_json(&index).map_err(|source| Error::Encode {
         what: "image index",

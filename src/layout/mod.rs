@@ -255,6 +255,7 @@ impl LayoutWriter {
                 manifests: Vec::new(),
                 subject: None,
                 annotations: Default::default(),
+                extra: Default::default(),
             }
         };
         let new_tags: Vec<&str> = refs.iter().map(|(t, _)| t.as_str()).collect();

@@ -75,6 +75,10 @@ pub struct Descriptor {
     /// The artifact type of an artifact manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
+    /// Fields imgc does not model (`data`, future fields), kept verbatim so
+    /// that rewriting an existing `index.json` loses nothing.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 impl Descriptor {
@@ -88,6 +92,7 @@ impl Descriptor {
             annotations: BTreeMap::new(),
             platform: None,
             artifact_type: None,
+            extra: BTreeMap::new(),
         }
     }
 }
@@ -138,6 +143,9 @@ pub struct Index {
     /// Arbitrary metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Fields imgc does not model, kept verbatim.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// A document that may be a manifest or an index: read first to tell them
@@ -314,6 +322,17 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn descriptors_and_indexes_keep_unknown_fields() {
+        let raw = br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0,"data":"","x-future":1}],"x-top":true}"#;
+        let index: Index = serde_json::from_slice(raw).unwrap();
+        let out = to_canonical_json(&index).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back["manifests"][0]["data"], "");
+        assert_eq!(back["manifests"][0]["x-future"], 1);
+        assert_eq!(back["x-top"], true);
     }
 
     #[test]
