@@ -92,9 +92,17 @@ pub fn build(
         reporter.report(Event::LayerStarted {
             name: &node.name,
             platforms: &node.platforms,
+            content_bytes: node.content_bytes(),
         });
         let (file, tmp) = writer.temp_file()?;
-        let (layer, _file) = layers::build_layer(node, plan.epoch, plan.codec, threads, file)?;
+        let mut progress = |tar_bytes| {
+            reporter.report(Event::LayerProgress {
+                name: &node.name,
+                tar_bytes,
+            })
+        };
+        let (layer, _file) =
+            layers::build_layer(node, plan.epoch, plan.codec, threads, file, &mut progress)?;
         writer.add_blob_file(&tmp, &layer.digest)?;
         reporter.report(Event::LayerFinished {
             name: &node.name,

@@ -21,6 +21,15 @@ pub enum Event<'a> {
         name: &'a str,
         /// The platforms that use it, as strings.
         platforms: &'a [String],
+        /// The bytes of file content it will hold (the tar is a little larger).
+        content_bytes: u64,
+    },
+    /// A layer is being built: this many tar bytes are written.
+    LayerProgress {
+        /// The layer's name.
+        name: &'a str,
+        /// Tar bytes written so far.
+        tar_bytes: u64,
     },
     /// A layer was built.
     LayerFinished {

@@ -4,11 +4,11 @@
 //! location and a hint.
 
 mod render;
+mod report;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use imgc::oci::Platform;
 use imgc::plan::{self, Plan, PlanOptions};
-use imgc::progress::{Event, Reporter};
 use imgc::spec::SpecFile;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -219,58 +219,11 @@ fn default_output(file: &SpecFile) -> PathBuf {
     Path::new(DEFAULT_OUTPUT_ROOT).join(name)
 }
 
-struct StderrReporter {
-    quiet: bool,
-}
-
-impl Reporter for StderrReporter {
-    fn report(&self, event: Event<'_>) {
-        if self.quiet {
-            if let Event::Warning(w) = event {
-                eprintln!("warning: {w}");
-            }
-            return;
-        }
-        match event {
-            Event::Planned { images, layers } => {
-                eprintln!("planned {images} image(s), {layers} distinct layer(s)")
-            }
-            Event::LayerStarted { .. } => {}
-            Event::LayerFinished {
-                name,
-                digest,
-                size,
-                tar_size,
-            } => eprintln!(
-                "  layer {name:<16} {} {:>10} (tar {})",
-                short(digest.as_str()),
-                human(size),
-                human(tar_size)
-            ),
-            Event::BaseBlobCopied { digest, size } => {
-                eprintln!(
-                    "  base  {:<16} {} {:>10}",
-                    "blob",
-                    short(digest.as_str()),
-                    human(size)
-                )
-            }
-            Event::Warning(w) => eprintln!("warning: {w}"),
-            Event::BlobsRemoved { count } => {
-                eprintln!("  removed {count} blob(s) no tag uses any more")
-            }
-            Event::LayoutWritten { path, digest } => {
-                eprintln!("wrote {} ({})", path.display(), short(digest.as_str()))
-            }
-        }
-    }
-}
-
-fn short(d: &str) -> &str {
+pub(crate) fn short(d: &str) -> &str {
     &d[..d.len().min(19)]
 }
 
-fn human(n: u64) -> String {
+pub(crate) fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -296,7 +249,7 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         None => vec![PathBuf::from(DEFAULT_OUTPUT_ROOT)],
     };
     let plan = make_plan(&file, &args.common, skip)?;
-    let reporter = StderrReporter { quiet: args.quiet };
+    let reporter = report::StderrReporter::new(args.quiet);
     let out = imgc::build(&plan, &output, threads, &reporter)?;
     if let Some(f) = &args.digest_file {
         write_file(f, out.index.digest.as_str().as_bytes())?;
@@ -331,16 +284,6 @@ fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn layer_bytes(node: &imgc::plan::LayerNode) -> u64 {
-    node.entries
-        .iter()
-        .map(|e| match &e.kind {
-            imgc::plan::EntryKind::File { size, .. } => *size,
-            _ => 0,
-        })
-        .sum()
-}
-
 fn plan_json(plan: &Plan) -> serde_json::Value {
     use serde_json::json;
     json!({
@@ -355,7 +298,7 @@ fn plan_json(plan: &Plan) -> serde_json::Value {
             "key": l.key,
             "name": l.name,
             "platforms": l.platforms,
-            "bytes": layer_bytes(l),
+            "bytes": l.content_bytes(),
             "entries": l.entries.iter().map(|e| {
                 let (kind, extra) = match &e.kind {
                     imgc::plan::EntryKind::Dir => ("dir", json!(null)),
@@ -397,7 +340,7 @@ fn plan_text(plan: &Plan) -> String {
             l.name,
             &l.key[..12],
             l.entries.len(),
-            human(layer_bytes(l)),
+            human(l.content_bytes()),
             l.platforms.join(", ")
         ));
     }

@@ -131,14 +131,21 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_: &File, _: u64, _: u64) {}
 
+/// How often (in tar bytes) [`build_layer`] reports progress.
+pub const PROGRESS_STEP: u64 = 8 << 20;
+
 /// Builds the layer `node` into `out` (a fresh, empty file), returning the
 /// digests and sizes and the file back.
+///
+/// `progress` is called with the number of tar bytes written so far, about
+/// every [`PROGRESS_STEP`] bytes.
 pub fn build_layer(
     node: &LayerNode,
     epoch: u64,
     codec: Codec,
     threads: usize,
     out: File,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<(BuiltLayer, File), LayerError> {
     let write_err = |source| LayerError::Write {
         layer: node.name.clone(),
@@ -158,7 +165,7 @@ pub fn build_layer(
     });
     let mut buf = vec![0u8; 256 * 1024];
     for entry in &node.entries {
-        write_entry(&mut tar, entry, epoch, &node.name, &mut buf)?;
+        write_entry(&mut tar, entry, epoch, &node.name, &mut buf, progress)?;
     }
     let hashing = tar.finish().map_err(write_err)?;
     let diff_id = Digest::from_hex(&hex::encode(hashing.hasher.finalize()))
@@ -190,6 +197,7 @@ fn write_entry<W: Write>(
     epoch: u64,
     layer: &str,
     buf: &mut [u8],
+    progress: &mut dyn FnMut(u64),
 ) -> Result<(), LayerError> {
     let write_err = |source| LayerError::Write {
         layer: layer.to_string(),
@@ -221,7 +229,7 @@ fn write_entry<W: Write>(
         match source {
             FileSource::Inline(bytes) => tar.data(bytes).map_err(write_err)?,
             FileSource::Context { path, .. } => {
-                copy_file(tar, path, *size, layer, buf)?;
+                copy_file(tar, path, *size, layer, buf, progress)?;
             }
         }
         tar.pad(*size).map_err(write_err)?;
@@ -237,6 +245,7 @@ fn copy_file<W: Write>(
     size: u64,
     layer: &str,
     buf: &mut [u8],
+    progress: &mut dyn FnMut(u64),
 ) -> Result<(), LayerError> {
     let read_err = |source| LayerError::Read {
         layer: layer.to_string(),
@@ -269,6 +278,10 @@ fn copy_file<W: Write>(
             source,
         })?;
         left -= n as u64;
+        let before = tar.written() - n as u64;
+        if before / PROGRESS_STEP != tar.written() / PROGRESS_STEP {
+            progress(tar.written());
+        }
     }
     if file.read(&mut buf[..1]).map_err(read_err)? != 0 {
         return Err(changed());

@@ -59,6 +59,19 @@ pub struct Plan {
     pub images: Vec<ImagePlan>,
 }
 
+impl LayerNode {
+    /// The bytes of file content the layer holds.
+    pub fn content_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| match &e.kind {
+                EntryKind::File { size, .. } => *size,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
 /// One platform's image.
 #[derive(Debug)]
 pub struct ImagePlan {
