@@ -101,7 +101,7 @@ pub fn build(
                 tar_bytes,
             })
         };
-        let (layer, _file) =
+        let layer =
             layers::build_layer(node, plan.epoch, plan.codec, threads, file, &mut progress)?;
         writer.add_blob_file(&tmp, &layer.digest)?;
         reporter.report(Event::LayerFinished {

@@ -134,8 +134,8 @@ fn start_writeback(_: &File, _: u64, _: u64) {}
 /// How often (in tar bytes) [`build_layer`] reports progress.
 pub const PROGRESS_STEP: u64 = 8 << 20;
 
-/// Builds the layer `node` into `out` (a fresh, empty file), returning the
-/// digests and sizes and the file back.
+/// Builds the layer `node` into `out` (a fresh, empty file, synced to disk
+/// before this returns), returning its digests and sizes.
 ///
 /// `progress` is called with the number of tar bytes written so far, about
 /// every [`PROGRESS_STEP`] bytes.
@@ -146,7 +146,7 @@ pub fn build_layer(
     threads: usize,
     out: File,
     progress: &mut dyn FnMut(u64),
-) -> Result<(BuiltLayer, File), LayerError> {
+) -> Result<BuiltLayer, LayerError> {
     let write_err = |source| LayerError::Write {
         layer: node.name.clone(),
         source,
@@ -180,15 +180,12 @@ pub fn build_layer(
     file.sync_all().map_err(write_err)?;
     let digest =
         Digest::from_hex(&compressed.sha256_hex).map_err(|e| write_err(io::Error::other(e)))?;
-    Ok((
-        BuiltLayer {
-            digest,
-            diff_id,
-            size: compressed.size,
-            tar_size,
-        },
-        file,
-    ))
+    Ok(BuiltLayer {
+        digest,
+        diff_id,
+        size: compressed.size,
+        tar_size,
+    })
 }
 
 fn write_entry<W: Write>(

@@ -4,7 +4,7 @@
 
 use super::{Entry, EntryKind, FileSource, PlanError};
 use crate::spec::{Location, Mode, Owner};
-use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -269,6 +269,7 @@ fn expand_file(
                 context,
                 &path,
                 &dst,
+                None,
                 &excludes,
                 &meta,
                 origin,
@@ -333,58 +334,19 @@ fn expand_file(
             });
         }
     }
-    let before = c.entries.len();
-    let mut matched_any = false;
-    if root.is_dir() {
-        let mut copy_all: Vec<PathBuf> = Vec::new();
-        let mut walk = walkdir::WalkDir::new(&root)
-            .follow_links(false)
-            .min_depth(1)
-            .sort_by_file_name()
-            .into_iter();
-        while let Some(item) = walk.next() {
-            let item = item.map_err(|e| walk_error(&root, e))?;
-            let path = item.path();
-            if c.skip.iter().any(|s| path.starts_with(s)) {
-                if item.file_type().is_dir() {
-                    walk.skip_current_dir();
-                }
-                continue;
-            }
-            let ctx_rel = relative(context, path)?;
-            let below = relative(&root, path)?;
-            while copy_all.last().is_some_and(|d| !path.starts_with(d)) {
-                copy_all.pop();
-            }
-            let inside_copied = !copy_all.is_empty();
-            if !inside_copied && !glob.is_match(&ctx_rel) {
-                continue;
-            }
-            if is_excluded(&excludes, &below, &ctx_rel) {
-                if item.file_type().is_dir() {
-                    walk.skip_current_dir();
-                }
-                continue;
-            }
-            matched_any = true;
-            let md = item
-                .path()
-                .symlink_metadata()
-                .map_err(|source| PlanError::ReadContext {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            if md.is_dir() {
-                copy_all.push(path.to_path_buf());
-            }
-            let target = join_image(&dst, &below);
-            c.add(
-                make_entry(context, path, target, &md, &meta, &f.location)?,
-                origin,
-            )?;
-        }
-    }
-    if !matched_any && c.entries.len() == before && !f.optional {
+    let matched = root.is_dir()
+        && walk_into(
+            context,
+            &root,
+            &dst,
+            Some(&glob),
+            &excludes,
+            &meta,
+            origin,
+            c,
+            &f.location,
+        )?;
+    if !matched && !f.optional {
         return Err(PlanError::GlobMatchedNothing {
             src,
             location: loc(),
@@ -399,17 +361,25 @@ struct Meta {
     dir_mode: u32,
 }
 
+/// Adds what lies below `root` (never following a symlink, never entering a
+/// skipped folder or an excluded one) at `dst` + its path below `root`.
+/// With `select`, only paths whose context path matches the glob are added,
+/// and everything below a matched folder. Returns whether anything matched.
 #[allow(clippy::too_many_arguments)]
 fn walk_into(
     context: &Path,
     root: &Path,
     dst: &str,
+    select: Option<&GlobMatcher>,
     excludes: &GlobSet,
     meta: &Meta,
     origin: usize,
     c: &mut Collector,
     location: &Location,
-) -> Result<(), PlanError> {
+) -> Result<bool, PlanError> {
+    let mut matched = false;
+    // Folders matched by `select`, whose whole content is copied.
+    let mut copied: Vec<PathBuf> = Vec::new();
     let mut walk = walkdir::WalkDir::new(root)
         .follow_links(false)
         .min_depth(1)
@@ -417,34 +387,47 @@ fn walk_into(
         .into_iter();
     while let Some(item) = walk.next() {
         let item = item.map_err(|e| walk_error(root, e))?;
-        if c.skip.iter().any(|s| item.path().starts_with(s)) {
-            if item.file_type().is_dir() {
+        let path = item.path();
+        let is_dir = item.file_type().is_dir();
+        if c.skip.iter().any(|s| path.starts_with(s)) {
+            if is_dir {
                 walk.skip_current_dir();
             }
             continue;
         }
-        let below = relative(root, item.path())?;
-        let ctx_rel = relative(context, item.path())?;
+        let below = relative(root, path)?;
+        let ctx_rel = relative(context, path)?;
+        if let Some(glob) = select {
+            while copied.last().is_some_and(|d| !path.starts_with(d)) {
+                copied.pop();
+            }
+            if copied.is_empty() && !glob.is_match(&ctx_rel) {
+                continue;
+            }
+        }
         if is_excluded(excludes, &below, &ctx_rel) {
-            if item.file_type().is_dir() {
+            if is_dir {
                 walk.skip_current_dir();
             }
             continue;
         }
-        let md = item
-            .path()
+        matched = true;
+        let md = path
             .symlink_metadata()
             .map_err(|source| PlanError::ReadContext {
-                path: item.path().to_path_buf(),
+                path: path.to_path_buf(),
                 source,
             })?;
+        if select.is_some() && md.is_dir() {
+            copied.push(path.to_path_buf());
+        }
         let target = join_image(dst, &below);
         c.add(
-            make_entry(context, item.path(), target, &md, meta, location)?,
+            make_entry(context, path, target, &md, meta, location)?,
             origin,
         )?;
     }
-    Ok(())
+    Ok(matched)
 }
 
 fn make_entry(
