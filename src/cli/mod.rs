@@ -181,6 +181,10 @@ fn threads(jobs: Option<u16>) -> Result<usize, Failure> {
 }
 
 fn make_plan(file: &SpecFile, common: &CommonArgs, skip: Vec<PathBuf>) -> Result<Plan, Failure> {
+    let skip = skip
+        .into_iter()
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect();
     let opts = PlanOptions {
         context: common.context.clone(),
         platforms: common.platforms.clone(),

@@ -73,6 +73,10 @@ pub struct LayoutWriter {
     staging: PathBuf,
     next_tmp: u64,
     committed: bool,
+    /// Blobs found already in the target (so not staged), with the layout
+    /// they came from: checked again under the lock at commit, because
+    /// another build's garbage collection may have removed them since.
+    reused: Vec<(PathBuf, Descriptor)>,
 }
 
 impl LayoutWriter {
@@ -114,6 +118,7 @@ impl LayoutWriter {
             target: target.to_path_buf(),
             staging,
             next_tmp: 0,
+            reused: Vec::new(),
             committed: false,
         })
     }
@@ -163,11 +168,19 @@ impl LayoutWriter {
     /// while copying. Returns false when the target already holds a verified
     /// copy (nothing copied).
     pub fn copy_blob(&mut self, src_dir: &Path, desc: &Descriptor) -> Result<bool, LayoutError> {
-        if self.staged(&desc.digest).exists()
-            || verify_blob(&self.in_target(&desc.digest), &desc.digest)
-        {
+        if self.staged(&desc.digest).exists() {
             return Ok(false);
         }
+        if verify_blob(&self.in_target(&desc.digest), &desc.digest) {
+            self.reused.push((src_dir.to_path_buf(), desc.clone()));
+            return Ok(false);
+        }
+        self.stage_copy(src_dir, desc)?;
+        Ok(true)
+    }
+
+    /// Copies blob `desc` from `src_dir` into staging, checking its digest.
+    fn stage_copy(&mut self, src_dir: &Path, desc: &Descriptor) -> Result<(), LayoutError> {
         let src = src_dir.join("blobs").join("sha256").join(desc.digest.hex());
         let mut input = File::open(&src).map_err(io_err("open", &src))?;
         let (mut out, tmp) = self.temp_file()?;
@@ -192,8 +205,7 @@ impl LayoutWriter {
             });
         }
         out.sync_all().map_err(io_err("sync", &tmp))?;
-        self.add_blob_file(&tmp, &desc.digest)?;
-        Ok(true)
+        self.add_blob_file(&tmp, &desc.digest)
     }
 
     /// Puts every staged blob into the target, then replaces `index.json`
@@ -210,6 +222,15 @@ impl LayoutWriter {
         }
         let dir = File::open(&self.target).map_err(io_err("open", &self.target))?;
         dir.lock().map_err(io_err("lock", &self.target))?;
+        // Blobs reused from the target may have been collected by another
+        // build since they were checked: stage them again if so.
+        for (src_dir, desc) in std::mem::take(&mut self.reused) {
+            if !self.staged(&desc.digest).exists()
+                && !verify_blob(&self.in_target(&desc.digest), &desc.digest)
+            {
+                self.stage_copy(&src_dir, &desc)?;
+            }
+        }
         let blobs = self.target.join("blobs").join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create folder", &blobs))?;
         let staged_dir = self.staging.join("blobs").join("sha256");
@@ -401,4 +422,44 @@ fn sync_dir(path: &Path) -> Result<(), LayoutError> {
     File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync folder", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout_with(dir: &Path, bytes: &[u8]) -> Descriptor {
+        let blobs = dir.join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        fs::write(dir.join("oci-layout"), OCI_LAYOUT).unwrap();
+        let digest = oci::sha256_digest(bytes);
+        fs::write(blobs.join(digest.hex()), bytes).unwrap();
+        Descriptor::new(oci::MEDIA_TYPE_LAYER, digest, bytes.len() as u64)
+    }
+
+    #[test]
+    fn a_reused_blob_removed_before_commit_is_copied_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base");
+        let out = tmp.path().join("out");
+        let layer = layout_with(&base, b"base layer");
+        layout_with(&out, b"base layer");
+        let mut w = LayoutWriter::create(&out).unwrap();
+        assert!(
+            !w.copy_blob(&base, &layer).unwrap(),
+            "already in the target"
+        );
+        // Another build's garbage collection removes it meanwhile.
+        fs::remove_file(w.in_target(&layer.digest)).unwrap();
+        // A document that references the layer, so that it stays reachable.
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [layer]});
+        let desc = w
+            .add_blob_bytes(oci::MEDIA_TYPE_INDEX, &serde_json::to_vec(&index).unwrap())
+            .unwrap();
+        w.commit(&[("t".to_string(), desc)]).unwrap();
+        assert!(verify_blob(
+            &out.join("blobs/sha256").join(layer.digest.hex()),
+            &layer.digest
+        ));
+    }
 }

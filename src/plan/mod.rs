@@ -33,8 +33,8 @@ pub struct PlanOptions {
     pub vars: BTreeMap<String, String>,
     /// `SOURCE_DATE_EPOCH`, read by the caller.
     pub source_date_epoch: Option<u64>,
-    /// Folders never put in a layer even when a glob covers them: the output
-    /// layout, so that a build never packs its own (previous) output.
+    /// Folders (absolute paths) never put in a layer even when a glob covers
+    /// them: the output layout, so that a build never packs its own output.
     pub skip: Vec<PathBuf>,
 }
 
@@ -457,18 +457,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
     }
     let r = Renderer { file };
     // Compare skipped folders in the context's canonical form.
-    let skip: Vec<PathBuf> = opts
-        .skip
-        .iter()
-        .map(|p| {
-            let abs = if p.is_absolute() {
-                p.clone()
-            } else {
-                std::env::current_dir().unwrap_or_default().join(p)
-            };
-            canonical_prefix(&abs)
-        })
-        .collect();
+    let skip: Vec<PathBuf> = opts.skip.iter().map(|p| canonical_prefix(p)).collect();
     let mut vars = spec.vars.clone();
     vars.extend(opts.vars.clone());
     let global = TemplateContext::new(vars);
