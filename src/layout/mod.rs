@@ -92,12 +92,14 @@ impl LayoutWriter {
         };
         fs::create_dir_all(&parent).map_err(io_err("create folder", &parent))?;
         if target.exists() {
-            let is_layout = target.join("oci-layout").is_file();
+            // Emptiness first: a concurrent build's commit makes `oci-layout`
+            // the first entry of a new layout, so "not empty" then implies it.
             let empty = target.is_dir()
                 && fs::read_dir(target)
                     .map_err(io_err("read folder", target))?
                     .next()
                     .is_none();
+            let is_layout = target.join("oci-layout").is_file();
             if !is_layout && !empty {
                 return Err(LayoutError::NotALayout {
                     path: target.to_path_buf(),
@@ -222,6 +224,11 @@ impl LayoutWriter {
         }
         let dir = File::open(&self.target).map_err(io_err("open", &self.target))?;
         dir.lock().map_err(io_err("lock", &self.target))?;
+        // `oci-layout` is the first entry of a new layout (see `create`).
+        let layout_file = self.target.join("oci-layout");
+        if !layout_file.is_file() {
+            write_atomic(&self.staging, &layout_file, OCI_LAYOUT)?;
+        }
         // Blobs reused from the target may have been collected by another
         // build since they were checked: stage them again if so.
         for (src_dir, desc) in std::mem::take(&mut self.reused) {
@@ -251,10 +258,6 @@ impl LayoutWriter {
             }
         }
         sync_dir(&blobs)?;
-        let layout_file = self.target.join("oci-layout");
-        if !layout_file.is_file() {
-            write_atomic(&self.staging, &layout_file, OCI_LAYOUT)?;
-        }
         let index_path = self.target.join("index.json");
         let mut index = if index_path.is_file() {
             let mut bytes = Vec::new();
