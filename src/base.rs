@@ -4,13 +4,34 @@
 //! descriptor and their blobs copied by the layout writer.
 //!
 //! Every document read is bounded (4 MiB) and checked against its digest.
-//! Registry references arrive with the registry issue; until then they are
-//! an error that says so.
+//! Registry references are resolved through a [`RemoteBases`] (the registry
+//! module implements it): it fills a local store laid out as an OCI layout,
+//! which is then read exactly like an `oci:` base.
 
 use crate::oci::{self, AnyDocument, Descriptor, Digest, ImageConfig, Index, Manifest, Platform};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Resolves registry references into a local store (an OCI layout).
+pub trait RemoteBases: Send + Sync + std::fmt::Debug {
+    /// Resolves a registry reference to the platform manifests it offers.
+    fn open(&self, reference: &str) -> Result<RemoteOpened, BaseError>;
+    /// Makes sure a blob of that base is in the store, verified.
+    fn fetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError>;
+}
+
+/// A registry base, resolved.
+#[derive(Clone, Debug)]
+pub struct RemoteOpened {
+    /// The store folder (an OCI layout holding the fetched blobs).
+    pub store: PathBuf,
+    /// The top document's digest (index or manifest).
+    pub digest: Digest,
+    /// Each platform manifest with its platform.
+    pub candidates: Vec<(Platform, Descriptor)>,
+}
 
 /// Largest manifest, index or config imgc reads.
 pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
@@ -110,20 +131,33 @@ pub enum BaseError {
         /// The file.
         path: PathBuf,
     },
-    /// A registry reference (not supported yet).
-    #[error(
-        "base `{reference}` is a registry reference; pulling from registries is not supported yet"
-    )]
+    /// A registry reference, but no way to reach registries was given.
+    #[error("base `{reference}` is a registry reference, and this command does not pull from registries")]
     RegistryUnsupported {
         /// The reference.
         reference: String,
     },
+    /// Resolving or fetching a registry base failed.
+    #[error(transparent)]
+    Remote(Box<dyn std::error::Error + Send + Sync>),
     /// An `oci:` reference without a folder.
     #[error("base `{reference}` names no layout folder (expected `oci:DIR` or `oci:DIR:TAG`)")]
     BadReference {
         /// The reference.
         reference: String,
     },
+}
+
+impl BaseError {
+    /// A hint for the user, if there is one.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            BaseError::Remote(e) => e
+                .downcast_ref::<crate::registry::RegistryError>()
+                .and_then(|e| e.help()),
+            _ => None,
+        }
+    }
 }
 
 /// A base image resolved for one platform.
@@ -139,6 +173,8 @@ pub struct BaseImage {
     pub config: ImageConfig,
     /// The base layers.
     pub layers: Vec<Descriptor>,
+    /// For a registry base: where to fetch its blobs from when an output needs them.
+    pub remote: Option<Arc<dyn RemoteBases>>,
 }
 
 impl BaseImage {
@@ -150,6 +186,7 @@ impl BaseImage {
             manifest: None,
             config: ImageConfig::default(),
             layers: Vec::new(),
+            remote: None,
         }
     }
 }
@@ -167,18 +204,33 @@ pub enum OpenedBase {
         dir: PathBuf,
         /// Each candidate manifest with its platform.
         candidates: Vec<(Platform, Descriptor)>,
+        /// For a registry base: what fetches its blobs into `dir`.
+        remote: Option<Arc<dyn RemoteBases>>,
     },
 }
 
 impl OpenedBase {
     /// Opens a base reference; relative layout folders are relative to `spec_dir`.
-    pub fn open(reference: &str, spec_dir: &Path) -> Result<OpenedBase, BaseError> {
+    pub fn open(
+        reference: &str,
+        spec_dir: &Path,
+        remote: Option<&Arc<dyn RemoteBases>>,
+    ) -> Result<OpenedBase, BaseError> {
         if reference == "scratch" {
             return Ok(OpenedBase::Scratch);
         }
         let Some(rest) = reference.strip_prefix("oci:") else {
-            return Err(BaseError::RegistryUnsupported {
+            let Some(remote) = remote else {
+                return Err(BaseError::RegistryUnsupported {
+                    reference: reference.to_string(),
+                });
+            };
+            let opened = remote.open(reference)?;
+            return Ok(OpenedBase::Layout {
                 reference: reference.to_string(),
+                dir: opened.store,
+                candidates: opened.candidates,
+                remote: Some(remote.clone()),
             });
         };
         let (dir, tag) = split_layout_ref(rest);
@@ -231,6 +283,7 @@ impl OpenedBase {
             reference: reference.to_string(),
             dir,
             candidates,
+            remote: None,
         })
     }
 
@@ -246,13 +299,14 @@ impl OpenedBase {
 
     /// The base image for one platform.
     pub fn select(&self, platform: &Platform) -> Result<BaseImage, BaseError> {
-        let (reference, dir, candidates) = match self {
+        let (reference, dir, candidates, remote) = match self {
             OpenedBase::Scratch => return Ok(BaseImage::scratch()),
             OpenedBase::Layout {
                 reference,
                 dir,
                 candidates,
-            } => (reference, dir, candidates),
+                remote,
+            } => (reference, dir, candidates, remote),
         };
         let Some((_, desc)) = candidates.iter().find(|(p, _)| p.matches(platform)) else {
             return Err(BaseError::MissingPlatform {
@@ -266,7 +320,13 @@ impl OpenedBase {
             });
         };
         let path = blob_path(dir, &desc.digest);
+        if let Some(r) = remote {
+            r.fetch(reference, desc)?;
+        }
         let manifest: Manifest = parse_doc(&path, &read_blob(dir, desc)?, "image manifest")?;
+        if let Some(r) = remote {
+            r.fetch(reference, &manifest.config)?;
+        }
         let config = read_config(dir, &manifest)?;
         Ok(BaseImage {
             reference: reference.clone(),
@@ -274,6 +334,7 @@ impl OpenedBase {
             manifest: Some(desc.clone()),
             config,
             layers: manifest.layers,
+            remote: remote.clone(),
         })
     }
 }
@@ -420,7 +481,7 @@ mod tests {
     #[test]
     fn opens_the_example_base() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-arch");
-        let base = OpenedBase::open("oci:base:1.0", &dir).unwrap();
+        let base = OpenedBase::open("oci:base:1.0", &dir, None).unwrap();
         assert_eq!(
             platform_names(&base.platforms()),
             "linux/amd64, linux/arm64/v8"
@@ -433,11 +494,11 @@ mod tests {
             err.to_string().contains("linux/amd64, linux/arm64/v8"),
             "{err}"
         );
-        let single = OpenedBase::open("oci:base:1.0-amd64", &dir).unwrap();
+        let single = OpenedBase::open("oci:base:1.0-amd64", &dir, None).unwrap();
         assert_eq!(platform_names(&single.platforms()), "linux/amd64");
-        let err = OpenedBase::open("oci:base:nope", &dir).unwrap_err();
+        let err = OpenedBase::open("oci:base:nope", &dir, None).unwrap_err();
         assert!(err.to_string().contains("has no tag `nope`"), "{err}");
-        let err = OpenedBase::open("oci:missing", &dir).unwrap_err();
+        let err = OpenedBase::open("oci:missing", &dir, None).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }
 }

@@ -2,7 +2,7 @@
 //! layer once, copies base blobs, assembles configs, manifests and the image
 //! index, and commits the layout atomically. Reports through a `Reporter`.
 
-use crate::base::BaseImage;
+use crate::base::{BaseError, BaseImage};
 use crate::layers::{self, BuiltLayer, LayerError};
 use crate::layout::{LayoutError, LayoutWriter};
 use crate::oci::{
@@ -29,6 +29,21 @@ pub enum Error {
     /// Writing the layout.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// Fetching a base's blobs.
+    #[error("failed to fetch a layer of base `{reference}`")]
+    Base {
+        /// The base reference.
+        reference: String,
+        /// The cause.
+        #[source]
+        source: BaseError,
+    },
+    /// Talking to a registry.
+    #[error(transparent)]
+    Registry(Box<crate::registry::RegistryError>),
+    /// The lock file.
+    #[error(transparent)]
+    Lock(#[from] crate::registry::lock::LockError),
     /// Encoding a document.
     #[error("failed to encode {what}")]
     Encode {
@@ -38,6 +53,12 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl From<crate::registry::RegistryError> for Error {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        Error::Registry(Box::new(e))
+    }
 }
 
 impl Error {
@@ -55,6 +76,8 @@ impl Error {
         match self {
             Error::Spec(e) => e.help(),
             Error::Plan(e) => e.help(),
+            Error::Registry(e) => e.help(),
+            Error::Base { source, .. } => source.help(),
             _ => None,
         }
     }
@@ -69,6 +92,14 @@ pub struct BuildOutput {
     pub index: Descriptor,
     /// Each platform's manifest digest.
     pub manifests: Vec<(Platform, Digest)>,
+    /// The index's entries (manifest descriptors with platform), in order.
+    pub children: Vec<Descriptor>,
+    /// Each entry's position among all the spec's platforms.
+    pub positions: Vec<usize>,
+    /// The index's annotations.
+    pub index_annotations: BTreeMap<String, String>,
+    /// The index's media type.
+    pub index_media_type: String,
     /// The tags written to `index.json`.
     pub tags: Vec<String>,
 }
@@ -128,6 +159,14 @@ pub fn build(
         let mut layer_descs = Vec::new();
         if let Some(dir) = &image.base.layout_dir {
             for desc in &image.base.layers {
+                if let Some(remote) = &image.base.remote {
+                    remote
+                        .fetch(&image.base.reference, desc)
+                        .map_err(|source| Error::Base {
+                            reference: image.base.reference.clone(),
+                            source,
+                        })?;
+                }
                 if writer.copy_blob(dir, desc)? {
                     reporter.report(Event::BaseBlobCopied {
                         digest: &desc.digest,
@@ -166,6 +205,15 @@ pub fn build(
             oci::MEDIA_TYPE_MANIFEST
         };
         let mut annotations = image.annotations.clone();
+        // A registry base is named, so that a push can mount its blobs.
+        if let (Some(_), Some(base_manifest)) = (&image.base.remote, &image.base.manifest) {
+            annotations
+                .entry(oci::ANNOTATION_BASE_NAME.to_string())
+                .or_insert_with(|| image.base.reference.clone());
+            annotations
+                .entry(oci::ANNOTATION_BASE_DIGEST.to_string())
+                .or_insert_with(|| base_manifest.digest.to_string());
+        }
         if docker {
             annotations.clear();
         }
@@ -197,7 +245,7 @@ pub fn build(
         schema_version: 2,
         media_type: Some(index_mt.to_string()),
         artifact_type: None,
-        manifests: children,
+        manifests: children.clone(),
         subject: None,
         annotations: if docker {
             BTreeMap::new()
@@ -228,6 +276,10 @@ pub fn build(
         layout: output.to_path_buf(),
         index: index_desc,
         manifests,
+        children,
+        positions: plan.images.iter().map(|i| i.position).collect(),
+        index_annotations: index.annotations.clone(),
+        index_media_type: index_mt.to_string(),
         tags: plan.tags.clone(),
     })
 }

@@ -11,6 +11,7 @@ pub mod layout;
 pub mod oci;
 pub mod plan;
 pub mod progress;
+pub mod registry;
 pub mod spec;
 
 pub use build::{build, BuildOutput, Error};

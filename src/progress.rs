@@ -56,6 +56,54 @@ pub enum Event<'a> {
     },
     /// Something the user should know, which does not stop the build.
     Warning(&'a str),
+    /// A registry operation failed and is tried again.
+    Retrying {
+        /// What is retried.
+        what: &'a str,
+        /// The attempt that failed (1 = the first).
+        attempt: u32,
+        /// How long imgc waits before the next attempt.
+        wait: std::time::Duration,
+        /// Why it failed.
+        reason: &'a str,
+    },
+    /// A blob was downloaded from a registry into the local store.
+    BlobPulled {
+        /// Its digest.
+        digest: &'a Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// A blob transfer to a registry started.
+    PushStarted {
+        /// Its digest.
+        digest: &'a Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// Bytes of a blob sent so far.
+    PushProgress {
+        /// Its digest.
+        digest: &'a Digest,
+        /// Bytes sent (restarts from 0 when an upload is retried).
+        sent: u64,
+    },
+    /// A blob is in the registry.
+    BlobPushed {
+        /// Its digest.
+        digest: &'a Digest,
+        /// Its size.
+        size: u64,
+        /// How it got there.
+        how: BlobOutcome,
+    },
+    /// A manifest or index was pushed.
+    ManifestPushed {
+        /// The reference it was pushed as (by digest or tag).
+        reference: &'a str,
+        /// Its digest.
+        digest: &'a Digest,
+    },
     /// The layout was written.
     LayoutWritten {
         /// Where.
@@ -63,6 +111,17 @@ pub enum Event<'a> {
         /// The image index digest.
         digest: &'a Digest,
     },
+}
+
+/// How a blob came to be in a registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobOutcome {
+    /// The registry had it already (HEAD said so).
+    Existed,
+    /// Mounted from another repository of the same registry.
+    Mounted,
+    /// Uploaded.
+    Uploaded,
 }
 
 /// Receives events; implementations must be cheap and must not fail.

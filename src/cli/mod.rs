@@ -3,6 +3,7 @@
 //! `SOURCE_DATE_EPOCH`). Errors are rendered here once, with their spec
 //! location and a hint.
 
+mod registry;
 mod render;
 mod report;
 
@@ -28,6 +29,14 @@ enum Command {
     Build(BuildArgs),
     /// Print the layer graph without building.
     Plan(PlanArgs),
+    /// Resolve the spec's registry bases to digests and write image.lock.
+    Lock(registry::LockArgs),
+    /// Push an image from an OCI layout to a registry.
+    Push(registry::PushArgs),
+    /// Join per-platform builds (CI shards) into one index and push it.
+    Index(registry::IndexArgs),
+    /// Show an image or index, from a registry or a layout.
+    Inspect(registry::InspectArgs),
     /// Print the JSON Schema of image.toml.
     Schema,
 }
@@ -63,12 +72,40 @@ struct BuildArgs {
     /// Print only the digest.
     #[arg(long, short)]
     quiet: bool,
+    /// Push to [image].name with every tag after building.
+    #[arg(long)]
+    push: bool,
+    /// Push only the platform manifests, by digest (for CI shards; join them with `imgc index`).
+    #[arg(long, conflicts_with = "push")]
+    push_by_digest: bool,
+    /// Tag (repeatable), instead of [image].tags.
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Fail unless every registry base is pinned in the lock file.
+    #[arg(long)]
+    locked: bool,
+    /// Use no network: bases come from the local store only.
+    #[arg(long, conflicts_with_all = ["push", "push_by_digest"])]
+    offline: bool,
+    /// Write a JSON summary (index and manifest digests, tags, pushed references) to this file.
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    #[command(flatten)]
+    registry: registry::RegistryArgs,
 }
 
 #[derive(Args, Debug)]
 struct PlanArgs {
     #[command(flatten)]
     common: CommonArgs,
+    /// Fail unless every registry base is pinned in the lock file.
+    #[arg(long)]
+    locked: bool,
+    /// Use no network: bases come from the local store only.
+    #[arg(long)]
+    offline: bool,
+    #[command(flatten)]
+    registry: registry::RegistryArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -85,7 +122,7 @@ fn parse_platform(s: &str) -> Result<Platform, String> {
         .map_err(|e: imgc::oci::PlatformError| e.to_string())
 }
 
-fn parse_var(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_var(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),
@@ -113,6 +150,10 @@ pub fn run() -> i32 {
     let result = match cli.command {
         Command::Build(args) => cmd_build(args),
         Command::Plan(args) => cmd_plan(args),
+        Command::Lock(args) => registry::cmd_lock(args),
+        Command::Push(args) => registry::cmd_push(args),
+        Command::Index(args) => registry::cmd_index(args),
+        Command::Inspect(args) => registry::cmd_inspect(args),
         Command::Schema => {
             print!("{}", imgc::spec::json_schema());
             Ok(())
@@ -180,7 +221,12 @@ fn threads(jobs: Option<u16>) -> Result<usize, Failure> {
     }
 }
 
-fn make_plan(file: &SpecFile, common: &CommonArgs, skip: Vec<PathBuf>) -> Result<Plan, Failure> {
+fn make_plan(
+    file: &SpecFile,
+    common: &CommonArgs,
+    skip: Vec<PathBuf>,
+    remote: Option<std::sync::Arc<dyn imgc::base::RemoteBases>>,
+) -> Result<Plan, Failure> {
     let skip = skip
         .into_iter()
         .map(|p| std::path::absolute(&p).unwrap_or(p))
@@ -191,12 +237,13 @@ fn make_plan(file: &SpecFile, common: &CommonArgs, skip: Vec<PathBuf>) -> Result
         vars: common.vars.iter().cloned().collect::<BTreeMap<_, _>>(),
         source_date_epoch: env_epoch()?,
         skip,
+        remote,
     };
     Ok(plan::plan(file, &opts)?)
 }
 
 /// The folder default outputs go in.
-const DEFAULT_OUTPUT_ROOT: &str = "imgc-out";
+pub(crate) const DEFAULT_OUTPUT_ROOT: &str = "imgc-out";
 
 /// `./imgc-out/<last part of [image].name>`, else `./imgc-out/<spec folder>`.
 fn default_output(file: &SpecFile) -> PathBuf {
@@ -252,28 +299,110 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         Some(o) => vec![o.clone()],
         None => vec![PathBuf::from(DEFAULT_OUTPUT_ROOT)],
     };
-    let plan = make_plan(&file, &args.common, skip)?;
+    let client = registry::client(&args.registry, args.quiet)?;
+    let mode = imgc::registry::pull::ResolveMode {
+        locked: args.locked,
+        offline: args.offline,
+        update: false,
+    };
+    let (resolver, _) = registry::bases(&args.common.spec, client.clone(), mode)?;
+    let mut plan = make_plan(&file, &args.common, skip, Some(resolver))?;
+    if !args.tags.is_empty() {
+        for t in &args.tags {
+            if !plan::valid_tag(t) {
+                return Err(Failure::Usage(format!(
+                    "--tag `{t}` is not a valid tag (letters, digits, `_`, `.`, `-`; at most 128; not starting with `.` or `-`)"
+                )));
+            }
+        }
+        plan.tags = args.tags.clone();
+    }
+    let target = if args.push || args.push_by_digest {
+        let Some(name) = &plan.name else {
+            return Err(Failure::Usage(format!(
+                "--push needs `[image].name` in `{}` (the repository to push to)",
+                file.path.display()
+            )));
+        };
+        let r = registry::parse_ref(name)?;
+        Some(imgc::registry::ImageRef {
+            tag: None,
+            digest: None,
+            ..r
+        })
+    } else {
+        None
+    };
     let reporter = report::StderrReporter::new(args.quiet);
     let out = imgc::build(&plan, &output, threads, &reporter)?;
+    let mut pushed = Vec::new();
+    if let Some(target) = &target {
+        let outcome = client.push_layout(
+            &output,
+            &out.index,
+            target,
+            &imgc::registry::push::PushOptions {
+                tags: out.tags.clone(),
+                by_digest: args.push_by_digest,
+            },
+        )?;
+        if !args.quiet {
+            eprintln!("{}", registry::push_summary(target, &outcome));
+        }
+        pushed = outcome.pushed;
+    }
     if let Some(f) = &args.digest_file {
         write_file(f, out.index.digest.as_str().as_bytes())?;
+    }
+    if let Some(f) = &args.metadata_file {
+        let index = imgc::oci::Index {
+            schema_version: 2,
+            media_type: Some(out.index_media_type.clone()),
+            artifact_type: None,
+            manifests: out.children.clone(),
+            subject: None,
+            annotations: out.index_annotations.clone(),
+            extra: Default::default(),
+        };
+        let name = target
+            .as_ref()
+            .map(|t| t.name())
+            .or_else(|| plan.name.clone());
+        let mut m = imgc::registry::shards::Metadata::for_index(
+            name,
+            &out.index.digest,
+            &index,
+            &out.positions,
+            args.push,
+        );
+        m.tags = out.tags.clone();
+        m.pushed = pushed;
+        registry::write_metadata(f, &m)?;
     }
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{}", out.index.digest);
     Ok(())
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
     std::fs::write(path, bytes)
         .map_err(|e| Failure::Cli(format!("failed to write `{}`", path.display()), Some(e)))
 }
 
 fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
     let file = SpecFile::load(&args.common.spec)?;
+    let client = registry::client(&args.registry, true)?;
+    let mode = imgc::registry::pull::ResolveMode {
+        locked: args.locked,
+        offline: args.offline,
+        update: false,
+    };
+    let (resolver, _) = registry::bases(&args.common.spec, client, mode)?;
     let plan = make_plan(
         &file,
         &args.common,
         vec![PathBuf::from(DEFAULT_OUTPUT_ROOT)],
+        Some(resolver),
     )?;
     let mut stdout = std::io::stdout().lock();
     let text = match args.format {

@@ -1,9 +1,12 @@
-//! What `imgc build` shows on stderr while it works: one line per layer and
-//! base blob, and, on a terminal, a progress bar for the layer being built.
+//! What imgc shows on stderr while it works: one line per layer, base blob,
+//! pulled and pushed blob and manifest, and, on a terminal, progress bars for
+//! the layer being built and the blobs being uploaded.
 
 use super::{human, short};
+use imgc::progress::BlobOutcome;
 use imgc::progress::{Event, Reporter};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
@@ -13,6 +16,9 @@ pub struct StderrReporter {
     /// Whether stderr is a terminal (bars are drawn only there).
     terminal: bool,
     bar: Mutex<Option<ProgressBar>>,
+    /// Bars of blobs being uploaded, by digest.
+    uploads: Mutex<BTreeMap<String, ProgressBar>>,
+    multi: MultiProgress,
 }
 
 impl StderrReporter {
@@ -22,11 +28,46 @@ impl StderrReporter {
             quiet,
             terminal: std::io::stderr().is_terminal(),
             bar: Mutex::new(None),
+            uploads: Mutex::new(BTreeMap::new()),
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+        }
+    }
+
+    fn any_upload_bar(&self) -> bool {
+        self.uploads.lock().map(|u| !u.is_empty()).unwrap_or(false)
+    }
+
+    fn start_upload(&self, digest: &str, size: u64) {
+        if !self.terminal {
+            return;
+        }
+        let bar = self.multi.add(ProgressBar::new(size.max(1)));
+        if let Ok(style) = ProgressStyle::with_template(
+            "  push  {msg:<19} [{bar:30}] {bytes:>10} / {total_bytes} {binary_bytes_per_sec}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(short(digest).to_string());
+        if let Ok(mut u) = self.uploads.lock() {
+            u.insert(digest.to_string(), bar);
+        }
+    }
+
+    fn end_upload(&self, digest: &str) {
+        if let Ok(mut u) = self.uploads.lock() {
+            if let Some(bar) = u.remove(digest) {
+                bar.finish_and_clear();
+                self.multi.remove(&bar);
+            }
         }
     }
 
     /// Prints a line above the bar, if one is shown.
     fn line(&self, text: String) {
+        if self.any_upload_bar() {
+            let _ = self.multi.println(text);
+            return;
+        }
         match self.bar.lock().ok().as_deref().and_then(Option::as_ref) {
             Some(bar) => bar.println(text),
             None => eprintln!("{text}"),
@@ -106,6 +147,52 @@ impl Reporter for StderrReporter {
                 self.line(format!("  removed {count} blob(s) no tag uses any more"))
             }
             Event::Warning(w) => self.line(format!("warning: {w}")),
+            Event::Retrying {
+                what,
+                attempt,
+                wait,
+                reason,
+            } => self.line(format!(
+                "  retry {what} in {:.1}s (attempt {attempt} failed: {reason})",
+                wait.as_secs_f64()
+            )),
+            Event::BlobPulled { digest, size } => self.line(format!(
+                "  pull  {:<16} {} {:>10}",
+                "blob",
+                short(digest.as_str()),
+                human(size)
+            )),
+            Event::PushStarted { digest, size } => self.start_upload(digest.as_str(), size),
+            Event::PushProgress { digest, sent } => {
+                if let Ok(u) = self.uploads.lock() {
+                    if let Some(bar) = u.get(digest.as_str()) {
+                        bar.set_position(sent.min(bar.length().unwrap_or(sent)));
+                    }
+                }
+            }
+            Event::BlobPushed { digest, size, how } => {
+                self.end_upload(digest.as_str());
+                let how = match how {
+                    BlobOutcome::Existed => "exists",
+                    BlobOutcome::Mounted => "mounted",
+                    BlobOutcome::Uploaded => "uploaded",
+                };
+                self.line(format!(
+                    "  push  {how:<16} {} {:>10}",
+                    short(digest.as_str()),
+                    human(size)
+                ))
+            }
+            Event::ManifestPushed { reference, digest } => self.line(format!(
+                "  push  {:<16} {} {}",
+                "manifest",
+                short(digest.as_str()),
+                if reference.starts_with("sha256:") {
+                    ""
+                } else {
+                    reference
+                }
+            )),
             Event::LayoutWritten { path, digest } => self.line(format!(
                 "wrote {} ({})",
                 path.display(),

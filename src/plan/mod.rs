@@ -36,6 +36,8 @@ pub struct PlanOptions {
     /// Folders (absolute paths) never put in a layer even when a glob covers
     /// them: the output layout, so that a build never packs its own output.
     pub skip: Vec<PathBuf>,
+    /// How registry bases are resolved; `None`: registry bases are an error.
+    pub remote: Option<std::sync::Arc<dyn crate::base::RemoteBases>>,
 }
 
 /// The layer graph of one build.
@@ -77,6 +79,9 @@ impl LayerNode {
 pub struct ImagePlan {
     /// The platform, as declared.
     pub platform: Platform,
+    /// Its position among all the spec's platforms (also when `--platform`
+    /// picks a few): the order of the index, so shards can be joined.
+    pub position: usize,
     /// The base for this platform.
     pub base: BaseImage,
     /// Indices into `Plan::layers`, in order.
@@ -338,6 +343,7 @@ impl PlanError {
             }
             SrcThroughSymlink { .. } => Some("name the folder the symlink points to instead".into()),
             DuplicateDst { .. } => Some("each path may be written once per layer; put overrides in a later layer".into()),
+            Base { source, .. } => source.help(),
             _ => None,
         }
     }
@@ -504,6 +510,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             let opened = open_base(
                 &mut bases,
                 &spec_dir,
+                opts.remote.as_ref(),
                 &default_base,
                 default_base_loc.clone(),
             )?;
@@ -548,6 +555,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             });
         }
     }
+    let all_platforms: Vec<Platform> = platforms.iter().map(|(p, _)| p.clone()).collect();
     if !opts.platforms.is_empty() {
         platforms.retain(|(p, _)| opts.platforms.iter().any(|w| w.matches(p)));
     }
@@ -578,13 +586,19 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
                 default_base_loc.clone(),
             ),
         };
-        let base = open_base(&mut bases, &spec_dir, &base_ref, base_loc.clone())?
-            .select(platform)
-            .map_err(|source| PlanError::Base {
-                reference: base_ref.clone(),
-                source,
-                location: base_loc.clone(),
-            })?;
+        let base = open_base(
+            &mut bases,
+            &spec_dir,
+            opts.remote.as_ref(),
+            &base_ref,
+            base_loc.clone(),
+        )?
+        .select(platform)
+        .map_err(|source| PlanError::Base {
+            reference: base_ref.clone(),
+            source,
+            location: base_loc.clone(),
+        })?;
 
         let mut layer_ids = Vec::new();
         let specs = spec
@@ -635,6 +649,10 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             .entry(oci::ANNOTATION_CREATED.to_string())
             .or_insert_with(|| oci::rfc3339(epoch));
         images.push(ImagePlan {
+            position: all_platforms
+                .iter()
+                .position(|q| q == platform)
+                .unwrap_or(images.len()),
             platform: platform.clone(),
             base,
             layers: layer_ids,
@@ -713,15 +731,17 @@ fn canonical_prefix(path: &Path) -> PathBuf {
 fn open_base<'a>(
     bases: &'a mut BTreeMap<String, OpenedBase>,
     spec_dir: &Path,
+    remote: Option<&std::sync::Arc<dyn crate::base::RemoteBases>>,
     reference: &str,
     location: Option<Box<Location>>,
 ) -> Result<&'a OpenedBase, PlanError> {
     if !bases.contains_key(reference) {
-        let opened = OpenedBase::open(reference, spec_dir).map_err(|source| PlanError::Base {
-            reference: reference.to_string(),
-            source,
-            location,
-        })?;
+        let opened =
+            OpenedBase::open(reference, spec_dir, remote).map_err(|source| PlanError::Base {
+                reference: reference.to_string(),
+                source,
+                location,
+            })?;
         bases.insert(reference.to_string(), opened);
     }
     Ok(&bases[reference])

@@ -1,0 +1,521 @@
+//! The registry side of the command line: the flags every command that
+//! talks to a registry accepts, the config file and environment they read
+//! (`IMGC_CACHE_DIR`, `XDG_CACHE_HOME`, `IMGC_CONFIG`, credentials), and the
+//! `push`, `lock`, `index` and `inspect` commands.
+
+use super::{report, write_file, Failure};
+use clap::Args;
+use imgc::registry::lock::LockFile;
+use imgc::registry::pull::{RegistryBases, ResolveMode};
+use imgc::registry::push::{layout_entry, read_layout_doc, PushOptions, PushOutcome};
+use imgc::registry::shards::{self, Metadata};
+use imgc::registry::store::Store;
+use imgc::registry::{auth::AuthEnv, Client, ImageRef, RegistryOptions};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Flags of every command that talks to a registry.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// Talk plain HTTP to this registry (HOST:PORT; repeatable). Never implied.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure: Vec<String>,
+    /// Trust this CA certificate (PEM) besides the system roots (repeatable).
+    #[arg(long = "ca-file", value_name = "FILE")]
+    pub ca_files: Vec<PathBuf>,
+    /// Concurrent blob transfers (default 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub transfers: Option<u16>,
+    /// Upload blobs in chunks of this many bytes instead of one request each.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..))]
+    pub chunk_size: Option<u64>,
+}
+
+/// The optional config file: `$IMGC_CONFIG`, else `$XDG_CONFIG_HOME/imgc/config.toml`,
+/// else `~/.config/imgc/config.toml`.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    #[serde(default)]
+    ca_files: Vec<PathBuf>,
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn config_file() -> Result<ConfigFile, Failure> {
+    let (path, explicit) = match env_path("IMGC_CONFIG") {
+        Some(p) => (p, true),
+        None => match env_path("XDG_CONFIG_HOME")
+            .or_else(|| env_path("HOME").map(|h| h.join(".config")))
+        {
+            Some(d) => (d.join("imgc").join("config.toml"), false),
+            None => return Ok(ConfigFile::default()),
+        },
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok(ConfigFile::default())
+        }
+        Err(e) => {
+            return Err(Failure::Cli(
+                format!("failed to read config file `{}`", path.display()),
+                Some(e),
+            ))
+        }
+    };
+    toml::from_str(&text).map_err(|e| {
+        let (line, col) = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                (
+                    before.matches('\n').count() + 1,
+                    before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                )
+            })
+            .unwrap_or((1, 1));
+        Failure::Cli(
+            format!(
+                "config file `{}` is invalid at line {line}, column {col}: {}",
+                path.display(),
+                e.message()
+            ),
+            None,
+        )
+    })
+}
+
+/// Where pulled blobs are kept: `$IMGC_CACHE_DIR`, else `$XDG_CACHE_HOME/imgc`, else `~/.cache/imgc`.
+pub fn cache_dir() -> Result<PathBuf, Failure> {
+    env_path("IMGC_CACHE_DIR")
+        .or_else(|| env_path("XDG_CACHE_HOME").map(|d| d.join("imgc")))
+        .or_else(|| env_path("HOME").map(|h| h.join(".cache").join("imgc")))
+        .ok_or_else(|| {
+            Failure::Usage(
+                "set IMGC_CACHE_DIR (or HOME) so imgc has a cache folder for pulled blobs".into(),
+            )
+        })
+}
+
+/// Opens the store in the cache folder.
+pub fn store() -> Result<Store, Failure> {
+    Ok(Store::open(&cache_dir()?.join("store"))?)
+}
+
+/// A client configured from the flags, the config file and the environment.
+pub fn client(args: &RegistryArgs, quiet: bool) -> Result<Arc<Client>, Failure> {
+    let cfg = config_file()?;
+    let mut insecure: BTreeSet<String> = cfg.insecure_registries.into_iter().collect();
+    for h in &args.insecure {
+        if h.contains('/') || h.is_empty() {
+            return Err(Failure::Usage(format!(
+                "--insecure-registry `{h}` is not HOST[:PORT] (no scheme, no path)"
+            )));
+        }
+        insecure.insert(h.clone());
+    }
+    let mut ca_files = cfg.ca_files;
+    ca_files.extend(args.ca_files.iter().cloned());
+    let mut opts = RegistryOptions {
+        insecure,
+        ca_files,
+        auth_env: AuthEnv::from_process(),
+        chunk_size: args.chunk_size,
+        ..RegistryOptions::default()
+    };
+    if let Some(t) = args.transfers {
+        opts.jobs = usize::from(t);
+    }
+    let reporter: Arc<dyn imgc::progress::Reporter> = Arc::new(report::StderrReporter::new(quiet));
+    Ok(Arc::new(Client::new(opts, reporter)?))
+}
+
+/// The base resolver for a spec: its lock file, the store, the mode.
+pub fn bases(
+    spec: &Path,
+    client: Arc<Client>,
+    mode: ResolveMode,
+) -> Result<(Arc<RegistryBases>, PathBuf), Failure> {
+    let lock_path = LockFile::path_for(spec);
+    let lock = LockFile::read(&lock_path)?;
+    if mode.locked && lock.is_none() && !mode.update {
+        return Err(Failure::Cli(
+            format!(
+                "--locked needs the lock file `{}`, which does not exist; run `imgc lock {}`",
+                lock_path.display(),
+                spec.display()
+            ),
+            None,
+        ));
+    }
+    let lock = lock.map(|l| (lock_path.clone(), l));
+    Ok((
+        Arc::new(RegistryBases::new(client, store()?, lock, mode)),
+        lock_path,
+    ))
+}
+
+/// Parses a reference given on the command line.
+pub fn parse_ref(s: &str) -> Result<ImageRef, Failure> {
+    ImageRef::parse(s).map_err(|e| Failure::Lib(imgc::registry::RegistryError::from(e).into()))
+}
+
+/// Writes the metadata file.
+pub fn write_metadata(path: &Path, m: &Metadata) -> Result<(), Failure> {
+    let mut text = serde_json::to_string_pretty(m).unwrap_or_default();
+    text.push('\n');
+    write_file(path, text.as_bytes())
+}
+
+/// A one-line summary of a push.
+pub fn push_summary(target: &ImageRef, o: &PushOutcome) -> String {
+    format!(
+        "pushed {} ({} blob(s) uploaded, {} {}, {} mounted, {} already there)",
+        target.name(),
+        o.uploaded,
+        super::human(o.bytes_uploaded),
+        "sent",
+        o.mounted,
+        o.existed
+    )
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The layout to push: oci:DIR or oci:DIR:TAG.
+    #[arg(value_name = "oci:DIR[:TAG]")]
+    source: String,
+    /// Where to push: REGISTRY/REPOSITORY[:TAG].
+    #[arg(value_name = "REF")]
+    target: String,
+    /// Also push these tags (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Push only the platform manifests, by digest (no index, no tags).
+    #[arg(long)]
+    push_by_digest: bool,
+    /// Write the pushed digest (sha256:…) to this file.
+    #[arg(long, value_name = "FILE")]
+    digest_file: Option<PathBuf>,
+    /// Write a JSON summary (digests, tags, pushed references) to this file.
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// Print only the digest.
+    #[arg(long, short)]
+    quiet: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// `oci:DIR[:TAG]` → (dir, tag).
+fn split_oci(s: &str) -> Result<(PathBuf, Option<String>), Failure> {
+    let rest = s
+        .strip_prefix("oci:")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            Failure::Usage(format!("`{s}` is not a layout; use oci:DIR or oci:DIR:TAG"))
+        })?;
+    Ok(match rest.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() && !dir.is_empty() => {
+            (PathBuf::from(dir), Some(tag.to_string()))
+        }
+        _ => (PathBuf::from(rest), None),
+    })
+}
+
+pub fn cmd_push(args: PushArgs) -> Result<(), Failure> {
+    let (dir, tag) = split_oci(&args.source)?;
+    let target = parse_ref(&args.target)?;
+    if !dir.join("oci-layout").is_file() {
+        return Err(Failure::Cli(
+            format!(
+                "`{}` is not an OCI image layout (no oci-layout file)",
+                dir.display()
+            ),
+            None,
+        ));
+    }
+    let top = layout_entry(&dir, tag.as_deref())?;
+    let client = client(&args.registry, args.quiet)?;
+    let mut tags: Vec<String> = Vec::new();
+    if target.digest.is_none() {
+        if let Some(t) = &target.tag {
+            tags.push(t.clone());
+        }
+    }
+    for t in &args.tags {
+        if !tags.contains(t) {
+            tags.push(t.clone());
+        }
+    }
+    let outcome = client.push_layout(
+        &dir,
+        &top,
+        &target,
+        &PushOptions {
+            tags: tags.clone(),
+            by_digest: args.push_by_digest,
+        },
+    )?;
+    if !args.quiet {
+        eprintln!("{}", push_summary(&target, &outcome));
+    }
+    let digest = outcome.digest.clone().unwrap_or_else(|| top.digest.clone());
+    if let Some(f) = &args.digest_file {
+        write_file(f, digest.as_str().as_bytes())?;
+    }
+    if let Some(f) = &args.metadata_file {
+        let doc = read_layout_doc(&dir, &top)?;
+        let index = if imgc::oci::is_index_media_type(&top.media_type) {
+            serde_json::from_slice(&doc.bytes)
+                .map_err(|e| Failure::Cli(format!("index {} is invalid: {e}", top.digest), None))?
+        } else {
+            imgc::oci::Index {
+                schema_version: 2,
+                media_type: Some(top.media_type.clone()),
+                artifact_type: None,
+                manifests: vec![top.clone()],
+                subject: None,
+                annotations: Default::default(),
+                extra: Default::default(),
+            }
+        };
+        let positions: Vec<usize> = (0..index.manifests.len()).collect();
+        let mut m = Metadata::for_index(
+            Some(target.name()),
+            &top.digest,
+            &index,
+            &positions,
+            !args.push_by_digest,
+        );
+        if !args.push_by_digest {
+            m.tags = tags.clone();
+        }
+        m.pushed = outcome.pushed.clone();
+        write_metadata(f, &m)?;
+    }
+    let _ = writeln!(std::io::stdout().lock(), "{digest}");
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct LockArgs {
+    /// The spec file (image.toml).
+    spec: PathBuf,
+    /// Resolve every base again, even those already in the lock file.
+    #[arg(long)]
+    update: bool,
+    /// Set a template variable (repeatable), overriding [vars].
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = super::parse_var)]
+    vars: Vec<(String, String)>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn cmd_lock(args: LockArgs) -> Result<(), Failure> {
+    let file = imgc::spec::SpecFile::load(&args.spec)?;
+    let client = client(&args.registry, false)?;
+    let (resolver, lock_path) = bases(
+        &args.spec,
+        client,
+        ResolveMode {
+            update: true,
+            ..ResolveMode::default()
+        },
+    )?;
+    let old = LockFile::read(&lock_path)?;
+    let opts = imgc::plan::PlanOptions {
+        vars: args.vars.iter().cloned().collect(),
+        remote: Some(resolver.clone()),
+        skip: vec![std::path::absolute(super::DEFAULT_OUTPUT_ROOT)
+            .unwrap_or_else(|_| PathBuf::from(super::DEFAULT_OUTPUT_ROOT))],
+        ..Default::default()
+    };
+    imgc::plan::plan(&file, &opts)?;
+    let mut resolved = resolver.resolved();
+    // Without --update, entries still valid are kept as they were.
+    if !args.update {
+        if let Some(old) = &old {
+            for r in &mut resolved {
+                if let Some(prev) = old.bases.iter().find(|b| b.reference == r.reference) {
+                    if ImageRef::parse(&r.reference).is_ok_and(|x| x.digest.is_some())
+                        || prev.digest == r.digest
+                    {
+                        *r = prev.clone();
+                    }
+                }
+            }
+        }
+    }
+    let lock = LockFile::new(resolved);
+    lock.write(&lock_path)?;
+    let mut out = std::io::stdout().lock();
+    for b in &lock.bases {
+        let _ = writeln!(out, "{} {}", b.reference, b.digest);
+    }
+    eprintln!("wrote {}", lock_path.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    /// A folder of shards' metadata files (*.json), or one metadata file.
+    #[arg(long, value_name = "DIR")]
+    from: PathBuf,
+    /// Push the index as this reference (repeatable): REGISTRY/REPO:TAG.
+    #[arg(long = "tag", value_name = "REF", required = true)]
+    tags: Vec<String>,
+    /// Write the index digest (sha256:…) to this file.
+    #[arg(long, value_name = "FILE")]
+    digest_file: Option<PathBuf>,
+    /// Write a JSON summary to this file.
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn cmd_index(args: IndexArgs) -> Result<(), Failure> {
+    let files: Vec<PathBuf> = if args.from.is_dir() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&args.from)
+            .map_err(|e| {
+                Failure::Cli(format!("failed to read `{}`", args.from.display()), Some(e))
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![args.from.clone()]
+    };
+    let mut shards_meta = Vec::new();
+    for f in &files {
+        shards_meta.push((f.display().to_string(), Metadata::read(f)?));
+    }
+    let joined = shards::join(&shards_meta)?;
+    let client = client(&args.registry, false)?;
+    let targets: Vec<ImageRef> = args
+        .tags
+        .iter()
+        .map(|t| parse_ref(t))
+        .collect::<Result<_, _>>()?;
+    let mut pushed = Vec::new();
+    for target in &targets {
+        for e in &joined.manifests {
+            if !client.manifest_exists(target, &e.digest)? {
+                return Err(Failure::Cli(
+                    format!(
+                        "platform {} ({}) is not in {}; push the shard first (imgc build --push-by-digest)",
+                        e.platform,
+                        e.digest,
+                        target.name()
+                    ),
+                    None,
+                ));
+            }
+        }
+        let media_type = &joined.descriptor.media_type;
+        client.push_manifest(
+            target,
+            joined.descriptor.digest.as_str(),
+            media_type,
+            &joined.bytes,
+        )?;
+        pushed.push(target.with_digest(&joined.descriptor.digest).to_string());
+        if let Some(t) = &target.tag {
+            if target.digest.is_none() {
+                client.push_manifest(target, t, media_type, &joined.bytes)?;
+                pushed.push(target.to_string());
+            }
+        }
+    }
+    let digest = &joined.descriptor.digest;
+    if let Some(f) = &args.digest_file {
+        write_file(f, digest.as_str().as_bytes())?;
+    }
+    if let Some(f) = &args.metadata_file {
+        let first = &shards_meta[0].1;
+        let m = Metadata {
+            name: targets.first().map(|t| t.name()),
+            index_digest: digest.clone(),
+            index_pushed: true,
+            index_media_type: first.index_media_type.clone(),
+            index_annotations: first.index_annotations.clone(),
+            manifests: joined.manifests.clone(),
+            tags: targets.iter().filter_map(|t| t.tag.clone()).collect(),
+            pushed,
+        };
+        write_metadata(f, &m)?;
+    }
+    let _ = writeln!(std::io::stdout().lock(), "{digest}");
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
+    #[arg(value_name = "REF")]
+    reference: String,
+    /// Print the document's exact bytes instead of a summary.
+    #[arg(long)]
+    raw: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub fn cmd_inspect(args: InspectArgs) -> Result<(), Failure> {
+    let (digest, media_type, bytes) = if args.reference.starts_with("oci:") {
+        let (dir, tag) = split_oci(&args.reference)?;
+        let top = layout_entry(&dir, tag.as_deref())?;
+        let doc = read_layout_doc(&dir, &top)?;
+        (top.digest, top.media_type, doc.bytes)
+    } else {
+        let r = parse_ref(&args.reference)?;
+        let client = client(&args.registry, true)?;
+        let m = client.get_manifest(&r)?;
+        (m.digest, m.media_type, m.bytes)
+    };
+    let mut out = std::io::stdout().lock();
+    if args.raw {
+        let _ = out.write_all(&bytes);
+        return Ok(());
+    }
+    let _ = writeln!(out, "digest:     {digest}");
+    let _ = writeln!(out, "media type: {media_type}");
+    let _ = writeln!(out, "size:       {}", bytes.len());
+    if imgc::oci::is_index_media_type(&media_type) {
+        if let Ok(index) = serde_json::from_slice::<imgc::oci::Index>(&bytes) {
+            let _ = writeln!(out, "manifests:");
+            for m in index.manifests {
+                let p = m
+                    .platform
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let _ = writeln!(out, "  {p:<20} {} {}", m.digest, m.size);
+            }
+            for (k, v) in index.annotations {
+                let _ = writeln!(out, "annotation: {k}={v}");
+            }
+        }
+    } else if let Ok(m) = serde_json::from_slice::<imgc::oci::Manifest>(&bytes) {
+        let _ = writeln!(out, "config:     {} {}", m.config.digest, m.config.size);
+        let _ = writeln!(out, "layers:");
+        for l in m.layers {
+            let _ = writeln!(out, "  {} {:>10} {}", l.digest, l.size, l.media_type);
+        }
+        for (k, v) in m.annotations {
+            let _ = writeln!(out, "annotation: {k}={v}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,673 @@
+//! The HTTP transport to registries: one blocking `reqwest` client shared by
+//! all threads, the auth challenge flow (anonymous, basic, bearer tokens per
+//! scope), retries with backoff that honour `Retry-After`, bounded reads of
+//! every body, a registry's `Warning` header shown once, and the scheme rule:
+//! HTTPS always, plain HTTP only for registries named insecure, and never a
+//! redirect from HTTPS to HTTP.
+//!
+//! Nothing here logs a credential, a token, or a URL's query string (upload
+//! locations carry signed state).
+
+use super::auth::{self, AuthEnv, Credential};
+use super::RegistryError;
+use crate::progress::{Event, Reporter};
+use base64::Engine as _;
+use reqwest::blocking::{RequestBuilder, Response};
+use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+/// Largest error or token body read.
+pub const MAX_SMALL_BODY: u64 = 1024 * 1024;
+
+/// How failed requests are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// First backoff; doubled each time.
+    pub base_delay: Duration,
+    /// Largest backoff.
+    pub max_delay: Duration,
+    /// Largest `Retry-After` honoured; longer asks are cut to this.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 6,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How to talk to registries.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Registries (host[:port]) spoken to over plain HTTP.
+    pub insecure: BTreeSet<String>,
+    /// Extra CA certificates (PEM files), added to the system roots.
+    pub ca_files: Vec<PathBuf>,
+    /// Where credentials are looked for.
+    pub auth_env: AuthEnv,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Concurrent blob transfers.
+    pub jobs: usize,
+    /// Upload in chunks of this size instead of one PUT.
+    pub chunk_size: Option<u64>,
+    /// Blobs at least this large are uploaded in chunks even when not asked.
+    pub chunk_threshold: u64,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            insecure: BTreeSet::new(),
+            ca_files: Vec::new(),
+            auth_env: AuthEnv::default(),
+            retry: RetryPolicy::default(),
+            jobs: 4,
+            chunk_size: None,
+            chunk_threshold: 4 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    credentials: BTreeMap<String, auth::Lookup>,
+    challenges: BTreeMap<String, Challenge>,
+    tokens: BTreeMap<(String, String), String>,
+    warnings: BTreeSet<String>,
+}
+
+/// A client for any number of registries; share it between threads.
+pub struct Client {
+    opts: RegistryOptions,
+    http: reqwest::blocking::Client,
+    state: Mutex<State>,
+    reporter: Arc<dyn Reporter>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("insecure", &self.opts.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request to make, rebuilt for every attempt.
+pub(crate) struct Call<'a> {
+    /// host[:port] as in the reference.
+    pub host: &'a str,
+    /// The repository (for errors).
+    pub repository: &'a str,
+    /// Token scopes the request needs.
+    pub scopes: &'a [String],
+}
+
+fn flatten(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s
+}
+
+/// A URL without its query string, safe to show.
+pub(crate) fn shown(url: &str) -> String {
+    url.split(['?', '#']).next().unwrap_or("").to_string()
+}
+
+impl Client {
+    /// A client with these options; events (warnings, retries, progress) go to `reporter`.
+    pub fn new(
+        opts: RegistryOptions,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Client, RegistryError> {
+        static PROVIDER: Once = Once::new();
+        PROVIDER.call_once(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        });
+        let mut builder = reqwest::blocking::Client::builder()
+            .user_agent(concat!("imgc/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(None)
+            .https_only(false)
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let downgrade = attempt
+                    .previous()
+                    .last()
+                    .is_some_and(|u| u.scheme() == "https")
+                    && attempt.url().scheme() != "https";
+                if downgrade {
+                    attempt.error("refusing to follow a redirect from HTTPS to plain HTTP")
+                } else if attempt.previous().len() >= 10 {
+                    attempt.error("too many redirects")
+                } else {
+                    attempt.follow()
+                }
+            }));
+        for path in &opts.ca_files {
+            let pem = std::fs::read(path).map_err(|e| RegistryError::CaFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| RegistryError::CaFile {
+                    path: path.clone(),
+                    reason: flatten(&e),
+                })?;
+            if certs.is_empty() {
+                return Err(RegistryError::CaFile {
+                    path: path.clone(),
+                    reason: "it holds no PEM certificate".into(),
+                });
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| RegistryError::Setup(flatten(&e)))?;
+        Ok(Client {
+            opts,
+            http,
+            state: Mutex::new(State::default()),
+            reporter,
+        })
+    }
+
+    /// The options.
+    pub fn options(&self) -> &RegistryOptions {
+        &self.opts
+    }
+
+    pub(crate) fn reporter(&self) -> &dyn Reporter {
+        &*self.reporter
+    }
+
+    pub(crate) fn reporter_arc(&self) -> Arc<dyn Reporter> {
+        self.reporter.clone()
+    }
+
+    /// `http://host/v2/` or `https://host/v2/`.
+    pub(crate) fn base(&self, host: &str) -> String {
+        let scheme = if self.opts.insecure.contains(host) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{host}/v2/")
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn credentials(&self, host: &str) -> Result<Option<Credential>, RegistryError> {
+        if let Some(l) = self.lock().credentials.get(host) {
+            return Ok(l.credential.clone());
+        }
+        let lookup = auth::find_credentials(&self.opts.auth_env, host)?;
+        let cred = lookup.credential.clone();
+        self.lock().credentials.insert(host.to_string(), lookup);
+        Ok(cred)
+    }
+
+    fn looked_in(&self, host: &str) -> String {
+        match self.lock().credentials.get(host) {
+            Some(l) if !l.looked_in.is_empty() => l.looked_in.join("; "),
+            _ => "nowhere (no credential files are configured)".to_string(),
+        }
+    }
+
+    /// The Authorization header for a call, fetching a token if needed.
+    fn authorization(&self, call: &Call<'_>) -> Result<Option<String>, RegistryError> {
+        let challenge = self.lock().challenges.get(call.host).cloned();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(match self.credentials(call.host)? {
+                Some(Credential::Basic { username, password }) => Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{}", password.expose()))
+                )),
+                _ => None,
+            }),
+            Some(Challenge::Bearer { realm, service }) => {
+                let key = (call.host.to_string(), call.scopes.join(" "));
+                if let Some(t) = self.lock().tokens.get(&key) {
+                    return Ok(Some(format!("Bearer {t}")));
+                }
+                let token = self.fetch_token(call, &realm, service.as_deref())?;
+                self.lock().tokens.insert(key, token.clone());
+                Ok(Some(format!("Bearer {token}")))
+            }
+        }
+    }
+
+    fn fetch_token(
+        &self,
+        call: &Call<'_>,
+        realm: &str,
+        service: Option<&str>,
+    ) -> Result<String, RegistryError> {
+        let err = |reason: String| RegistryError::Token {
+            registry: call.host.to_string(),
+            realm: shown(realm),
+            reason,
+        };
+        let url = reqwest::Url::parse(realm).map_err(|e| err(format!("bad realm URL: {e}")))?;
+        // Credentials go to the realm only over HTTPS or to the registry itself.
+        let realm_host = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
+            None => url.host_str().unwrap_or("").to_string(),
+        };
+        let may_send = url.scheme() == "https" || realm_host == call.host;
+        let cred = if may_send {
+            self.credentials(call.host)?
+        } else {
+            None
+        };
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(s) = service {
+            query.push(("service", s));
+        }
+        for s in call.scopes {
+            query.push(("scope", s));
+        }
+        let req = match &cred {
+            Some(Credential::IdentityToken(tok)) => {
+                let mut form: Vec<(&str, &str)> = vec![
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "imgc"),
+                    ("refresh_token", tok.expose()),
+                ];
+                form.extend(query.iter().copied());
+                let body = form
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&");
+                self.http
+                    .post(url)
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(body)
+            }
+            Some(Credential::Basic { username, password }) => self
+                .http
+                .get(url)
+                .query(&query)
+                .basic_auth(username, Some(password.expose())),
+            None => self.http.get(url).query(&query),
+        };
+        let resp = req.send().map_err(|e| err(flatten(&e.without_url())))?;
+        let status = resp.status().as_u16();
+        if status == 401 || status == 403 {
+            return Err(RegistryError::Unauthorized {
+                registry: call.host.to_string(),
+                repository: call.repository.to_string(),
+                status,
+                looked_in: self.looked_in(call.host),
+            });
+        }
+        let body = read_limited(resp, MAX_SMALL_BODY, call.host, "token response")?;
+        if !(200..300).contains(&status) {
+            return Err(err(format!("HTTP {status}")));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenBody {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let parsed: TokenBody = serde_json::from_slice(&body)
+            .map_err(|e| err(format!("the answer is not a token document ({e})")))?;
+        parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| err("the answer holds no token".into()))
+    }
+
+    /// Sends a request built by `make`, answering an auth challenge once.
+    /// Returns the response whatever its status (after 401 handling).
+    pub(crate) fn send(
+        &self,
+        call: &Call<'_>,
+        make: &dyn Fn(&reqwest::blocking::Client) -> Result<RequestBuilder, RegistryError>,
+    ) -> Result<Response, RegistryError> {
+        let mut answered = false;
+        loop {
+            let mut req = make(&self.http)?;
+            if let Some(a) = self.authorization(call)? {
+                req = req.header(AUTHORIZATION, a);
+            }
+            let req = req.build().map_err(|e| RegistryError::Setup(flatten(&e)))?;
+            let url = shown(req.url().as_str());
+            let method = req.method().to_string();
+            let resp = self.http.execute(req).map_err(|e| {
+                let retryable = !e.is_connect() || e.is_timeout();
+                RegistryError::Connect {
+                    registry: call.host.to_string(),
+                    url: format!("{method} {url}"),
+                    reason: flatten(&e.without_url()),
+                    retryable,
+                }
+            })?;
+            self.note_warnings(call.host, resp.headers());
+            if resp.status().as_u16() == 401 && !answered {
+                answered = true;
+                let challenge = parse_challenge(resp.headers());
+                let mut st = self.lock();
+                let had = st
+                    .challenges
+                    .insert(call.host.to_string(), challenge.clone());
+                st.tokens
+                    .remove(&(call.host.to_string(), call.scopes.join(" ")));
+                drop(st);
+                // A basic challenge without credentials cannot be answered.
+                if matches!(challenge, Challenge::Basic)
+                    && (self.credentials(call.host)?.is_none()
+                        || matches!(had, Some(Challenge::Basic)))
+                {
+                    return Err(self.unauthorized(call, 401));
+                }
+                continue;
+            }
+            if resp.status().as_u16() == 401 {
+                return Err(self.unauthorized(call, 401));
+            }
+            return Ok(resp);
+        }
+    }
+
+    fn unauthorized(&self, call: &Call<'_>, status: u16) -> RegistryError {
+        let _ = self.credentials(call.host);
+        RegistryError::Unauthorized {
+            registry: call.host.to_string(),
+            repository: call.repository.to_string(),
+            status,
+            looked_in: self.looked_in(call.host),
+        }
+    }
+
+    /// Turns a response with an unexpected status into an error, reading
+    /// the registry's error body (bounded).
+    pub(crate) fn status_error(
+        &self,
+        call: &Call<'_>,
+        resp: Response,
+        reference: Option<&str>,
+    ) -> RegistryError {
+        let status = resp.status().as_u16();
+        let method_url = shown(resp.url().as_str());
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = read_limited(resp, MAX_SMALL_BODY, call.host, "error body").unwrap_or_default();
+        #[derive(serde::Deserialize)]
+        struct Errors {
+            #[serde(default)]
+            errors: Vec<ErrorItem>,
+        }
+        #[derive(serde::Deserialize)]
+        struct ErrorItem {
+            #[serde(default)]
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        let items = serde_json::from_slice::<Errors>(&body)
+            .map(|e| e.errors)
+            .unwrap_or_default();
+        let codes: Vec<&str> = items.iter().map(|i| i.code.as_str()).collect();
+        if status == 403 || codes.contains(&"DENIED") || codes.contains(&"UNAUTHORIZED") {
+            return self.unauthorized(call, status);
+        }
+        if codes.contains(&"NAME_UNKNOWN") {
+            return RegistryError::RepositoryUnknown {
+                registry: call.host.to_string(),
+                repository: call.repository.to_string(),
+            };
+        }
+        if let (Some(r), true) = (
+            reference,
+            status == 404 || codes.contains(&"MANIFEST_UNKNOWN"),
+        ) {
+            return RegistryError::ManifestUnknown {
+                registry: call.host.to_string(),
+                reference: r.to_string(),
+            };
+        }
+        let detail = items
+            .iter()
+            .map(|i| format!("{} {}", i.code, i.message).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let detail: String = detail.chars().take(300).collect();
+        RegistryError::Status {
+            registry: call.host.to_string(),
+            method: String::new(),
+            url: method_url,
+            status,
+            detail: if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            },
+            retry_after,
+        }
+    }
+
+    fn note_warnings(&self, host: &str, headers: &HeaderMap) {
+        for v in headers.get_all("warning") {
+            let Ok(v) = v.to_str() else { continue };
+            // `299 - "text"`: show the text.
+            let text = match (v.find('"'), v.rfind('"')) {
+                (Some(a), Some(b)) if b > a => &v[a + 1..b],
+                _ => v,
+            };
+            let text: String = text.chars().filter(|c| !c.is_control()).take(500).collect();
+            let new = self.lock().warnings.insert(format!("{host}\0{text}"));
+            if new {
+                self.reporter
+                    .report(Event::Warning(&format!("registry {host} says: {text}")));
+            }
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or attempts run out.
+    /// `what` names the operation in retry events.
+    pub(crate) fn retrying<T>(
+        &self,
+        what: &str,
+        mut op: impl FnMut() -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let policy = &self.opts.retry;
+        let mut attempt = 1;
+        loop {
+            match op() {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_retryable() && attempt < policy.attempts => {
+                    let backoff = policy
+                        .base_delay
+                        .saturating_mul(1 << (attempt - 1).min(16))
+                        .min(policy.max_delay);
+                    let wait = match e.retry_after() {
+                        Some(s) => Duration::from_secs(s).min(policy.max_retry_after),
+                        None => backoff,
+                    };
+                    self.reporter.report(Event::Retrying {
+                        what,
+                        attempt,
+                        wait,
+                        reason: &e.to_string(),
+                    });
+                    std::thread::sleep(wait);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+fn parse_challenge(headers: &HeaderMap) -> Challenge {
+    for v in headers.get_all(WWW_AUTHENTICATE) {
+        let Ok(v) = v.to_str() else { continue };
+        let v = v.trim();
+        let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
+        if scheme.eq_ignore_ascii_case("bearer") {
+            let params = parse_params(rest);
+            if let Some(realm) = params.get("realm") {
+                return Challenge::Bearer {
+                    realm: realm.clone(),
+                    service: params.get("service").cloned(),
+                };
+            }
+        }
+    }
+    Challenge::Basic
+}
+
+/// `key="value", key2=value2` → map (quoted values may hold commas).
+fn parse_params(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (&q[..end], &q[end + 1..]),
+                None => (q, ""),
+            }
+        } else {
+            match after.find(',') {
+                Some(end) => (&after[..end], &after[end..]),
+                None => (after, ""),
+            }
+        };
+        out.insert(key, value.to_string());
+        rest = next.trim_start().trim_start_matches(',').trim_start();
+    }
+    out
+}
+
+/// Reads a whole body, failing if it exceeds `limit`.
+pub(crate) fn read_limited(
+    resp: Response,
+    limit: u64,
+    host: &str,
+    what: &str,
+) -> Result<Vec<u8>, RegistryError> {
+    let too_large = || RegistryError::TooLarge {
+        registry: host.to_string(),
+        what: what.to_string(),
+        limit,
+    };
+    if let Some(len) = resp
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    let mut bytes = Vec::new();
+    resp.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| RegistryError::Connect {
+            registry: host.to_string(),
+            url: what.to_string(),
+            reason: flatten(&e),
+            retryable: true,
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenges() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            WWW_AUTHENTICATE,
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#
+                .parse()
+                .unwrap(),
+        );
+        match parse_challenge(&h) {
+            Challenge::Bearer { realm, service } => {
+                assert_eq!(realm, "https://auth.example/token");
+                assert_eq!(service.as_deref(), Some("registry.example"));
+            }
+            c => panic!("{c:?}"),
+        }
+        let mut h = HeaderMap::new();
+        h.insert(WWW_AUTHENTICATE, r#"Basic realm="x""#.parse().unwrap());
+        assert!(matches!(parse_challenge(&h), Challenge::Basic));
+    }
+
+    #[test]
+    fn urls_are_shown_without_query() {
+        assert_eq!(
+            shown("http://h/v2/r/blobs/uploads/abc?_state=SECRET&digest=x"),
+            "http://h/v2/r/blobs/uploads/abc"
+        );
+        assert_eq!(urlencode("a b/c"), "a%20b%2Fc");
+    }
+}

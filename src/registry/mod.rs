@@ -1,0 +1,215 @@
+//! Talking to OCI registries: references, credentials, the HTTP transport
+//! (auth challenges, retries, bounded reads, TLS), pulling bases into the
+//! local content-addressed store, the lock file, and pushing layouts.
+//!
+//! The transport is a thin blocking `reqwest` client of our own; references
+//! are parsed by `oci-client` (through its `oci-spec` re-export). The book's
+//! design chapter says why the transport is not `oci-client`'s.
+
+pub mod auth;
+mod client;
+pub mod lock;
+pub mod pull;
+pub mod push;
+mod reference;
+pub mod shards;
+pub mod store;
+
+pub use client::{Client, RegistryOptions, RetryPolicy};
+pub use reference::{ImageRef, ReferenceError};
+
+use crate::oci::Digest;
+
+/// Errors talking to a registry. Each names the registry and what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The reference does not parse.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// The HTTP client could not be set up (bad CA file, TLS setup).
+    #[error("failed to set up the HTTP client: {0}")]
+    Setup(String),
+    /// A CA file could not be read or parsed.
+    #[error("failed to read CA certificate file `{path}`: {reason}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The registry could not be reached (DNS, refused, TLS, reset).
+    #[error("cannot reach registry {registry} ({url}): {reason}")]
+    Connect {
+        /// host[:port].
+        registry: String,
+        /// The URL asked for (no query string).
+        url: String,
+        /// The cause, flattened into a sentence.
+        reason: String,
+        /// Whether trying again may help.
+        retryable: bool,
+    },
+    /// Authentication failed or credentials are missing.
+    #[error("registry {registry} refused access to `{repository}` (HTTP {status}); credentials were looked for in: {looked_in}")]
+    Unauthorized {
+        /// host[:port].
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// 401 or 403.
+        status: u16,
+        /// Where credentials were looked for.
+        looked_in: String,
+    },
+    /// The repository does not exist.
+    #[error("repository `{repository}` does not exist on registry {registry}")]
+    RepositoryUnknown {
+        /// host[:port].
+        registry: String,
+        /// The repository.
+        repository: String,
+    },
+    /// The tag or manifest does not exist.
+    #[error("`{reference}` does not exist on registry {registry} (no such tag or manifest)")]
+    ManifestUnknown {
+        /// host[:port].
+        registry: String,
+        /// The full reference.
+        reference: String,
+    },
+    /// The blob does not exist.
+    #[error("blob {digest} does not exist in `{repository}` on registry {registry}")]
+    BlobUnknown {
+        /// host[:port].
+        registry: String,
+        /// The repository.
+        repository: String,
+        /// The blob.
+        digest: Digest,
+    },
+    /// Any other unexpected HTTP status.
+    #[error("registry {registry} answered HTTP {status} to {method} {url}{detail}")]
+    Status {
+        /// host[:port].
+        registry: String,
+        /// The method.
+        method: String,
+        /// The URL (no query string).
+        url: String,
+        /// The status.
+        status: u16,
+        /// The registry's error message, if any (with a leading `: `).
+        detail: String,
+        /// Seconds the registry asked to wait (Retry-After), if any.
+        retry_after: Option<u64>,
+    },
+    /// Content does not match its digest.
+    #[error("{what} {expected} from registry {registry} does not match its digest (got {actual}, {actual_size} bytes); nothing was kept")]
+    DigestMismatch {
+        /// host[:port].
+        registry: String,
+        /// "blob" or "manifest".
+        what: &'static str,
+        /// The digest asked for.
+        expected: Digest,
+        /// The digest of what arrived.
+        actual: Digest,
+        /// The size of what arrived.
+        actual_size: u64,
+    },
+    /// A document or body is larger than imgc reads.
+    #[error("{what} from registry {registry} is larger than {limit} bytes")]
+    TooLarge {
+        /// host[:port].
+        registry: String,
+        /// What was read.
+        what: String,
+        /// The bound.
+        limit: u64,
+    },
+    /// A document that is not what it claims.
+    #[error("{what} from registry {registry} is invalid: {reason}")]
+    BadDocument {
+        /// host[:port].
+        registry: String,
+        /// What was read.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// The token endpoint misbehaved.
+    #[error("failed to get a token for registry {registry} from {realm}: {reason}")]
+    Token {
+        /// host[:port].
+        registry: String,
+        /// The realm URL (no query string).
+        realm: String,
+        /// Why.
+        reason: String,
+    },
+    /// Credential lookup failed.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// A local file could not be read or written.
+    #[error("failed to {action} `{path}`")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Working offline and something is not in the store.
+    #[error("working offline and {what} is not in the local store ({store})")]
+    Offline {
+        /// What is missing.
+        what: String,
+        /// The store folder.
+        store: std::path::PathBuf,
+    },
+    /// A layout to push is not usable.
+    #[error("{0}")]
+    Layout(String),
+}
+
+impl RegistryError {
+    /// Whether trying the same operation again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RegistryError::Connect { retryable, .. } => *retryable,
+            RegistryError::Status { status, .. } => {
+                matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+            }
+            _ => false,
+        }
+    }
+
+    /// The wait the registry asked for, in seconds.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A hint for the user, if there is one.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            RegistryError::Unauthorized { registry, .. } => Some(format!(
+                "log in with `docker login {registry}` or `podman login {registry}`, or set DOCKER_CONFIG / REGISTRY_AUTH_FILE"
+            )),
+            RegistryError::RepositoryUnknown { .. } => Some(
+                "check the name; some registries (such as Amazon ECR) need the repository created before the first push".into(),
+            ),
+            RegistryError::Connect { reason, registry, .. } if reason.contains("certificate") || reason.contains("TLS") || reason.contains("tls") => Some(format!(
+                "if {registry} uses a private CA, pass it with --ca-file FILE; plain HTTP is used only for registries named with --insecure-registry"
+            )),
+            RegistryError::Offline { .. } => Some(
+                "run once with network access (e.g. `imgc lock SPEC` or a build without --offline) to fill the store".into(),
+            ),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! Pulling: manifests and indexes by tag or digest (explicit OCI and Docker
+//! Accept headers, bounded, digest-checked, CVE-2021-41190 ambiguity and
+//! Content-Type checks), blobs streamed into the store and verified, and
+//! [`RegistryBases`], which resolves spec bases through the lock file and
+//! the store for the planner.
+
+use super::client::{read_limited, Call};
+use super::lock::{LockFile, LockedBase};
+use super::store::Store;
+use super::{Client, ImageRef, RegistryError};
+use crate::base::{BaseError, RemoteBases, RemoteOpened, MAX_DOCUMENT_SIZE};
+use crate::oci::{self, AnyDocument, Descriptor, Digest, ImageConfig, Index, Manifest, Platform};
+use crate::progress::Event;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Every manifest media type imgc reads.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// A manifest or index as fetched and checked.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    /// Its digest (computed; equal to the asked digest when one was given).
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its exact bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl FetchedManifest {
+    /// Whether it is an index (else a manifest).
+    pub fn is_index(&self) -> bool {
+        oci::is_index_media_type(&self.media_type)
+    }
+}
+
+fn pull_scope(r: &ImageRef) -> Vec<String> {
+    vec![format!("repository:{}:pull", r.repository)]
+}
+
+/// Checks a fetched document: one kind only, media type agreeing with the
+/// response's Content-Type. Returns its media type.
+pub(crate) fn check_document(
+    host: &str,
+    what: &str,
+    bytes: &[u8],
+    content_type: Option<&str>,
+) -> Result<String, RegistryError> {
+    let bad = |reason: String| RegistryError::BadDocument {
+        registry: host.to_string(),
+        what: what.to_string(),
+        reason,
+    };
+    let any: AnyDocument =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON ({e})")))?;
+    if any.manifests.is_some() && (any.layers.is_some() || any.config.is_some()) {
+        return Err(bad(
+            "it has both `manifests` and `layers`/`config` (an ambiguous document)".into(),
+        ));
+    }
+    let ct = content_type
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_string())
+        .filter(|c| !c.is_empty() && c != "application/json" && c != "application/octet-stream");
+    let media_type = match (&any.media_type, &ct) {
+        (Some(doc), Some(ct)) if doc != ct => {
+            return Err(bad(format!(
+                "its mediaType `{doc}` disagrees with the response's Content-Type `{ct}`"
+            )))
+        }
+        (Some(doc), _) => doc.clone(),
+        (None, Some(ct)) => ct.clone(),
+        (None, None) if any.manifests.is_some() => oci::MEDIA_TYPE_INDEX.to_string(),
+        (None, None) => oci::MEDIA_TYPE_MANIFEST.to_string(),
+    };
+    let is_index = oci::is_index_media_type(&media_type);
+    if !is_index && !oci::is_manifest_media_type(&media_type) {
+        return Err(bad(format!(
+            "media type `{media_type}` is neither an image index nor an image manifest"
+        )));
+    }
+    if is_index && any.layers.is_some() || !is_index && any.manifests.is_some() {
+        return Err(bad(format!(
+            "its content does not fit its media type `{media_type}`"
+        )));
+    }
+    Ok(media_type)
+}
+
+impl Client {
+    /// Fetches a manifest or index by tag or digest.
+    pub fn get_manifest(&self, r: &ImageRef) -> Result<FetchedManifest, RegistryError> {
+        let host = r.api_host().to_string();
+        let scopes = pull_scope(r);
+        let call = Call {
+            host: &host,
+            repository: &r.repository,
+            scopes: &scopes,
+        };
+        let url = format!(
+            "{}{}/manifests/{}",
+            self.base(&host),
+            r.repository,
+            r.manifest_ref()
+        );
+        let shown_ref = r.to_string();
+        self.retrying(&format!("fetching {shown_ref}"), || {
+            let resp = self.send(&call, &|http| {
+                Ok(http.get(&url).header("Accept", MANIFEST_ACCEPT))
+            })?;
+            if !resp.status().is_success() {
+                return Err(self.status_error(&call, resp, Some(&shown_ref)));
+            }
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let header_digest = resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let bytes = read_limited(
+                resp,
+                MAX_DOCUMENT_SIZE,
+                &host,
+                &format!("manifest of {shown_ref}"),
+            )?;
+            let digest = oci::sha256_digest(&bytes);
+            let expected = match (&r.digest, header_digest) {
+                (Some(d), _) => Some(d.clone()),
+                (None, Some(h)) => h.parse::<Digest>().ok(),
+                (None, None) => None,
+            };
+            if let Some(expected) = expected {
+                if expected != digest {
+                    return Err(RegistryError::DigestMismatch {
+                        registry: host.clone(),
+                        what: "manifest",
+                        expected,
+                        actual: digest,
+                        actual_size: bytes.len() as u64,
+                    });
+                }
+            }
+            let media_type = check_document(
+                &host,
+                &format!("manifest of {shown_ref}"),
+                &bytes,
+                content_type.as_deref(),
+            )?;
+            Ok(FetchedManifest {
+                digest,
+                media_type,
+                bytes,
+            })
+        })
+    }
+
+    /// Whether the repository has a manifest with this digest.
+    pub fn manifest_exists(&self, r: &ImageRef, digest: &Digest) -> Result<bool, RegistryError> {
+        let host = r.api_host().to_string();
+        let scopes = pull_scope(r);
+        let call = Call {
+            host: &host,
+            repository: &r.repository,
+            scopes: &scopes,
+        };
+        let url = format!("{}{}/manifests/{digest}", self.base(&host), r.repository);
+        self.retrying(&format!("checking {digest}"), || {
+            let resp = self.send(&call, &|http| {
+                Ok(http.head(&url).header("Accept", MANIFEST_ACCEPT))
+            })?;
+            match resp.status().as_u16() {
+                200 => Ok(true),
+                404 => Ok(false),
+                _ => Err(self.status_error(&call, resp, None)),
+            }
+        })
+    }
+
+    /// Downloads a blob into the store, verifying size and digest; a blob
+    /// that does not match is deleted and the error names its digest.
+    pub fn get_blob(
+        &self,
+        r: &ImageRef,
+        desc: &Descriptor,
+        store: &Store,
+    ) -> Result<PathBuf, RegistryError> {
+        if store.has(&desc.digest, desc.size) {
+            return Ok(store.path(&desc.digest));
+        }
+        let host = r.api_host().to_string();
+        let scopes = pull_scope(r);
+        let call = Call {
+            host: &host,
+            repository: &r.repository,
+            scopes: &scopes,
+        };
+        let url = format!("{}{}/blobs/{}", self.base(&host), r.repository, desc.digest);
+        let path = self.retrying(&format!("downloading {}", desc.digest), || {
+            let resp = self.send(&call, &|http| Ok(http.get(&url)))?;
+            if !resp.status().is_success() {
+                let err = self.status_error(&call, resp, None);
+                return Err(match err {
+                    RegistryError::Status { status: 404, .. } => RegistryError::BlobUnknown {
+                        registry: host.clone(),
+                        repository: r.repository.clone(),
+                        digest: desc.digest.clone(),
+                    },
+                    e => e,
+                });
+            }
+            let (mut file, tmp) = store.temp_file()?;
+            let mut hasher = Sha256::new();
+            let mut body = resp.take(desc.size + 1);
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut total = 0u64;
+            loop {
+                let n = body.read(&mut buf).map_err(|e| RegistryError::Connect {
+                    registry: host.clone(),
+                    url: format!("GET {}", super::client::shown(&url)),
+                    reason: e.to_string(),
+                    retryable: true,
+                })?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                hasher.update(&buf[..n]);
+                file.write_all(&buf[..n])
+                    .map_err(|source| RegistryError::Io {
+                        action: "write",
+                        path: tmp.path().to_path_buf(),
+                        source,
+                    })?;
+            }
+            let actual = Digest::from_hex(&hex::encode(hasher.finalize()))
+                .map_err(|e| RegistryError::Setup(e.to_string()))?;
+            if actual != desc.digest || total != desc.size {
+                // `tmp` is deleted when dropped here.
+                return Err(RegistryError::DigestMismatch {
+                    registry: host.clone(),
+                    what: "blob",
+                    expected: desc.digest.clone(),
+                    actual,
+                    actual_size: total,
+                });
+            }
+            file.sync_all().map_err(|source| RegistryError::Io {
+                action: "sync",
+                path: tmp.path().to_path_buf(),
+                source,
+            })?;
+            store.commit(tmp, &desc.digest)
+        })?;
+        self.reporter().report(Event::BlobPulled {
+            digest: &desc.digest,
+            size: desc.size,
+        });
+        Ok(path)
+    }
+}
+
+/// Whether and how builds use the lock file and the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResolveMode {
+    /// Every base must be in the lock file, as written in the spec.
+    pub locked: bool,
+    /// No network: everything comes from the store.
+    pub offline: bool,
+    /// Ignore the lock file and resolve every tag again (`imgc lock --update`).
+    pub update: bool,
+}
+
+/// Resolves registry bases for the planner, through the lock file and the store.
+pub struct RegistryBases {
+    client: Arc<Client>,
+    store: Store,
+    lock: Option<(PathBuf, LockFile)>,
+    mode: ResolveMode,
+    resolved: Mutex<BTreeMap<String, LockedBase>>,
+}
+
+impl std::fmt::Debug for RegistryBases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryBases")
+            .field("store", &self.store)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+fn remote_err(e: RegistryError) -> BaseError {
+    BaseError::Remote(Box::new(e))
+}
+
+impl RegistryBases {
+    /// A resolver; `lock` is the lock file read beside the spec, if any.
+    pub fn new(
+        client: Arc<Client>,
+        store: Store,
+        lock: Option<(PathBuf, LockFile)>,
+        mode: ResolveMode,
+    ) -> Self {
+        RegistryBases {
+            client,
+            store,
+            lock,
+            mode,
+            resolved: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// What each registry base resolved to, for a lock file.
+    pub fn resolved(&self) -> Vec<LockedBase> {
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn locked_entry(&self, reference: &str) -> Option<&LockedBase> {
+        if self.mode.update {
+            return None;
+        }
+        self.lock
+            .as_ref()
+            .and_then(|(_, l)| l.bases.iter().find(|b| b.reference == reference))
+    }
+
+    /// Reads a manifest by digest from the store, or fetches it.
+    fn manifest_by_digest(
+        &self,
+        r: &ImageRef,
+        digest: &Digest,
+        what: &str,
+    ) -> Result<FetchedManifest, RegistryError> {
+        let path = self.store.path(digest);
+        if let Ok(bytes) = std::fs::read(&path) {
+            if &oci::sha256_digest(&bytes) == digest {
+                let media_type = check_document(&r.registry, what, &bytes, None)?;
+                return Ok(FetchedManifest {
+                    digest: digest.clone(),
+                    media_type,
+                    bytes,
+                });
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        if self.mode.offline {
+            return Err(RegistryError::Offline {
+                what: format!("{what} ({digest})"),
+                store: self.store.root().to_path_buf(),
+            });
+        }
+        let m = self.client.get_manifest(&r.with_digest(digest))?;
+        self.store.put_bytes(&m.digest, &m.bytes)?;
+        Ok(m)
+    }
+
+    fn open_inner(&self, reference: &str) -> Result<RemoteOpened, RegistryError> {
+        let r = ImageRef::parse(reference)?;
+        let entry = self.locked_entry(reference).cloned();
+        if self.mode.locked && entry.is_none() {
+            let file = self
+                .lock
+                .as_ref()
+                .map(|(p, _)| p.display().to_string())
+                .unwrap_or_else(|| "image.lock".to_string());
+            return Err(RegistryError::Layout(format!(
+                "base `{reference}` is not pinned in `{file}` (--locked); run `imgc lock` to update the lock file"
+            )));
+        }
+        let pinned = r
+            .digest
+            .clone()
+            .or_else(|| entry.as_ref().map(|e| e.digest.clone()));
+        let top = match &pinned {
+            Some(d) => self.manifest_by_digest(&r, d, &format!("base `{reference}`"))?,
+            None if self.mode.offline => {
+                return Err(RegistryError::Offline {
+                    what: format!(
+                        "base `{reference}` (a tag; offline builds need it pinned by digest or in image.lock)"
+                    ),
+                    store: self.store.root().to_path_buf(),
+                })
+            }
+            None => {
+                let m = self.client.get_manifest(&r)?;
+                self.store.put_bytes(&m.digest, &m.bytes)?;
+                m
+            }
+        };
+        let mut candidates = Vec::new();
+        if top.is_index() {
+            let index: Index =
+                serde_json::from_slice(&top.bytes).map_err(|e| RegistryError::BadDocument {
+                    registry: r.registry.clone(),
+                    what: format!("index of base `{reference}`"),
+                    reason: e.to_string(),
+                })?;
+            for child in index.manifests {
+                if !oci::is_manifest_media_type(&child.media_type) {
+                    continue;
+                }
+                if let Some(p) = &child.platform {
+                    if p.os != "unknown" {
+                        candidates.push((p.clone(), child.clone()));
+                    }
+                }
+            }
+        } else {
+            // A single manifest: its platform is in its config.
+            let manifest: Manifest =
+                serde_json::from_slice(&top.bytes).map_err(|e| RegistryError::BadDocument {
+                    registry: r.registry.clone(),
+                    what: format!("manifest of base `{reference}`"),
+                    reason: e.to_string(),
+                })?;
+            if !self
+                .store
+                .has(&manifest.config.digest, manifest.config.size)
+            {
+                if self.mode.offline {
+                    return Err(RegistryError::Offline {
+                        what: format!("config {} of base `{reference}`", manifest.config.digest),
+                        store: self.store.root().to_path_buf(),
+                    });
+                }
+                self.client.get_blob(&r, &manifest.config, &self.store)?;
+            }
+            let bytes =
+                std::fs::read(self.store.path(&manifest.config.digest)).map_err(|source| {
+                    RegistryError::Io {
+                        action: "read",
+                        path: self.store.path(&manifest.config.digest),
+                        source,
+                    }
+                })?;
+            let config: ImageConfig =
+                serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadDocument {
+                    registry: r.registry.clone(),
+                    what: format!("config of base `{reference}`"),
+                    reason: e.to_string(),
+                })?;
+            let mut platform =
+                Platform::new(&config.os, &config.architecture, config.variant.as_deref());
+            platform.os_version = config.os_version.clone();
+            let mut desc = Descriptor::new(
+                top.media_type.clone(),
+                top.digest.clone(),
+                top.bytes.len() as u64,
+            );
+            desc.platform = Some(platform.clone());
+            candidates.push((platform, desc));
+        }
+        let platforms: BTreeMap<String, Digest> = candidates
+            .iter()
+            .map(|(p, d)| (p.to_string(), d.digest.clone()))
+            .collect();
+        if let Some(e) = &entry {
+            for (p, d) in &e.platforms {
+                if platforms.get(p) != Some(d) {
+                    return Err(RegistryError::Layout(format!(
+                        "base `{reference}` at {} does not list {p} as {d}, as the lock file says; run `imgc lock --update`",
+                        top.digest
+                    )));
+                }
+            }
+        }
+        self.resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                reference.to_string(),
+                LockedBase {
+                    reference: reference.to_string(),
+                    digest: top.digest.clone(),
+                    media_type: top.media_type.clone(),
+                    platforms,
+                },
+            );
+        Ok(RemoteOpened {
+            store: self.store.root().to_path_buf(),
+            digest: top.digest,
+            candidates,
+        })
+    }
+}
+
+impl RemoteBases for RegistryBases {
+    fn open(&self, reference: &str) -> Result<RemoteOpened, BaseError> {
+        self.open_inner(reference).map_err(remote_err)
+    }
+
+    fn fetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError> {
+        if self.store.has(&desc.digest, desc.size) {
+            return Ok(());
+        }
+        if self.mode.offline {
+            return Err(remote_err(RegistryError::Offline {
+                what: format!("blob {} of base `{reference}`", desc.digest),
+                store: self.store.root().to_path_buf(),
+            }));
+        }
+        let r = ImageRef::parse(reference).map_err(|e| remote_err(e.into()))?;
+        if oci::is_manifest_media_type(&desc.media_type)
+            || oci::is_index_media_type(&desc.media_type)
+        {
+            return self
+                .manifest_by_digest(&r, &desc.digest, &format!("manifest of base `{reference}`"))
+                .map(|_| ())
+                .map_err(remote_err);
+        }
+        self.client
+            .get_blob(&r, desc, &self.store)
+            .map(|_| ())
+            .map_err(remote_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ambiguous_and_mismatched_documents_are_rejected() {
+        let both = br#"{"schemaVersion":2,"manifests":[],"layers":[],"config":{}}"#;
+        let e = check_document("h", "manifest of x", both, None).unwrap_err();
+        assert!(e.to_string().contains("ambiguous"), "{e}");
+        let idx = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+        let e = check_document(
+            "h",
+            "manifest of x",
+            idx,
+            Some("application/vnd.oci.image.manifest.v1+json"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("disagrees"), "{e}");
+        assert_eq!(
+            check_document("h", "x", idx, Some(oci::MEDIA_TYPE_INDEX)).unwrap(),
+            oci::MEDIA_TYPE_INDEX
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! The metadata file (`--metadata-file`) and joining CI shards: each shard
+//! builds some platforms and pushes their manifests by digest; `imgc index`
+//! reads the shards' metadata and assembles the index a one-machine build
+//! would have written, byte for byte (same entries in the spec's platform
+//! order, same annotations, same canonical JSON).
+
+use super::RegistryError;
+use crate::oci::{self, Descriptor, Digest, Index};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One platform manifest in a metadata file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    /// `os/arch[/variant]`.
+    pub platform: String,
+    /// Its digest.
+    pub digest: Digest,
+    /// Its position among all the spec's platforms (the index order).
+    pub position: usize,
+    /// The index entry for it, exactly as the index lists it.
+    pub descriptor: Descriptor,
+}
+
+/// What `--metadata-file` writes: enough to join shards and to drive a pipeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// The repository pushed to (`registry/repository`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The image index digest (of the layout written, or pushed).
+    pub index_digest: Digest,
+    /// Whether the index itself was pushed (false for `--push-by-digest`).
+    pub index_pushed: bool,
+    /// The index media type.
+    pub index_media_type: String,
+    /// The index annotations.
+    pub index_annotations: BTreeMap<String, String>,
+    /// Each platform manifest.
+    pub manifests: Vec<ManifestEntry>,
+    /// The tags.
+    pub tags: Vec<String>,
+    /// Every reference pushed.
+    pub pushed: Vec<String>,
+}
+
+impl Metadata {
+    /// Metadata for an index (its entries at `positions` among all the
+    /// spec's platforms); tags and pushed references start empty.
+    pub fn for_index(
+        name: Option<String>,
+        index_digest: &Digest,
+        index: &Index,
+        positions: &[usize],
+        index_pushed: bool,
+    ) -> Metadata {
+        Metadata {
+            name,
+            index_digest: index_digest.clone(),
+            index_pushed,
+            index_media_type: index
+                .media_type
+                .clone()
+                .unwrap_or_else(|| oci::MEDIA_TYPE_INDEX.to_string()),
+            index_annotations: index.annotations.clone(),
+            manifests: index
+                .manifests
+                .iter()
+                .zip(positions)
+                .map(|(d, &position)| ManifestEntry {
+                    platform: d
+                        .platform
+                        .as_ref()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    digest: d.digest.clone(),
+                    position,
+                    descriptor: d.clone(),
+                })
+                .collect(),
+            tags: Vec::new(),
+            pushed: Vec::new(),
+        }
+    }
+
+    /// Reads a metadata file (bounded to 4 MiB).
+    pub fn read(path: &Path) -> Result<Metadata, RegistryError> {
+        let meta = std::fs::metadata(path).map_err(|source| RegistryError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if meta.len() > crate::base::MAX_DOCUMENT_SIZE {
+            return Err(RegistryError::Layout(format!(
+                "metadata file `{}` is larger than 4 MiB",
+                path.display()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            RegistryError::Layout(format!(
+                "`{}` is not an imgc metadata file: {e}",
+                path.display()
+            ))
+        })
+    }
+}
+
+/// The joined index: its bytes and descriptor.
+#[derive(Clone, Debug)]
+pub struct Joined {
+    /// Canonical JSON bytes.
+    pub bytes: Vec<u8>,
+    /// Its descriptor.
+    pub descriptor: Descriptor,
+    /// The entries, in order.
+    pub manifests: Vec<ManifestEntry>,
+}
+
+/// Joins shards' metadata into one index. Every shard must come from the
+/// same spec (same index annotations and media type); a platform built by
+/// two shards must have the same digest in both.
+pub fn join(shards: &[(String, Metadata)]) -> Result<Joined, RegistryError> {
+    let Some((first_name, first)) = shards.first() else {
+        return Err(RegistryError::Layout(
+            "no metadata files to join (expected the shards' --metadata-file outputs)".into(),
+        ));
+    };
+    let mut by_position: BTreeMap<usize, (String, ManifestEntry)> = BTreeMap::new();
+    for (name, m) in shards {
+        if m.index_annotations != first.index_annotations
+            || m.index_media_type != first.index_media_type
+        {
+            return Err(RegistryError::Layout(format!(
+                "`{name}` and `{first_name}` come from different specs (their index annotations or media types differ)"
+            )));
+        }
+        for e in &m.manifests {
+            match by_position.get(&e.position) {
+                Some((other, prev)) if prev.descriptor != e.descriptor => {
+                    return Err(RegistryError::Layout(format!(
+                        "platform {} is {} in `{other}` but {} in `{name}`; shards must build from the same inputs",
+                        e.platform, prev.digest, e.digest
+                    )))
+                }
+                _ => {
+                    by_position.insert(e.position, (name.clone(), e.clone()));
+                }
+            }
+        }
+    }
+    let manifests: Vec<ManifestEntry> = by_position.into_values().map(|(_, e)| e).collect();
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(first.index_media_type.clone()),
+        artifact_type: None,
+        manifests: manifests.iter().map(|e| e.descriptor.clone()).collect(),
+        subject: None,
+        annotations: first.index_annotations.clone(),
+        extra: Default::default(),
+    };
+    let bytes = oci::to_canonical_json(&index)
+        .map_err(|e| RegistryError::Layout(format!("failed to encode the index: {e}")))?;
+    let descriptor = Descriptor::new(
+        first.index_media_type.clone(),
+        oci::sha256_digest(&bytes),
+        bytes.len() as u64,
+    );
+    Ok(Joined {
+        bytes,
+        descriptor,
+        manifests,
+    })
+}

@@ -1,0 +1,872 @@
+//! A fault-injecting HTTP/1.1 proxy for registry tests, std only.
+//!
+//! [`Proxy`] sits on a free 127.0.0.1 port in front of a plain-HTTP registry
+//! and forwards every request, except those a [`Rule`] picks for a fault:
+//! an injected status (503, 429 + Retry-After), a connection cut mid-upload,
+//! a response that never comes, or a response body with one byte flipped.
+//! Every request is recorded ([`Proxy::requests`]). Bodies are streamed, never
+//! held whole in memory, so multi-hundred-MB blobs pass through fine.
+//!
+//! [`RawTap`] pipes bytes both ways without parsing anything and notes, per
+//! connection, whether the client opened with a TLS handshake or plain HTTP.
+//!
+//! Both stop accepting on drop and shut down the connections they still hold,
+//! so no thread they started can keep a test waiting.
+//!
+//! One header is changed in flight: a request's `Expect: 100-continue` is
+//! answered by the proxy itself (`100 Continue` to the client) and not
+//! forwarded, since the proxy reads the body either way.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+
+/// A request or response head larger than this is refused.
+const MAX_HEAD: usize = 64 * 1024;
+/// Bodies are copied in pieces of this size.
+const CHUNK: usize = 64 * 1024;
+
+// ------------------------------------------------------------ rules
+
+/// What to do to a request a [`Rule`] picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Answer with this status (and `Content-Length: 0`) without forwarding.
+    /// The request body is read and thrown away first, so the connection
+    /// stays usable.
+    Status {
+        code: u16,
+        headers: Vec<(String, String)>,
+    },
+    /// Forward the request head and the first n bytes of the body (as sent
+    /// on the wire), then close both connections: a reset mid-upload.
+    DropRequestAfter(u64),
+    /// Forward the whole request and wait for the registry's response head,
+    /// then close the client connection without sending it anything. The
+    /// registry has done the work; the client never hears of it.
+    DropResponse,
+    /// Forward, but flip the lowest bit of one byte of the response body
+    /// (the middle byte when the length is known, else the first one). The
+    /// length stays the same.
+    CorruptBody,
+}
+
+/// Which requests get a fault, and how many of them. A request is matched
+/// against the rules in order; the first one that matches and is not spent
+/// applies (and `times` goes down by one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The method, any case; None matches every method.
+    pub method: Option<String>,
+    /// A substring of the path (without the query); None matches every path.
+    pub path_contains: Option<String>,
+    /// How many matching requests get the fault; then the rule is spent.
+    pub times: usize,
+    pub action: Action,
+}
+
+impl Rule {
+    /// A rule for every request, once. Narrow it with [`Rule::method`],
+    /// [`Rule::path`] and [`Rule::times`].
+    pub fn new(action: Action) -> Rule {
+        Rule {
+            method: None,
+            path_contains: None,
+            times: 1,
+            action,
+        }
+    }
+
+    /// Answer `code` (no body) instead of forwarding.
+    pub fn status(code: u16) -> Rule {
+        Rule::new(Action::Status {
+            code,
+            headers: Vec::new(),
+        })
+    }
+
+    /// Answer `code` with these extra headers instead of forwarding.
+    pub fn status_with(code: u16, headers: &[(&str, &str)]) -> Rule {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Rule::new(Action::Status { code, headers })
+    }
+
+    /// Answer `429 Too Many Requests` with `Retry-After: secs`.
+    pub fn too_many_requests(retry_after_secs: u64) -> Rule {
+        Rule::status_with(429, &[("Retry-After", &retry_after_secs.to_string())])
+    }
+
+    /// See [`Action::DropRequestAfter`].
+    pub fn drop_request_after(body_bytes: u64) -> Rule {
+        Rule::new(Action::DropRequestAfter(body_bytes))
+    }
+
+    /// See [`Action::DropResponse`].
+    pub fn drop_response() -> Rule {
+        Rule::new(Action::DropResponse)
+    }
+
+    /// See [`Action::CorruptBody`].
+    pub fn corrupt_body() -> Rule {
+        Rule::new(Action::CorruptBody)
+    }
+
+    /// Only requests with this method (any case).
+    pub fn method(mut self, method: &str) -> Rule {
+        self.method = Some(method.to_string());
+        self
+    }
+
+    /// Only requests whose path (without the query) contains this.
+    pub fn path(mut self, path_contains: &str) -> Rule {
+        self.path_contains = Some(path_contains.to_string());
+        self
+    }
+
+    /// Fault this many matching requests (default 1).
+    pub fn times(mut self, times: usize) -> Rule {
+        self.times = times;
+        self
+    }
+
+    /// Fault every matching request, never running out.
+    pub fn always(self) -> Rule {
+        self.times(usize::MAX)
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        self.times > 0
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self
+                .path_contains
+                .as_deref()
+                .is_none_or(|p| path.contains(p))
+    }
+}
+
+/// One request the proxy saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub method: String,
+    /// The request target without its query string.
+    pub path: String,
+    /// The status the client was sent; None when it got no response
+    /// (connection dropped, or not answered yet).
+    pub status: Option<u16>,
+    /// A rule applied to this request.
+    pub faulted: bool,
+}
+
+// ------------------------------------------------------------ shared state
+
+/// The connections a listener still holds, to shut them down on drop.
+#[derive(Default)]
+struct Conns {
+    next_id: AtomicU64,
+    open: Mutex<OpenConns>,
+}
+
+#[derive(Default)]
+struct OpenConns {
+    /// Set on drop: a connection added later is shut down at once.
+    closed: bool,
+    by_id: BTreeMap<u64, Vec<TcpStream>>,
+}
+
+impl Conns {
+    fn add(&self, streams: &[&TcpStream]) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let clones: Vec<TcpStream> = streams.iter().filter_map(|s| s.try_clone().ok()).collect();
+        let mut open = lock(&self.open);
+        if open.closed {
+            for s in &clones {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+        open.by_id.insert(id, clones);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        lock(&self.open).by_id.remove(&id);
+    }
+
+    fn shutdown_all(&self) {
+        let mut open = lock(&self.open);
+        open.closed = true;
+        for s in open.by_id.values().flatten() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// A mutex lock that shrugs off poisoning (a panicking connection thread must
+/// not break the test that asks for the records).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Accepts connections on a fresh 127.0.0.1 port until `stop` is set, running
+/// `handle` on a thread per connection.
+struct Listener {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    conns: Arc<Conns>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    fn start<F>(handle: F) -> Listener
+    where
+        F: Fn(TcpStream, &Conns) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Conns::default());
+        let handle = Arc::new(handle);
+        let thread = {
+            let (stop, conns) = (stop.clone(), conns.clone());
+            thread::spawn(move || {
+                for client in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(client) = client else { continue };
+                    let (handle, conns) = (handle.clone(), conns.clone());
+                    thread::spawn(move || handle(client, &conns));
+                }
+            })
+        };
+        Listener {
+            addr,
+            stop,
+            conns,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees `stop` (if that fails, leave the
+        // thread be rather than wait for it).
+        if TcpStream::connect(self.addr).is_ok() {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+        self.conns.shutdown_all();
+    }
+}
+
+// ------------------------------------------------------------ Proxy
+
+#[derive(Default)]
+struct ProxyState {
+    rules: Mutex<Vec<Rule>>,
+    records: Mutex<Vec<Record>>,
+}
+
+impl ProxyState {
+    /// Records the request; returns its index and the fault to apply, if any.
+    fn begin(&self, method: &str, path: &str) -> (usize, Option<Action>) {
+        let action = lock(&self.rules)
+            .iter_mut()
+            .find(|r| r.matches(method, path))
+            .map(|r| {
+                r.times -= 1;
+                r.action.clone()
+            });
+        let mut records = lock(&self.records);
+        records.push(Record {
+            method: method.to_string(),
+            path: path.to_string(),
+            status: None,
+            faulted: action.is_some(),
+        });
+        (records.len() - 1, action)
+    }
+
+    fn set_status(&self, index: usize, code: u16) {
+        lock(&self.records)[index].status = Some(code);
+    }
+}
+
+/// The fault-injecting HTTP/1.1 proxy. See the module docs.
+pub struct Proxy {
+    state: Arc<ProxyState>,
+    listener: Listener,
+}
+
+impl Proxy {
+    /// Listens on a free 127.0.0.1 port and forwards to `upstream` (plain
+    /// HTTP), applying `rules`.
+    pub fn start(upstream: SocketAddr, rules: Vec<Rule>) -> Proxy {
+        let state = Arc::new(ProxyState {
+            rules: Mutex::new(rules),
+            records: Mutex::default(),
+        });
+        let listener = {
+            let state = state.clone();
+            Listener::start(move |client, conns| {
+                let Ok(up) = TcpStream::connect(upstream) else {
+                    return; // dropping `client` closes it
+                };
+                let id = conns.add(&[&client, &up]);
+                let _ = serve_connection(client, up, &state);
+                conns.remove(id);
+            })
+        };
+        Proxy { state, listener }
+    }
+
+    /// Where the proxy listens: use "127.0.0.1:PORT" as the registry host.
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.addr
+    }
+
+    /// "127.0.0.1:PORT".
+    pub fn host_port(&self) -> String {
+        self.addr().to_string()
+    }
+
+    /// Adds a rule after the existing ones.
+    pub fn add_rule(&self, rule: Rule) {
+        lock(&self.state.rules).push(rule);
+    }
+
+    /// The rules as they stand (`times` counts down as they apply).
+    pub fn rules(&self) -> Vec<Rule> {
+        lock(&self.state.rules).clone()
+    }
+
+    /// Every request seen so far, in the order they arrived.
+    pub fn requests(&self) -> Vec<Record> {
+        lock(&self.state.records).clone()
+    }
+
+    /// How many requests had this method (any case; "" for any) and a path
+    /// containing `path_contains` ("" for any).
+    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+        lock(&self.state.records)
+            .iter()
+            .filter(|r| method.is_empty() || r.method.eq_ignore_ascii_case(method))
+            .filter(|r| r.path.contains(path_contains))
+            .count()
+    }
+
+    /// How many requests got a fault.
+    pub fn faulted(&self) -> usize {
+        lock(&self.state.records)
+            .iter()
+            .filter(|r| r.faulted)
+            .count()
+    }
+}
+
+/// Serves one client connection over one upstream connection, request after
+/// request, until either side closes (or a fault closes both).
+fn serve_connection(client: TcpStream, up: TcpStream, state: &ProxyState) -> io::Result<()> {
+    let _ = client.set_nodelay(true);
+    let _ = up.set_nodelay(true);
+    let mut client_in = BufReader::with_capacity(CHUNK, client.try_clone()?);
+    let mut client_out = client;
+    let mut up_in = BufReader::with_capacity(CHUNK, up.try_clone()?);
+    let mut up_out = up;
+
+    while let Some(req) = read_head(&mut client_in)? {
+        let (method, target) = req.request_line()?;
+        let path = target.split('?').next().unwrap_or_default().to_string();
+        let (index, action) = state.begin(&method, &path);
+        let body = req.request_framing();
+        let client_wants_close = req.has_token("connection", "close");
+        if req.has_token("expect", "100-continue") {
+            client_out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+
+        match action {
+            Some(Action::Status { code, headers }) => {
+                copy_body(&mut client_in, &mut io::sink(), body, None)?;
+                let mut head = format!("HTTP/1.1 {code} {}\r\n", reason(code));
+                for (k, v) in &headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("Content-Length: 0\r\n");
+                if client_wants_close {
+                    head.push_str("Connection: close\r\n");
+                }
+                head.push_str("\r\n");
+                state.set_status(index, code);
+                client_out.write_all(head.as_bytes())?;
+                if client_wants_close {
+                    return Ok(());
+                }
+                continue;
+            }
+            Some(Action::DropRequestAfter(n)) => {
+                req.write_to(&mut up_out, &["expect"])?;
+                let mut cut = Cutoff {
+                    inner: &mut up_out,
+                    left: n,
+                };
+                let _ = copy_body(&mut client_in, &mut cut, body, None);
+                let _ = up_out.flush();
+                return Ok(()); // dropping the streams closes both connections
+            }
+            _ => {}
+        }
+
+        // Forward the request. Should the registry stop reading (it answered
+        // early and closed), keep draining the client and still read the
+        // answer it sent.
+        let mut upstream = Lenient {
+            inner: &mut up_out,
+            failed: false,
+        };
+        req.write_to(&mut upstream, &["expect"])?;
+        copy_body(&mut client_in, &mut upstream, body, None)?;
+
+        // Read the answer, passing interim 1xx responses on.
+        let resp = loop {
+            let resp = read_head(&mut up_in)?.ok_or_else(|| eof("upstream closed"))?;
+            let code = resp.status_code()?;
+            if (100..200).contains(&code) && code != 101 {
+                if action != Some(Action::DropResponse) {
+                    resp.write_to(&mut client_out, &[])?;
+                }
+                continue;
+            }
+            break resp;
+        };
+        if action == Some(Action::DropResponse) {
+            return Ok(());
+        }
+        let code = resp.status_code()?;
+        let framing = resp.response_framing(&method, code);
+        let flip_at = match (&action, framing) {
+            (Some(Action::CorruptBody), Framing::Length(n)) => Some(n / 2),
+            (Some(Action::CorruptBody), _) => Some(0),
+            _ => None,
+        };
+        state.set_status(index, code);
+        resp.write_to(&mut client_out, &[])?;
+        copy_body(&mut up_in, &mut client_out, framing, flip_at)?;
+        client_out.flush()?;
+
+        if client_wants_close
+            || resp.has_token("connection", "close")
+            || framing == Framing::UntilClose
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ HTTP heads and bodies
+
+/// A request or response head: the first line and the header fields.
+struct Head {
+    first_line: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether a comma-separated header (Connection, Expect,
+    /// Transfer-Encoding) lists `token`, any case.
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    fn request_line(&self) -> io::Result<(String, String)> {
+        let mut parts = self.first_line.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some(method), Some(target)) => Ok((method.to_string(), target.to_string())),
+            _ => Err(invalid(&format!("bad request line {:?}", self.first_line))),
+        }
+    }
+
+    fn status_code(&self) -> io::Result<u16> {
+        self.first_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| invalid(&format!("bad status line {:?}", self.first_line)))
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        self.header("content-length")
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn request_framing(&self) -> Framing {
+        if self.has_token("transfer-encoding", "chunked") {
+            Framing::Chunked
+        } else {
+            Framing::Length(self.content_length().unwrap_or(0))
+        }
+    }
+
+    fn response_framing(&self, method: &str, code: u16) -> Framing {
+        if method.eq_ignore_ascii_case("HEAD") || code < 200 || code == 204 || code == 304 {
+            Framing::Length(0)
+        } else if self.has_token("transfer-encoding", "chunked") {
+            Framing::Chunked
+        } else if let Some(n) = self.content_length() {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        }
+    }
+
+    /// Writes the head, leaving out the named headers.
+    fn write_to(&self, w: &mut impl Write, skip: &[&str]) -> io::Result<()> {
+        let mut out = format!("{}\r\n", self.first_line);
+        for (k, v) in &self.headers {
+            if !skip.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+                out.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        out.push_str("\r\n");
+        w.write_all(out.as_bytes())
+    }
+}
+
+/// Reads a head; None when the peer closed before sending anything.
+fn read_head(r: &mut impl BufRead) -> io::Result<Option<Head>> {
+    let mut first_line = String::new();
+    let mut headers = Vec::new();
+    let mut total = 0;
+    loop {
+        let mut line = Vec::new();
+        let n = r.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            if first_line.is_empty() && total == 0 {
+                return Ok(None);
+            }
+            return Err(eof("connection closed inside a head"));
+        }
+        total += n;
+        if total > MAX_HEAD {
+            return Err(invalid("head too large"));
+        }
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end_matches(['\r', '\n']);
+        if first_line.is_empty() {
+            // Empty lines before a request line are allowed (RFC 9112 2.2).
+            if !line.is_empty() {
+                first_line = line.to_string();
+            }
+        } else if line.is_empty() {
+            return Ok(Some(Head {
+                first_line,
+                headers,
+            }));
+        } else if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        } else {
+            return Err(invalid(&format!("bad header line {line:?}")));
+        }
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Copies one body from `r` to `w` as it is on the wire (chunk framing
+/// included), flipping the lowest bit of the payload byte at `flip_at`.
+fn copy_body(
+    r: &mut impl BufRead,
+    w: &mut impl Write,
+    framing: Framing,
+    flip_at: Option<u64>,
+) -> io::Result<()> {
+    let mut flip_at = flip_at;
+    match framing {
+        Framing::Length(n) => copy_exact(r, w, n, &mut flip_at),
+        Framing::UntilClose => copy_exact(r, w, u64::MAX, &mut flip_at),
+        Framing::Chunked => loop {
+            let size_line = read_line(r)?;
+            w.write_all(&size_line)?;
+            let text = String::from_utf8_lossy(&size_line);
+            let hex = text.split(';').next().unwrap_or_default().trim();
+            let size = u64::from_str_radix(hex, 16)
+                .map_err(|_| invalid(&format!("bad chunk size {text:?}")))?;
+            if size == 0 {
+                // Trailer fields, then the empty line.
+                loop {
+                    let line = read_line(r)?;
+                    w.write_all(&line)?;
+                    if line == b"\r\n" || line == b"\n" {
+                        return Ok(());
+                    }
+                }
+            }
+            copy_exact(r, w, size, &mut flip_at)?;
+            w.write_all(&read_line(r)?)?; // the CRLF after the data
+        },
+    }
+}
+
+/// Copies n bytes (u64::MAX: until EOF). `flip_at` counts down through the
+/// bytes copied; the byte it reaches 0 on gets its lowest bit flipped.
+fn copy_exact(
+    r: &mut impl BufRead,
+    w: &mut impl Write,
+    n: u64,
+    flip_at: &mut Option<u64>,
+) -> io::Result<()> {
+    let until_eof = n == u64::MAX;
+    let mut left = n;
+    let mut buf = vec![0u8; CHUNK];
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let got = r.read(&mut buf[..want])?;
+        if got == 0 {
+            if until_eof {
+                return Ok(());
+            }
+            return Err(eof("connection closed inside a body"));
+        }
+        if let Some(at) = *flip_at {
+            if at < got as u64 {
+                buf[at as usize] ^= 1;
+                *flip_at = None;
+            } else {
+                *flip_at = Some(at - got as u64);
+            }
+        }
+        w.write_all(&buf[..got])?;
+        if !until_eof {
+            left -= got as u64;
+        }
+    }
+    Ok(())
+}
+
+fn read_line(r: &mut impl BufRead) -> io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    r.take(MAX_HEAD as u64).read_until(b'\n', &mut line)?;
+    if !line.ends_with(b"\n") {
+        return Err(eof("connection closed inside a chunked body"));
+    }
+    Ok(line)
+}
+
+/// Passes on the first `left` bytes, then fails: cuts a request short.
+struct Cutoff<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: Write> Write for Cutoff<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("cut off by the proxy"));
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        self.inner.write_all(&buf[..n])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Swallows writes once one has failed, so the client's body can still be
+/// drained when the registry stopped reading it.
+struct Lenient<W> {
+    inner: W,
+    failed: bool,
+}
+
+impl<W: Write> Write for Lenient<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.failed && self.inner.write_all(buf).is_err() {
+            self.failed = true;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.failed && self.inner.flush().is_err() {
+            self.failed = true;
+        }
+        Ok(())
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Injected",
+    }
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+fn eof(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, msg.to_string())
+}
+
+// ------------------------------------------------------------ RawTap
+
+/// How a connection through a [`RawTap`] began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// 0x16: a TLS handshake record.
+    Tls,
+    /// An HTTP method and a space ("GET ", "HEAD ", "PUT ", ...).
+    PlainHttp,
+    /// Something else.
+    Other,
+    /// The client closed without sending a byte.
+    Nothing,
+}
+
+/// A byte pipe in front of a server (TLS or not) that records how each
+/// connection opened. See the module docs.
+pub struct RawTap {
+    openings: Arc<Mutex<Vec<Opening>>>,
+    listener: Listener,
+}
+
+impl RawTap {
+    /// Listens on a free 127.0.0.1 port and pipes each connection to `upstream`.
+    pub fn start(upstream: SocketAddr) -> RawTap {
+        let openings = Arc::new(Mutex::new(Vec::new()));
+        let listener = {
+            let openings = openings.clone();
+            Listener::start(move |client, conns| {
+                let Ok(up) = TcpStream::connect(upstream) else {
+                    return;
+                };
+                let id = conns.add(&[&client, &up]);
+                let _ = pipe(client, up, &openings);
+                conns.remove(id);
+            })
+        };
+        RawTap { openings, listener }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.addr
+    }
+
+    /// "127.0.0.1:PORT".
+    pub fn host_port(&self) -> String {
+        self.addr().to_string()
+    }
+
+    /// How each connection opened, in the order they sent their first bytes.
+    pub fn openings(&self) -> Vec<Opening> {
+        lock(&self.openings).clone()
+    }
+
+    /// Connections whose first byte was 0x16 (TLS handshake).
+    pub fn tls_connections(&self) -> usize {
+        self.count(Opening::Tls)
+    }
+
+    /// Connections that opened with an HTTP method: plain HTTP.
+    pub fn plain_http_connections(&self) -> usize {
+        self.count(Opening::PlainHttp)
+    }
+
+    fn count(&self, kind: Opening) -> usize {
+        lock(&self.openings).iter().filter(|o| **o == kind).count()
+    }
+}
+
+fn pipe(
+    mut client: TcpStream,
+    mut up: TcpStream,
+    openings: &Mutex<Vec<Opening>>,
+) -> io::Result<()> {
+    // Read enough to tell how the client opens, and note it before anything
+    // reaches the server (so it is recorded before any answer comes back).
+    let mut first = Vec::new();
+    let mut buf = [0u8; 16];
+    let opening = loop {
+        let n = client.read(&mut buf)?;
+        first.extend_from_slice(&buf[..n]);
+        if n == 0 || first[0] == 0x16 || first.contains(&b' ') || first.len() >= 8 {
+            break classify(&first);
+        }
+    };
+    lock(openings).push(opening);
+    up.write_all(&first)?;
+
+    let (mut client_r, mut up_r) = (client.try_clone()?, up.try_clone()?);
+    let back = thread::spawn(move || {
+        let _ = io::copy(&mut up_r, &mut client);
+        let _ = client.shutdown(Shutdown::Write);
+    });
+    let _ = io::copy(&mut client_r, &mut up);
+    let _ = up.shutdown(Shutdown::Write);
+    let _ = back.join();
+    Ok(())
+}
+
+fn classify(first: &[u8]) -> Opening {
+    const METHODS: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match first.first() {
+        None => Opening::Nothing,
+        Some(0x16) => Opening::Tls,
+        Some(_) => {
+            let word = first.split(|b| *b == b' ').next().unwrap_or_default();
+            let is_method = first.contains(&b' ') && METHODS.iter().any(|m| m.as_bytes() == word);
+            if is_method {
+                Opening::PlainHttp
+            } else {
+                Opening::Other
+            }
+        }
+    }
+}
