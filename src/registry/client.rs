@@ -362,7 +362,9 @@ impl Client {
         let mut answered = false;
         loop {
             let mut req = make(&self.http)?;
-            if let Some(a) = self.authorization(call)? {
+            let auth = self.authorization(call)?;
+            let sent_auth = auth.is_some();
+            if let Some(a) = auth {
                 req = req.header(AUTHORIZATION, a);
             }
             let req = req.build().map_err(|e| RegistryError::Setup(flatten(&e)))?;
@@ -378,29 +380,27 @@ impl Client {
                 }
             })?;
             self.note_warnings(call.host, resp.headers());
-            if resp.status().as_u16() == 401 && !answered {
-                answered = true;
-                let challenge = parse_challenge(resp.headers());
-                let mut st = self.lock();
-                let had = st
-                    .challenges
-                    .insert(call.host.to_string(), challenge.clone());
-                st.tokens
-                    .remove(&(call.host.to_string(), call.scopes.join(" ")));
-                drop(st);
-                // A basic challenge without credentials cannot be answered.
-                if matches!(challenge, Challenge::Basic)
-                    && (self.credentials(call.host)?.is_none()
-                        || matches!(had, Some(Challenge::Basic)))
-                {
-                    return Err(self.unauthorized(call, 401));
-                }
-                continue;
+            if resp.status().as_u16() != 401 {
+                return Ok(resp);
             }
-            if resp.status().as_u16() == 401 {
+            if answered {
                 return Err(self.unauthorized(call, 401));
             }
-            return Ok(resp);
+            answered = true;
+            let challenge = parse_challenge(resp.headers());
+            let mut st = self.lock();
+            st.challenges
+                .insert(call.host.to_string(), challenge.clone());
+            st.tokens
+                .remove(&(call.host.to_string(), call.scopes.join(" ")));
+            drop(st);
+            // Basic credentials that were sent and refused, or none to send:
+            // another try cannot help. (A refused token is fetched again once.)
+            if matches!(challenge, Challenge::Basic)
+                && (sent_auth || self.credentials(call.host)?.is_none())
+            {
+                return Err(self.unauthorized(call, 401));
+            }
         }
     }
 
@@ -462,6 +462,7 @@ impl Client {
             return RegistryError::ManifestUnknown {
                 registry: call.host.to_string(),
                 reference: r.to_string(),
+                tags: String::new(),
             };
         }
         let detail = items

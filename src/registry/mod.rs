@@ -70,12 +70,14 @@ pub enum RegistryError {
         repository: String,
     },
     /// The tag or manifest does not exist.
-    #[error("`{reference}` does not exist on registry {registry} (no such tag or manifest)")]
+    #[error("`{reference}` does not exist on registry {registry} (no such tag or manifest{tags})")]
     ManifestUnknown {
         /// host[:port].
         registry: String,
         /// The full reference.
         reference: String,
+        /// The repository's tags, when known (with a leading `; `).
+        tags: String,
     },
     /// The blob does not exist.
     #[error("blob {digest} does not exist in `{repository}` on registry {registry}")]

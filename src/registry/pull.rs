@@ -91,8 +91,42 @@ pub(crate) fn check_document(
 }
 
 impl Client {
-    /// Fetches a manifest or index by tag or digest.
+    /// Fetches a manifest or index by tag or digest. A missing tag is told
+    /// apart from a missing repository, and the error lists the tags there are.
     pub fn get_manifest(&self, r: &ImageRef) -> Result<FetchedManifest, RegistryError> {
+        match self.get_manifest_once(r) {
+            Err(RegistryError::ManifestUnknown {
+                registry,
+                reference,
+                ..
+            }) => match self.list_tags(r) {
+                Err(e @ RegistryError::RepositoryUnknown { .. }) => Err(e),
+                Ok(tags) if r.digest.is_none() => {
+                    let mut shown: Vec<String> = tags.iter().take(20).cloned().collect();
+                    if tags.len() > 20 {
+                        shown.push(format!("and {} more", tags.len() - 20));
+                    }
+                    Err(RegistryError::ManifestUnknown {
+                        registry,
+                        reference,
+                        tags: if shown.is_empty() {
+                            "; the repository has no tags".into()
+                        } else {
+                            format!("; tags there: {}", shown.join(", "))
+                        },
+                    })
+                }
+                _ => Err(RegistryError::ManifestUnknown {
+                    registry,
+                    reference,
+                    tags: String::new(),
+                }),
+            },
+            other => other,
+        }
+    }
+
+    fn get_manifest_once(&self, r: &ImageRef) -> Result<FetchedManifest, RegistryError> {
         let host = r.api_host().to_string();
         let scopes = pull_scope(r);
         let call = Call {
@@ -158,6 +192,37 @@ impl Client {
                 media_type,
                 bytes,
             })
+        })
+    }
+
+    /// The repository's tags (the first page; bounded).
+    pub fn list_tags(&self, r: &ImageRef) -> Result<Vec<String>, RegistryError> {
+        let host = r.api_host().to_string();
+        let scopes = pull_scope(r);
+        let call = Call {
+            host: &host,
+            repository: &r.repository,
+            scopes: &scopes,
+        };
+        let url = format!("{}{}/tags/list", self.base(&host), r.repository);
+        self.retrying(&format!("listing the tags of {}", r.name()), || {
+            let resp = self.send(&call, &|http| Ok(http.get(&url)))?;
+            if !resp.status().is_success() {
+                return Err(self.status_error(&call, resp, None));
+            }
+            let bytes = read_limited(resp, MAX_DOCUMENT_SIZE, &host, "tag list")?;
+            #[derive(serde::Deserialize)]
+            struct Tags {
+                #[serde(default)]
+                tags: Option<Vec<String>>,
+            }
+            let t: Tags =
+                serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadDocument {
+                    registry: host.clone(),
+                    what: "tag list".into(),
+                    reason: e.to_string(),
+                })?;
+            Ok(t.tags.unwrap_or_default())
         })
     }
 
