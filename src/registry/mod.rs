@@ -205,8 +205,8 @@ impl RegistryError {
             RegistryError::RepositoryUnknown { .. } => Some(
                 "check the name; some registries (such as Amazon ECR) need the repository created before the first push".into(),
             ),
-            RegistryError::Connect { reason, registry, .. } if reason.contains("certificate") || reason.contains("TLS") || reason.contains("tls") => Some(format!(
-                "if {registry} uses a private CA, pass it with --ca-file FILE; plain HTTP is used only for registries named with --insecure-registry"
+            RegistryError::Connect { registry, url, .. } if url.contains("https://") => Some(format!(
+                "imgc talks HTTPS to {registry}: if it uses a private CA, pass it with --ca-file FILE; if it serves plain HTTP, name it with --insecure-registry {registry}"
             )),
             RegistryError::Offline { .. } => Some(
                 "run once with network access (e.g. `imgc lock SPEC` or a build without --offline) to fill the store".into(),

@@ -389,6 +389,20 @@ fn lock_then_locked_offline_build_without_the_registry() {
         (_t, spec) = app(&format!("{host}/base:1.0"), &format!("{host}/app"));
         let out = run(env.imgc().arg("lock").arg(&spec).args(insecure(&host)));
         assert!(out.contains(&format!("{host}/base:1.0 sha256:")), "{out}");
+        // Locking (and planning) fetch the index, manifests and configs, never a layer.
+        run(env.imgc().arg("plan").arg(&spec).args(insecure(&host)));
+        let stored = files_in(&env.cache().join("store/blobs/sha256"));
+        assert_eq!(
+            stored.len(),
+            5,
+            "index + 2 manifests + 2 configs: {stored:?}"
+        );
+        for f in &stored {
+            assert!(
+                fs::metadata(f).unwrap().len() < 4096,
+                "{f:?} looks like a layer"
+            );
+        }
         let lock = fs::read_to_string(spec.with_file_name("image.lock")).unwrap();
         assert!(
             lock.contains("linux/amd64") && lock.contains("linux/arm64/v8"),
@@ -711,4 +725,46 @@ fn clear_errors_for_unknown_hosts_repositories_tags_and_platforms() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("[image].name"), "{err}");
+}
+
+#[test]
+fn other_4xx_are_never_retried_and_a_warning_is_shown_once() {
+    let reg = Registry::start();
+    let env = Env::new();
+    let warning = ("Warning", "299 - \"this registry is read-only on Sundays\"");
+    let proxy = Proxy::start(
+        addr(&reg),
+        vec![
+            Rule::status_with(503, &[warning]).method("HEAD").times(3),
+            Rule::status_with(400, &[warning])
+                .method("PUT")
+                .path("/manifests/"),
+        ],
+    );
+    let host = proxy.host_port();
+    let (_t, spec) = app("scratch", &format!("{host}/app"));
+    let out = run_fails(
+        env.imgc()
+            .arg("build")
+            .arg(&spec)
+            .arg("--output")
+            .arg(oci_arg(&env.path("out")))
+            .arg("--push")
+            .args(insecure(&host)),
+    );
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("this registry is read-only on Sundays").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("HTTP 400"), "{err}");
+    // The 400 was not retried: one manifest PUT, and nothing was tagged.
+    assert_eq!(
+        proxy.count("PUT", "/manifests/"),
+        1,
+        "{:#?}",
+        proxy.requests()
+    );
+    assert!(proxy.rules().iter().all(|r| r.times == 0));
 }
