@@ -324,15 +324,16 @@ pub struct LockArgs {
 pub fn cmd_lock(args: LockArgs) -> Result<(), Failure> {
     let file = imgc::spec::SpecFile::load(&args.spec)?;
     let client = client(&args.registry, false)?;
+    // Bases the lock already pins stay pinned (their documents are read by
+    // digest); the others are resolved. --update resolves every tag again.
     let (resolver, lock_path) = bases(
         &args.spec,
         client,
         ResolveMode {
-            update: true,
+            update: args.update,
             ..ResolveMode::default()
         },
     )?;
-    let old = LockFile::read(&lock_path)?;
     let opts = imgc::plan::PlanOptions {
         vars: args.vars.iter().cloned().collect(),
         remote: Some(resolver.clone()),
@@ -341,21 +342,7 @@ pub fn cmd_lock(args: LockArgs) -> Result<(), Failure> {
         ..Default::default()
     };
     imgc::plan::plan(&file, &opts)?;
-    let mut resolved = resolver.resolved();
-    // Without --update, entries still valid are kept as they were.
-    if !args.update {
-        if let Some(old) = &old {
-            for r in &mut resolved {
-                if let Some(prev) = old.bases.iter().find(|b| b.reference == r.reference) {
-                    if ImageRef::parse(&r.reference).is_ok_and(|x| x.digest.is_some())
-                        || prev.digest == r.digest
-                    {
-                        *r = prev.clone();
-                    }
-                }
-            }
-        }
-    }
+    let resolved = resolver.resolved();
     let lock = LockFile::new(resolved);
     lock.write(&lock_path)?;
     let mut out = std::io::stdout().lock();

@@ -94,7 +94,12 @@ struct State {
     credentials: BTreeMap<String, auth::Lookup>,
     challenges: BTreeMap<String, Challenge>,
     tokens: BTreeMap<(String, String), String>,
+    /// Token requests refused (401/403): not asked again this run, so a
+    /// wrong password is tried once, not once per concurrent transfer.
+    refused: BTreeMap<(String, String), u16>,
     warnings: BTreeSet<String>,
+    /// (host, source repository) pairs a mount was refused for.
+    no_mount: BTreeSet<(String, String)>,
 }
 
 /// A client for any number of registries; share it between threads.
@@ -102,6 +107,8 @@ pub struct Client {
     opts: RegistryOptions,
     http: reqwest::blocking::Client,
     state: Mutex<State>,
+    /// Held while a token is fetched: one fetch per scope set, not one per thread.
+    token_fetch: Mutex<()>,
     reporter: Arc<dyn Reporter>,
 }
 
@@ -196,6 +203,7 @@ impl Client {
             opts,
             http,
             state: Mutex::new(State::default()),
+            token_fetch: Mutex::new(()),
             reporter,
         })
     }
@@ -259,12 +267,43 @@ impl Client {
             }),
             Some(Challenge::Bearer { realm, service }) => {
                 let key = (call.host.to_string(), call.scopes.join(" "));
-                if let Some(t) = self.lock().tokens.get(&key) {
-                    return Ok(Some(format!("Bearer {t}")));
+                let cached = |st: &State| -> Result<Option<String>, RegistryError> {
+                    if let Some(&status) = st.refused.get(&key) {
+                        return Err(RegistryError::Unauthorized {
+                            registry: call.host.to_string(),
+                            repository: call.repository.to_string(),
+                            status,
+                            looked_in: String::new(),
+                        });
+                    }
+                    Ok(st.tokens.get(&key).map(|t| format!("Bearer {t}")))
+                };
+                let found = {
+                    let st = self.lock();
+                    cached(&st)
+                };
+                if let Some(t) = found.map_err(|_| self.unauthorized(call, 401))? {
+                    return Ok(Some(t));
                 }
-                let token = self.fetch_token(call, &realm, service.as_deref())?;
-                self.lock().tokens.insert(key, token.clone());
-                Ok(Some(format!("Bearer {token}")))
+                let _one_at_a_time = self.token_fetch.lock().unwrap_or_else(|p| p.into_inner());
+                let found = {
+                    let st = self.lock();
+                    cached(&st)
+                };
+                if let Some(t) = found.map_err(|_| self.unauthorized(call, 401))? {
+                    return Ok(Some(t));
+                }
+                match self.fetch_token(call, &realm, service.as_deref()) {
+                    Ok(token) => {
+                        self.lock().tokens.insert(key, token.clone());
+                        Ok(Some(format!("Bearer {token}")))
+                    }
+                    Err(e @ RegistryError::Unauthorized { status, .. }) => {
+                        self.lock().refused.insert(key, status);
+                        Err(e)
+                    }
+                    Err(e) => Err(e),
+                }
             }
         }
     }
@@ -324,8 +363,28 @@ impl Client {
                 .basic_auth(username, Some(password.expose())),
             None => self.http.get(url).query(&query),
         };
-        let resp = req.send().map_err(|e| err(flatten(&e.without_url())))?;
+        let resp = req.send().map_err(|e| RegistryError::Connect {
+            registry: call.host.to_string(),
+            url: format!("token realm {}", shown(realm)),
+            retryable: !e.is_connect() || e.is_timeout(),
+            reason: flatten(&e.without_url()),
+        })?;
         let status = resp.status().as_u16();
+        if matches!(status, 408 | 429 | 500 | 502 | 503 | 504) {
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            return Err(RegistryError::Status {
+                registry: call.host.to_string(),
+                method: String::new(),
+                url: format!("token realm {}", shown(realm)),
+                status,
+                detail: String::new(),
+                retry_after,
+            });
+        }
         if status == 401 || status == 403 {
             return Err(RegistryError::Unauthorized {
                 registry: call.host.to_string(),
@@ -363,7 +422,7 @@ impl Client {
         loop {
             let mut req = make(&self.http)?;
             let auth = self.authorization(call)?;
-            let sent_auth = auth.is_some();
+            let sent_auth = auth.clone();
             if let Some(a) = auth {
                 req = req.header(AUTHORIZATION, a);
             }
@@ -391,17 +450,37 @@ impl Client {
             let mut st = self.lock();
             st.challenges
                 .insert(call.host.to_string(), challenge.clone());
-            st.tokens
-                .remove(&(call.host.to_string(), call.scopes.join(" ")));
+            // Forget the token this request carried (expired or too narrow);
+            // one another thread fetched since is kept.
+            let key = (call.host.to_string(), call.scopes.join(" "));
+            if let (Some(sent), Some(t)) = (&sent_auth, st.tokens.get(&key)) {
+                if *sent == format!("Bearer {t}") {
+                    st.tokens.remove(&key);
+                }
+            }
             drop(st);
             // Basic credentials that were sent and refused, or none to send:
             // another try cannot help. (A refused token is fetched again once.)
             if matches!(challenge, Challenge::Basic)
-                && (sent_auth || self.credentials(call.host)?.is_none())
+                && (sent_auth.is_some() || self.credentials(call.host)?.is_none())
             {
                 return Err(self.unauthorized(call, 401));
             }
         }
+    }
+
+    /// Whether mounting from `source` on `host` was refused before.
+    pub(crate) fn mount_refused(&self, host: &str, source: &str) -> bool {
+        self.lock()
+            .no_mount
+            .contains(&(host.to_string(), source.to_string()))
+    }
+
+    /// Remembers that mounting from `source` on `host` is refused.
+    pub(crate) fn refuse_mount(&self, host: &str, source: &str) {
+        self.lock()
+            .no_mount
+            .insert((host.to_string(), source.to_string()));
     }
 
     fn unauthorized(&self, call: &Call<'_>, status: u16) -> RegistryError {

@@ -269,9 +269,21 @@ impl Client {
         jobs: Vec<BlobJob>,
         outcome: &mut PushOutcome,
     ) -> Result<(), RegistryError> {
+        let mut jobs = jobs;
+        // The first blob alone: it meets the registry's auth challenge and
+        // gets the token the others then share (one login, not one per worker).
+        let Some(first) = jobs.pop() else {
+            return Ok(());
+        };
+        let how = self.push_blob(
+            target,
+            &blob_path(layout, &first.desc.digest),
+            &first.desc,
+            first.mount_from.as_deref(),
+        )?;
+        let results: Mutex<Vec<(BlobOutcome, u64)>> = Mutex::new(vec![(how, first.desc.size)]);
         let workers = self.options().jobs.max(1).min(jobs.len().max(1));
         let queue = Mutex::new(jobs);
-        let results: Mutex<Vec<(BlobOutcome, u64)>> = Mutex::new(Vec::new());
         let failure: Mutex<Option<RegistryError>> = Mutex::new(None);
         std::thread::scope(|s| {
             for _ in 0..workers {
@@ -359,6 +371,7 @@ impl Client {
         mount_from: Option<&str>,
     ) -> Result<BlobOutcome, RegistryError> {
         let host = target.api_host().to_string();
+        let mount_from = mount_from.filter(|src| !self.mount_refused(&host, src));
         let mut scopes = vec![format!("repository:{}:pull,push", target.repository)];
         if let Some(src) = mount_from {
             scopes.push(format!("repository:{src}:pull"));
@@ -387,9 +400,12 @@ impl Client {
             Ok(http.post(&start_url).header("Content-Length", "0"))
         }) {
             Ok(r) => r,
-            // A mount we may not do: upload instead.
+            // A mount we may not do: upload instead, and stop asking.
             Err(RegistryError::Unauthorized { .. }) if mount_from.is_some() => {
-                return self.push_blob_once(target, path, desc, None)
+                if let Some(src) = mount_from {
+                    self.refuse_mount(&host, src);
+                }
+                return self.push_blob_once(target, path, desc, None);
             }
             Err(e) => return Err(e),
         };
@@ -398,6 +414,9 @@ impl Client {
             return Ok(BlobOutcome::Mounted);
         }
         if (status == 401 || status == 403) && mount_from.is_some() {
+            if let Some(src) = mount_from {
+                self.refuse_mount(&host, src);
+            }
             return self.push_blob_once(target, path, desc, None);
         }
         if status != 202 && status != 201 {

@@ -1,5 +1,6 @@
 //! The integration tests: one test binary running the real `imgc` against real tools.
 mod bad_input;
+mod bearer;
 mod cli;
 mod golden;
 mod independent;

@@ -7,6 +7,12 @@
 //! Every request is recorded ([`Proxy::requests`]). Bodies are streamed, never
 //! held whole in memory, so multi-hundred-MB blobs pass through fine.
 //!
+//! With a [`Gate`] ([`Proxy::start_with_gate`]) the proxy also plays a
+//! bearer-token auth server in front of the (auth-less) registry: it answers
+//! `/v2/` requests without a good `Authorization: Bearer` token with a `401`
+//! challenge, serves the token endpoint itself, checks every token's scopes,
+//! and strips `Authorization` before forwarding. See [`Gate`].
+//!
 //! [`RawTap`] pipes bytes both ways without parsing anything and notes, per
 //! connection, whether the client opened with a TLS handshake or plain HTTP.
 //!
@@ -18,7 +24,8 @@
 //! forwarded, since the proxy reads the body either way.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use base64::Engine as _;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -165,6 +172,10 @@ pub struct Record {
     pub status: Option<u16>,
     /// A rule applied to this request.
     pub faulted: bool,
+    /// The scheme of the request's `Authorization` header ("Basic",
+    /// "Bearer", ...), None without one. (Under a [`Gate`] the header is
+    /// stripped before forwarding; this is what the client sent.)
+    pub auth: Option<String>,
 }
 
 // ------------------------------------------------------------ shared state
@@ -231,6 +242,13 @@ impl Listener {
         F: Fn(TcpStream, &Conns) + Send + Sync + 'static,
     {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        Listener::start_on(listener, handle)
+    }
+
+    fn start_on<F>(listener: TcpListener, handle: F) -> Listener
+    where
+        F: Fn(TcpStream, &Conns) + Send + Sync + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Conns::default());
@@ -277,11 +295,12 @@ impl Drop for Listener {
 struct ProxyState {
     rules: Mutex<Vec<Rule>>,
     records: Mutex<Vec<Record>>,
+    gate: Option<GateState>,
 }
 
 impl ProxyState {
     /// Records the request; returns its index and the fault to apply, if any.
-    fn begin(&self, method: &str, path: &str) -> (usize, Option<Action>) {
+    fn begin(&self, method: &str, path: &str, auth: Option<String>) -> (usize, Option<Action>) {
         let action = lock(&self.rules)
             .iter_mut()
             .find(|r| r.matches(method, path))
@@ -295,6 +314,7 @@ impl ProxyState {
             path: path.to_string(),
             status: None,
             faulted: action.is_some(),
+            auth,
         });
         (records.len() - 1, action)
     }
@@ -314,13 +334,29 @@ impl Proxy {
     /// Listens on a free 127.0.0.1 port and forwards to `upstream` (plain
     /// HTTP), applying `rules`.
     pub fn start(upstream: SocketAddr, rules: Vec<Rule>) -> Proxy {
+        Proxy::start_inner(upstream, rules, None)
+    }
+
+    /// Like [`Proxy::start`], with a bearer-token [`Gate`] in front of the
+    /// registry. Rules are matched first (so they can fault the token
+    /// endpoint too); a request no `Status`/`DropRequestAfter` rule answered
+    /// then goes through the gate.
+    pub fn start_with_gate(upstream: SocketAddr, rules: Vec<Rule>, gate: Gate) -> Proxy {
+        Proxy::start_inner(upstream, rules, Some(gate))
+    }
+
+    fn start_inner(upstream: SocketAddr, rules: Vec<Rule>, gate: Option<Gate>) -> Proxy {
+        // Bound first, so the gate knows its realm before any request comes.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
         let state = Arc::new(ProxyState {
             rules: Mutex::new(rules),
             records: Mutex::default(),
+            gate: gate.map(|g| GateState::new(g, addr)),
         });
         let listener = {
             let state = state.clone();
-            Listener::start(move |client, conns| {
+            Listener::start_on(listener, move |client, conns| {
                 let Ok(up) = TcpStream::connect(upstream) else {
                     return; // dropping `client` closes it
                 };
@@ -374,6 +410,43 @@ impl Proxy {
             .filter(|r| r.faulted)
             .count()
     }
+
+    fn gate(&self) -> &GateState {
+        self.state
+            .gate
+            .as_ref()
+            .expect("this proxy has no gate (use Proxy::start_with_gate)")
+    }
+
+    /// The gate's realm URL, as its challenges name it.
+    pub fn realm(&self) -> String {
+        self.gate().realm.clone()
+    }
+
+    /// Every request to the gate's token endpoint so far, in order.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        lock(&self.gate().token_requests).clone()
+    }
+
+    /// Registry-facing requests (everything but the token endpoint) whose
+    /// request line or headers held the gate's password, the base64 of
+    /// `user:password`, or its identity token: "METHOD path" each. Should
+    /// stay empty.
+    pub fn secret_leaks(&self) -> Vec<String> {
+        lock(&self.gate().leaks).clone()
+    }
+
+    /// From now on, tokens grant nothing on `repository` (tokens issued
+    /// before keep what they had).
+    pub fn deny_repository(&self, repository: &str) {
+        lock(&self.gate().denied).insert(repository.to_string());
+    }
+
+    /// Cross-repository mounts the gate turned into plain upload starts
+    /// ([`MountDenied::Upload`]): "from -> path" each.
+    pub fn mounts_turned_into_uploads(&self) -> Vec<String> {
+        lock(&self.gate().rewritten).clone()
+    }
 }
 
 /// Serves one client connection over one upstream connection, request after
@@ -386,10 +459,14 @@ fn serve_connection(client: TcpStream, up: TcpStream, state: &ProxyState) -> io:
     let mut up_in = BufReader::with_capacity(CHUNK, up.try_clone()?);
     let mut up_out = up;
 
-    while let Some(req) = read_head(&mut client_in)? {
+    while let Some(mut req) = read_head(&mut client_in)? {
         let (method, target) = req.request_line()?;
         let path = target.split('?').next().unwrap_or_default().to_string();
-        let (index, action) = state.begin(&method, &path);
+        let auth = req
+            .header("authorization")
+            .and_then(|v| v.split_whitespace().next())
+            .map(str::to_string);
+        let (index, action) = state.begin(&method, &path, auth);
         let body = req.request_framing();
         let client_wants_close = req.has_token("connection", "close");
         if req.has_token("expect", "100-continue") {
@@ -426,6 +503,63 @@ fn serve_connection(client: TcpStream, up: TcpStream, state: &ProxyState) -> io:
                 return Ok(()); // dropping the streams closes both connections
             }
             _ => {}
+        }
+
+        if let Some(gate) = &state.gate {
+            let answer = if gate.is_token_endpoint(&path) {
+                let mut raw = Limited {
+                    buf: Vec::new(),
+                    limit: MAX_HEAD,
+                };
+                copy_body(&mut client_in, &mut raw, body, None)?;
+                let chunked = body == Framing::Chunked;
+                Some(gate.token_endpoint(&method, &target, &req, &raw.buf, chunked))
+            } else {
+                match gate.check(&method, &target, &path, &req) {
+                    Verdict::Answer(a) => {
+                        copy_body(&mut client_in, &mut io::sink(), body, None)?;
+                        Some(a)
+                    }
+                    Verdict::Forward { target: rewritten } => {
+                        if let Some(t) = rewritten {
+                            req.first_line = req.first_line.replacen(&target, &t, 1);
+                        }
+                        req.headers
+                            .retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+                        None
+                    }
+                }
+            };
+            if let Some(mut a) = answer {
+                if action == Some(Action::DropResponse) {
+                    return Ok(());
+                }
+                if action == Some(Action::CorruptBody) && !a.body.is_empty() {
+                    let mid = a.body.len() / 2;
+                    a.body[mid] ^= 1;
+                }
+                let mut head = format!("HTTP/1.1 {} {}\r\n", a.code, reason(a.code));
+                for (k, v) in &a.headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str(&format!("Content-Length: {}\r\n", a.body.len()));
+                if client_wants_close {
+                    head.push_str("Connection: close\r\n");
+                }
+                head.push_str("\r\n");
+                state.set_status(index, a.code);
+                client_out.write_all(head.as_bytes())?;
+                // A response to HEAD has no body (its Content-Length still
+                // says how long a GET's would be).
+                if !method.eq_ignore_ascii_case("HEAD") {
+                    client_out.write_all(&a.body)?;
+                }
+                client_out.flush()?;
+                if client_wants_close {
+                    return Ok(());
+                }
+                continue;
+            }
         }
 
         // Forward the request. Should the registry stop reading (it answered
@@ -473,6 +607,596 @@ fn serve_connection(client: TcpStream, up: TcpStream, state: &ProxyState) -> io:
         }
     }
     Ok(())
+}
+
+// ------------------------------------------------------------ bearer gate
+
+/// What the gate answers to a cross-repository mount
+/// (`POST /v2/<repo>/blobs/uploads/?mount=<digest>&from=<src>`) whose token
+/// grants push on `<repo>` but not pull on `<src>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountDenied {
+    /// `401` with a challenge naming both scopes, as distribution does with
+    /// token auth (it adds `repository:<src>:pull` to the access it checks).
+    Unauthorized,
+    /// Forward it as a plain upload start (`mount` and `from` dropped), so
+    /// the registry answers `202 Accepted`: what the OCI distribution spec
+    /// asks of a registry that cannot mount.
+    Upload,
+}
+
+/// A bearer-token gate, see [`Proxy::start_with_gate`]. Build one with
+/// [`Gate::new`] and the builder methods.
+///
+/// - `/v2/…` without `Authorization: Bearer <token>` of a token it issued
+///   and still honours, or with a token whose scopes do not cover the
+///   request, gets `401` and `WWW-Authenticate: Bearer
+///   realm="http://<host:port><realm_path>",service="<service>",scope="…"`
+///   (`error="invalid_token"` / `"insufficient_scope"` when a token was
+///   sent). The repository and actions come from the path and method:
+///   GET/HEAD need `pull`, POST/PUT/PATCH `pull,push`, DELETE `delete`; a
+///   mount also needs `pull` on its `from` repository (see [`MountDenied`]).
+///   `GET /v2/` (and `_catalog`) only needs a valid token. Other paths are
+///   forwarded untouched.
+/// - `GET <realm_path>?service=…&scope=…` with HTTP basic `user:password`
+///   answers `{"token": …, "expires_in": 300}` granting every scope asked
+///   (minus denied repositories); wrong credentials get `401`; no
+///   credentials get a pull-only token when `anonymous_pull` is set, else
+///   `401`. A `service` other than the gate's gets `400`.
+/// - `POST <realm_path>` with the form `grant_type=refresh_token&
+///   refresh_token=<identity token>&service=…&scope=…` (or
+///   `grant_type=password&username=…&password=…`) answers
+///   `{"access_token": …, "expires_in": 300}`; a wrong refresh token or
+///   password gets `401`.
+/// - The `Authorization` header is stripped before a request is forwarded
+///   to the registry.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub user: String,
+    pub password: String,
+    /// The refresh token accepted by `POST <realm_path>`; None refuses the
+    /// refresh-token grant.
+    pub identity_token: Option<String>,
+    /// Whether a token request without credentials gets pull access.
+    pub anonymous_pull: bool,
+    /// Where the token endpoint is served ("/token").
+    pub realm_path: String,
+    /// The host name in the realm (with the proxy's port); None: the
+    /// proxy's own "127.0.0.1". The token endpoint is served by the proxy
+    /// whatever this says, so "localhost" makes a realm on "another host"
+    /// (to a client comparing host:port strings) that still works.
+    pub realm_hostname: Option<String>,
+    /// The `service` of the challenges ("test-registry").
+    pub service: String,
+    /// See [`MountDenied`] (default `Unauthorized`).
+    pub mount_denied: MountDenied,
+    /// When the n-th `/v2/` request is checked (counting from 1), every
+    /// token that has been used at least once stops being honoured (once):
+    /// old tokens expiring mid-push. Tokens not used yet are young and stay
+    /// good (a real token never expires before its first use). None: tokens
+    /// never expire.
+    pub revoke_after: Option<usize>,
+}
+
+impl Gate {
+    /// A gate for one user, no identity token, no anonymous pull, realm
+    /// `http://<proxy>/token`, service "test-registry".
+    pub fn new(user: &str, password: &str) -> Gate {
+        Gate {
+            user: user.to_string(),
+            password: password.to_string(),
+            identity_token: None,
+            anonymous_pull: false,
+            realm_path: "/token".to_string(),
+            realm_hostname: None,
+            service: "test-registry".to_string(),
+            mount_denied: MountDenied::Unauthorized,
+            revoke_after: None,
+        }
+    }
+
+    /// Also accept this refresh token (docker's `identitytoken`).
+    pub fn identity_token(mut self, token: &str) -> Gate {
+        self.identity_token = Some(token.to_string());
+        self
+    }
+
+    /// Give pull-only tokens to requests without credentials.
+    pub fn anonymous_pull(mut self) -> Gate {
+        self.anonymous_pull = true;
+        self
+    }
+
+    /// Name this host in the realm (see [`Gate::realm_hostname`]).
+    pub fn realm_hostname(mut self, host: &str) -> Gate {
+        self.realm_hostname = Some(host.to_string());
+        self
+    }
+
+    /// See [`MountDenied`].
+    pub fn mount_denied(mut self, m: MountDenied) -> Gate {
+        self.mount_denied = m;
+        self
+    }
+
+    /// See [`Gate::revoke_after`].
+    pub fn revoke_after(mut self, requests: usize) -> Gate {
+        self.revoke_after = Some(requests);
+        self
+    }
+}
+
+/// The credentials a token request came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenCreds {
+    /// None at all (anonymous).
+    None,
+    /// HTTP basic auth on a GET; `ok`: user and password were right.
+    Basic { user: String, ok: bool },
+    /// A POST with `grant_type=refresh_token`; `ok`: the token was right.
+    Refresh { ok: bool },
+    /// A POST with `grant_type=password`; `ok`: user and password were right.
+    Password { user: String, ok: bool },
+    /// Something else (another auth scheme, another grant type, a bad form).
+    Other(String),
+}
+
+/// One request to the gate's token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    pub method: String,
+    pub service: Option<String>,
+    /// The `scope` values asked for, in order.
+    pub scopes: Vec<String>,
+    pub creds: TokenCreds,
+    /// The form's `client_id` (POST only).
+    pub client_id: Option<String>,
+    /// The status answered.
+    pub status: u16,
+    /// The token issued, if any.
+    pub token: Option<String>,
+    /// What the token grants ("repository:<name>:<actions>" each).
+    pub granted: Vec<String>,
+}
+
+/// A response the proxy writes itself.
+struct Answer {
+    code: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(code: u16, value: &serde_json::Value) -> Answer {
+        Answer {
+            code,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: serde_json::to_vec(value).unwrap(),
+        }
+    }
+}
+
+enum Verdict {
+    Answer(Answer),
+    /// Forward (the target rewritten if Some).
+    Forward {
+        target: Option<String>,
+    },
+}
+
+struct IssuedToken {
+    /// repository -> actions.
+    access: BTreeMap<String, BTreeSet<String>>,
+    /// Sent on a `/v2/` request already.
+    used: bool,
+    /// Expired by [`Gate::revoke_after`].
+    revoked: bool,
+}
+
+struct GateState {
+    cfg: Gate,
+    realm: String,
+    issued: AtomicU64,
+    tokens: Mutex<BTreeMap<String, IssuedToken>>,
+    checked: AtomicU64,
+    token_requests: Mutex<Vec<TokenRequest>>,
+    denied: Mutex<BTreeSet<String>>,
+    leaks: Mutex<Vec<String>>,
+    rewritten: Mutex<Vec<String>>,
+}
+
+/// (repository, action) pairs a request needs.
+type Needs = Vec<(String, String)>;
+
+impl GateState {
+    fn new(cfg: Gate, addr: SocketAddr) -> GateState {
+        let host = match &cfg.realm_hostname {
+            Some(h) => format!("{h}:{}", addr.port()),
+            None => addr.to_string(),
+        };
+        GateState {
+            realm: format!("http://{host}{}", cfg.realm_path),
+            cfg,
+            issued: AtomicU64::new(0),
+            tokens: Mutex::default(),
+            checked: AtomicU64::new(0),
+            token_requests: Mutex::default(),
+            denied: Mutex::default(),
+            leaks: Mutex::default(),
+            rewritten: Mutex::default(),
+        }
+    }
+
+    fn is_token_endpoint(&self, path: &str) -> bool {
+        path == self.cfg.realm_path
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        let mut v = vec![
+            self.cfg.password.clone(),
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", self.cfg.user, self.cfg.password)),
+        ];
+        v.extend(self.cfg.identity_token.clone());
+        v.retain(|s| !s.is_empty());
+        v
+    }
+
+    /// Checks a registry-facing request.
+    fn check(&self, method: &str, target: &str, path: &str, req: &Head) -> Verdict {
+        // Secrets must never reach the registry's side.
+        let mut head = req.first_line.clone();
+        for (k, v) in &req.headers {
+            head.push_str(&format!("\n{k}: {v}"));
+        }
+        if self.secrets().iter().any(|s| head.contains(s.as_str())) {
+            lock(&self.leaks).push(format!("{method} {path}"));
+        }
+        let Some(rest) = path.strip_prefix("/v2") else {
+            return Verdict::Forward { target: None };
+        };
+        let n = self.checked.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.cfg.revoke_after == Some(n as usize) {
+            for t in lock(&self.tokens).values_mut().filter(|t| t.used) {
+                t.revoked = true;
+            }
+        }
+
+        let query = parse_query(target.split_once('?').map(|x| x.1).unwrap_or(""));
+        let mut needs: Needs = Vec::new();
+        let mut mount_from = None;
+        if let Some(repo) = repository_of(rest) {
+            let actions: &[&str] = match method.to_ascii_uppercase().as_str() {
+                "GET" | "HEAD" => &["pull"],
+                "DELETE" => &["delete"],
+                _ => &["pull", "push"],
+            };
+            for a in actions {
+                needs.push((repo.clone(), a.to_string()));
+            }
+            let is_mount =
+                method.eq_ignore_ascii_case("POST") && query.iter().any(|(k, _)| k == "mount");
+            if is_mount {
+                mount_from = query.iter().find(|(k, _)| k == "from").map(|x| x.1.clone());
+            }
+        }
+        let mut all_needs = needs.clone();
+        if let Some(src) = &mount_from {
+            all_needs.push((src.clone(), "pull".to_string()));
+        }
+
+        let bearer = req.header("authorization").and_then(|v| {
+            let (scheme, tok) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| tok.trim().to_string())
+        });
+        let Some(token) = bearer else {
+            return Verdict::Answer(self.challenge(&all_needs, None));
+        };
+        let mut tokens = lock(&self.tokens);
+        let Some(issued) = tokens.get_mut(&token).filter(|t| !t.revoked) else {
+            return Verdict::Answer(self.challenge(&all_needs, Some("invalid_token")));
+        };
+        issued.used = true;
+        let covers = |(repo, action): &(String, String)| {
+            issued
+                .access
+                .get(repo)
+                .is_some_and(|a| a.contains(action) || a.contains("*"))
+        };
+        if !needs.iter().all(covers) {
+            return Verdict::Answer(self.challenge(&all_needs, Some("insufficient_scope")));
+        }
+        if let Some(src) = mount_from {
+            if !covers(&(src.clone(), "pull".to_string())) {
+                match self.cfg.mount_denied {
+                    MountDenied::Unauthorized => {
+                        return Verdict::Answer(
+                            self.challenge(&all_needs, Some("insufficient_scope")),
+                        );
+                    }
+                    MountDenied::Upload => {
+                        lock(&self.rewritten).push(format!("{src} -> {path}"));
+                        return Verdict::Forward {
+                            target: Some(path.to_string()),
+                        };
+                    }
+                }
+            }
+        }
+        Verdict::Forward { target: None }
+    }
+
+    /// A `401` with the Bearer challenge for `needs`.
+    fn challenge(&self, needs: &Needs, error: Option<&str>) -> Answer {
+        let mut by_repo: Vec<(String, Vec<String>)> = Vec::new();
+        for (repo, action) in needs {
+            match by_repo.iter_mut().find(|(r, _)| r == repo) {
+                Some((_, actions)) => {
+                    if !actions.contains(action) {
+                        actions.push(action.clone());
+                    }
+                }
+                None => by_repo.push((repo.clone(), vec![action.clone()])),
+            }
+        }
+        let scope = by_repo
+            .iter()
+            .map(|(r, a)| format!("repository:{r}:{}", a.join(",")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut value = format!(
+            "Bearer realm=\"{}\",service=\"{}\"",
+            self.realm, self.cfg.service
+        );
+        if !scope.is_empty() {
+            value.push_str(&format!(",scope=\"{scope}\""));
+        }
+        if let Some(e) = error {
+            value.push_str(&format!(",error=\"{e}\""));
+        }
+        let mut a = Answer::json(
+            401,
+            &serde_json::json!({"errors": [{
+                "code": "UNAUTHORIZED",
+                "message": "authentication required",
+                "detail": by_repo.iter().map(|(r, a)| serde_json::json!({
+                    "Type": "repository", "Name": r, "Action": a.join(",")
+                })).collect::<Vec<_>>(),
+            }]}),
+        );
+        a.headers.push(("WWW-Authenticate".into(), value));
+        a.headers.push((
+            "Docker-Distribution-API-Version".into(),
+            "registry/2.0".into(),
+        ));
+        a
+    }
+
+    /// Serves the token endpoint; `body` is the request body as read.
+    fn token_endpoint(
+        &self,
+        method: &str,
+        target: &str,
+        req: &Head,
+        body: &[u8],
+        chunked: bool,
+    ) -> Answer {
+        let mut params = parse_query(target.split_once('?').map(|x| x.1).unwrap_or(""));
+        let is_post = method.eq_ignore_ascii_case("POST");
+        let mut client_id = None;
+        let creds = if is_post {
+            if chunked {
+                TokenCreds::Other("chunked form".into())
+            } else {
+                let form = parse_query(&String::from_utf8_lossy(body));
+                let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|x| x.1.clone());
+                client_id = field("client_id");
+                let creds = match field("grant_type").as_deref() {
+                    Some("refresh_token") => TokenCreds::Refresh {
+                        ok: self.cfg.identity_token.is_some()
+                            && field("refresh_token") == self.cfg.identity_token,
+                    },
+                    Some("password") => {
+                        let user = field("username").unwrap_or_default();
+                        TokenCreds::Password {
+                            ok: user == self.cfg.user
+                                && field("password").as_deref() == Some(&self.cfg.password),
+                            user,
+                        }
+                    }
+                    g => TokenCreds::Other(format!("grant_type {g:?}")),
+                };
+                params.extend(
+                    form.into_iter()
+                        .filter(|(k, _)| k == "service" || k == "scope"),
+                );
+                creds
+            }
+        } else {
+            match req.header("authorization") {
+                None => TokenCreds::None,
+                Some(v) => match v.trim().split_once(' ') {
+                    Some((s, b64)) if s.eq_ignore_ascii_case("basic") => {
+                        let decoded = base64::engine::general_purpose::STANDARD
+                            .decode(b64.trim())
+                            .ok()
+                            .and_then(|b| String::from_utf8(b).ok());
+                        match decoded.as_deref().and_then(|d| d.split_once(':')) {
+                            Some((u, p)) => TokenCreds::Basic {
+                                user: u.to_string(),
+                                ok: u == self.cfg.user && p == self.cfg.password,
+                            },
+                            None => TokenCreds::Other("bad basic credentials".into()),
+                        }
+                    }
+                    _ => TokenCreds::Other("another auth scheme".into()),
+                },
+            }
+        };
+        let service = params
+            .iter()
+            .find(|(k, _)| k == "service")
+            .map(|x| x.1.clone());
+        let scopes: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            // One `scope` may hold several, space-separated.
+            .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut record = TokenRequest {
+            method: method.to_string(),
+            service: service.clone(),
+            scopes: scopes.clone(),
+            creds: creds.clone(),
+            client_id,
+            status: 0,
+            token: None,
+            granted: Vec::new(),
+        };
+
+        let refused = |code: u16, why: &str| {
+            Answer::json(
+                code,
+                &serde_json::json!({"errors": [{"code": "UNAUTHORIZED", "message": why}]}),
+            )
+        };
+        let answer = if !method.eq_ignore_ascii_case("GET") && !is_post {
+            refused(405, "method not allowed")
+        } else if service.as_deref().is_some_and(|s| s != self.cfg.service) {
+            refused(400, "unknown service")
+        } else {
+            let allowed: Option<&[&str]> = match &creds {
+                TokenCreds::Basic { ok: true, .. }
+                | TokenCreds::Refresh { ok: true }
+                | TokenCreds::Password { ok: true, .. } => Some(&["pull", "push", "delete", "*"]),
+                TokenCreds::None if self.cfg.anonymous_pull => Some(&["pull"]),
+                _ => None,
+            };
+            match allowed {
+                None => refused(401, "authentication failed"),
+                Some(allowed) => {
+                    let denied = lock(&self.denied).clone();
+                    let mut access: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+                    for s in &scopes {
+                        let Some((kind, rest)) = s.split_once(':') else {
+                            continue;
+                        };
+                        let Some((name, actions)) = rest.rsplit_once(':') else {
+                            continue;
+                        };
+                        if kind != "repository" || denied.contains(name) {
+                            continue;
+                        }
+                        for a in actions.split(',').filter(|a| allowed.contains(a)) {
+                            access.entry(name.to_string()).or_default().insert(a.into());
+                        }
+                    }
+                    let n = self.issued.fetch_add(1, Ordering::SeqCst);
+                    let token = make_token(n);
+                    record.granted = access
+                        .iter()
+                        .map(|(r, a)| {
+                            format!(
+                                "repository:{r}:{}",
+                                a.iter().cloned().collect::<Vec<_>>().join(",")
+                            )
+                        })
+                        .collect();
+                    record.token = Some(token.clone());
+                    lock(&self.tokens).insert(
+                        token.clone(),
+                        IssuedToken {
+                            access,
+                            used: false,
+                            revoked: false,
+                        },
+                    );
+                    let key = if is_post { "access_token" } else { "token" };
+                    Answer::json(200, &serde_json::json!({key: token, "expires_in": 300}))
+                }
+            }
+        };
+        record.status = answer.code;
+        lock(&self.token_requests).push(record);
+        answer
+    }
+}
+
+/// A token nobody guesses by accident: a counter and a hash of it and the time.
+fn make_token(n: u64) -> String {
+    use sha2::Digest;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let h = sha2::Sha256::digest(format!("{n}/{now}/{}", std::process::id()));
+    format!("gate-{n}-{}", hex::encode(&h[..12]))
+}
+
+/// The repository named by a `/v2`-relative path ("/app/blobs/uploads/"),
+/// None for `/`, `/_catalog` and paths of no repository.
+fn repository_of(rest: &str) -> Option<String> {
+    let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+    let end = segs
+        .iter()
+        .position(|s| matches!(*s, "manifests" | "blobs" | "tags" | "referrers"))?;
+    (end > 0).then(|| segs[..end].join("/"))
+}
+
+/// `a=1&b=2` (form or query), percent-decoded, `+` as space.
+fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Collects a body up to `limit` bytes; more is an error.
+struct Limited {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl Write for Limited {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + buf.len() > self.limit {
+            return Err(invalid("token request body too large"));
+        }
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 // ------------------------------------------------------------ HTTP heads and bodies

@@ -333,6 +333,33 @@ fn a_flaky_registry_still_gets_every_blob_right() {
         let rel = f.strip_prefix(&pulled).unwrap();
         assert_eq!(fs::read(&f).unwrap(), fs::read(out_dir.join(rel)).unwrap());
     }
+
+    // Chunked uploads, when asked: several PATCHes per big blob, same bytes.
+    let out = output(
+        env.imgc()
+            .arg("push")
+            .arg(format!("oci:{}:2.1.0", out_dir.display()))
+            .arg(format!("{host}/chunked:1"))
+            .args(["--chunk-size", "1048576", "--transfers", "1"])
+            .args(insecure(&host)),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        proxy.count("PATCH", "/v2/chunked/blobs/uploads/") >= 3,
+        "{:#?}",
+        proxy.requests()
+    );
+    let raw = skopeo_raw(
+        &format!("{}/chunked:1", reg.host_port()),
+        &["--tls-verify=false"],
+    );
+    assert_eq!(sha256_digest(&raw), digest);
+    let chunked = env.path("chunked");
+    run(skopeo()
+        .args(["copy", "--all", "--src-tls-verify=false"])
+        .arg(format!("docker://{}/chunked:1", reg.host_port()))
+        .arg(format!("oci:{}:1", chunked.display())));
+    verify_layout(&chunked, true);
 }
 
 #[test]
@@ -421,6 +448,38 @@ fn lock_then_locked_offline_build_without_the_registry() {
             fs::read_to_string(spec.with_file_name("image.lock")).unwrap(),
             lock
         );
+
+        // The tag moves on (to the image just built). `imgc lock` keeps the
+        // pin and builds still use it; `imgc lock --update` follows the tag.
+        let mut src = std::ffi::OsString::from("oci:");
+        src.push(env.path("online"));
+        src.push(":2.1.0");
+        run(env
+            .imgc()
+            .arg("push")
+            .arg(src)
+            .arg(format!("{host}/base:1.0"))
+            .args(insecure(&host)));
+        run(env.imgc().arg("lock").arg(&spec).args(insecure(&host)));
+        let lock_path = spec.with_file_name("image.lock");
+        assert_eq!(fs::read_to_string(&lock_path).unwrap(), lock);
+        let again = digest_line(&run(env
+            .imgc()
+            .arg("build")
+            .arg(&spec)
+            .arg("--output")
+            .arg(oci_arg(&env.path("again")))
+            .args(insecure(&host))));
+        assert_eq!(again, online);
+        run(env
+            .imgc()
+            .args(["lock", "--update"])
+            .arg(&spec)
+            .args(insecure(&host)));
+        let updated = fs::read_to_string(&lock_path).unwrap();
+        assert_ne!(updated, lock);
+        assert!(!updated.contains("linux/arm64/v8"), "{updated}");
+        fs::write(&lock_path, &lock).unwrap();
     } // the registry stops here
     let mut cmd = env.imgc();
     cmd.arg("build")
