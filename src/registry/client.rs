@@ -378,7 +378,6 @@ impl Client {
                 .and_then(|v| v.trim().parse::<u64>().ok());
             return Err(RegistryError::Status {
                 registry: call.host.to_string(),
-                method: String::new(),
                 url: format!("token realm {}", shown(realm)),
                 status,
                 detail: String::new(),
@@ -553,7 +552,6 @@ impl Client {
         let detail: String = detail.chars().take(300).collect();
         RegistryError::Status {
             registry: call.host.to_string(),
-            method: String::new(),
             url: method_url,
             status,
             detail: if detail.is_empty() {
@@ -740,6 +738,72 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(WWW_AUTHENTICATE, r#"Basic realm="x""#.parse().unwrap());
         assert!(matches!(parse_challenge(&h), Challenge::Basic));
+    }
+
+    /// Records the waits of retry events.
+    #[derive(Default)]
+    struct Waits(Mutex<Vec<Duration>>);
+
+    impl Reporter for Waits {
+        fn report(&self, event: Event<'_>) {
+            if let Event::Retrying { wait, .. } = event {
+                self.0.lock().unwrap().push(wait);
+            }
+        }
+    }
+
+    fn status(code: u16, retry_after: Option<u64>) -> RegistryError {
+        RegistryError::Status {
+            registry: "r".into(),
+            url: "u".into(),
+            status: code,
+            detail: String::new(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn retries_back_off_honour_a_capped_retry_after_and_stop_on_other_4xx() {
+        let waits = Arc::new(Waits::default());
+        let opts = RegistryOptions {
+            retry: RetryPolicy {
+                attempts: 4,
+                base_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(3),
+                max_retry_after: Duration::from_millis(5),
+            },
+            ..RegistryOptions::default()
+        };
+        let client = Client::new(opts, waits.clone()).unwrap();
+        // 503, 503, 429 with Retry-After: 3600 (capped), then success.
+        let mut answers = vec![
+            Ok(7),
+            Err(status(429, Some(3600))),
+            Err(status(503, None)),
+            Err(status(503, None)),
+        ];
+        let got = client.retrying("x", || answers.pop().unwrap());
+        assert_eq!(got.unwrap(), 7);
+        assert_eq!(
+            *waits.0.lock().unwrap(),
+            [1, 2, 5].map(Duration::from_millis).to_vec()
+        );
+        // A 400 is final at once; attempts run out on a persistent 503.
+        let mut calls = 0;
+        let e = client
+            .retrying("x", || -> Result<(), _> {
+                calls += 1;
+                Err(status(400, None))
+            })
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::Status { status: 400, .. }));
+        assert_eq!(calls, 1);
+        let mut calls = 0;
+        let _ = client.retrying("x", || -> Result<(), _> {
+            calls += 1;
+            Err(status(503, None))
+        });
+        assert_eq!(calls, 4);
     }
 
     #[test]

@@ -181,7 +181,7 @@ mod tests {
         std::fs::write(&path, text.replace("digest = ", "digets = ")).unwrap();
         let err = LockFile::read(&path).unwrap_err().to_string();
         assert!(
-            err.contains("image.lock") && err.contains("line 5"),
+            err.contains("image.lock") && err.contains("line 6, column 1"),
             "{err}"
         );
     }

@@ -90,12 +90,10 @@ pub enum RegistryError {
         digest: Digest,
     },
     /// Any other unexpected HTTP status.
-    #[error("registry {registry} answered HTTP {status} to {method} {url}{detail}")]
+    #[error("registry {registry} answered HTTP {status} to {url}{detail}")]
     Status {
         /// host[:port].
         registry: String,
-        /// The method.
-        method: String,
         /// The URL (no query string).
         url: String,
         /// The status.
@@ -171,9 +169,29 @@ pub enum RegistryError {
         /// The store folder.
         store: std::path::PathBuf,
     },
-    /// A layout to push is not usable.
+    /// A layout, metadata file or shard set that cannot be pushed as asked.
     #[error("{0}")]
     Layout(String),
+    /// `--locked`, and the lock file does not pin a base.
+    #[error("base `{reference}` is not pinned in `{lock_file}` (--locked); run `imgc lock` to update the lock file")]
+    NotLocked {
+        /// The base reference.
+        reference: String,
+        /// The lock file.
+        lock_file: std::path::PathBuf,
+    },
+    /// What a pinned digest holds disagrees with the lock file.
+    #[error("base `{reference}` at {digest} does not list {platform} as {expected}, as the lock file says; run `imgc lock --update`")]
+    LockMismatch {
+        /// The base reference.
+        reference: String,
+        /// The digest it resolved to.
+        digest: Digest,
+        /// The platform.
+        platform: String,
+        /// The manifest digest the lock file gives it.
+        expected: Digest,
+    },
 }
 
 impl RegistryError {

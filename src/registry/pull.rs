@@ -434,14 +434,14 @@ impl RegistryBases {
         let r = ImageRef::parse(reference)?;
         let entry = self.locked_entry(reference).cloned();
         if self.mode.locked && entry.is_none() {
-            let file = self
-                .lock
-                .as_ref()
-                .map(|(p, _)| p.display().to_string())
-                .unwrap_or_else(|| "image.lock".to_string());
-            return Err(RegistryError::Layout(format!(
-                "base `{reference}` is not pinned in `{file}` (--locked); run `imgc lock` to update the lock file"
-            )));
+            return Err(RegistryError::NotLocked {
+                reference: reference.to_string(),
+                lock_file: self
+                    .lock
+                    .as_ref()
+                    .map(|(p, _)| p.clone())
+                    .unwrap_or_else(|| PathBuf::from("image.lock")),
+            });
         }
         let pinned = r
             .digest
@@ -533,10 +533,12 @@ impl RegistryBases {
         if let Some(e) = &entry {
             for (p, d) in &e.platforms {
                 if platforms.get(p) != Some(d) {
-                    return Err(RegistryError::Layout(format!(
-                        "base `{reference}` at {} does not list {p} as {d}, as the lock file says; run `imgc lock --update`",
-                        top.digest
-                    )));
+                    return Err(RegistryError::LockMismatch {
+                        reference: reference.to_string(),
+                        digest: top.digest.clone(),
+                        platform: p.clone(),
+                        expected: d.clone(),
+                    });
                 }
             }
         }

@@ -37,6 +37,9 @@ impl ImageRef {
             reason,
         };
         let parsed: oci_client::Reference = s.parse().map_err(|e| err(format!("{e}")))?;
+        if parsed.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(err("repository names must be lowercase".into()));
+        }
         let digest = match parsed.digest() {
             Some(d) => Some(
                 d.parse::<Digest>()
