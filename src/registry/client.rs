@@ -358,10 +358,9 @@ impl Client {
             }
             Some(Credential::Basic { username, password }) => self
                 .http
-                .get(url)
-                .query(&query)
+                .get(with_query(&url, &query))
                 .basic_auth(username, Some(password.expose())),
-            None => self.http.get(url).query(&query),
+            None => self.http.get(with_query(&url, &query)),
         };
         let resp = req.send().map_err(|e| RegistryError::Connect {
             registry: call.host.to_string(),
@@ -614,6 +613,15 @@ impl Client {
             }
         }
     }
+}
+
+/// `url` with `pairs` appended to its query.
+fn with_query(url: &reqwest::Url, pairs: &[(&str, &str)]) -> reqwest::Url {
+    let mut u = url.clone();
+    if !pairs.is_empty() {
+        u.query_pairs_mut().extend_pairs(pairs);
+    }
+    u
 }
 
 fn urlencode(s: &str) -> String {
