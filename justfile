@@ -30,9 +30,14 @@ book:
     command -v mdbook >/dev/null 2>&1 || cargo install mdbook --locked
     mdbook build book
 
-# Run the benchmarks (scripts/bench.sh; --write-book also updates book/src/benchmarks.md).
+# Run the benchmarks: build (scripts/bench.sh), then push (scripts/bench-push.sh); --write-book also updates book/src/benchmarks.md.
 bench *args:
     scripts/bench.sh {{args}}
+    scripts/bench-push.sh {{args}}
+
+# Run the push benchmark only (scripts/bench-push.sh; --write-book also updates book/src/benchmarks.md).
+bench-push *args:
+    scripts/bench-push.sh {{args}}
 
 # Build both examples into ./imgc-out.
 example:
