@@ -60,7 +60,18 @@ fn config_file() -> Result<ConfigFile, Failure> {
             None => return Ok(ConfigFile::default()),
         },
     };
-    let text = match std::fs::read_to_string(&path) {
+    let read = |p: &Path| -> std::io::Result<String> {
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::open(p)?
+            .take(1024 * 1024 + 1)
+            .read_to_string(&mut text)?;
+        if text.len() > 1024 * 1024 {
+            return Err(std::io::Error::other("the file is larger than 1 MiB"));
+        }
+        Ok(text)
+    };
+    let text = match read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
             return Ok(ConfigFile::default())

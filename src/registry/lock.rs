@@ -92,9 +92,9 @@ impl LockFile {
         spec.with_file_name(format!("{stem}.lock"))
     }
 
-    /// Reads a lock file; `Ok(None)` when there is none.
+    /// Reads a lock file (at most 4 MiB); `Ok(None)` when there is none.
     pub fn read(path: &Path) -> Result<Option<LockFile>, LockError> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_bounded(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => {
@@ -156,6 +156,19 @@ impl LockFile {
             io("write")(e)
         })
     }
+}
+
+/// Reads a text file of at most 4 MiB.
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(crate::base::MAX_DOCUMENT_SIZE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > crate::base::MAX_DOCUMENT_SIZE {
+        return Err(std::io::Error::other("the file is larger than 4 MiB"));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]

@@ -827,3 +827,125 @@ fn other_4xx_are_never_retried_and_a_warning_is_shown_once() {
     );
     assert!(proxy.rules().iter().all(|r| r.times == 0));
 }
+
+#[test]
+fn bad_registry_inputs_are_named_and_change_nothing() {
+    let env = Env::new();
+    let (_t, spec) = app("127.0.0.1:9/base:1.0", "127.0.0.1:9/app");
+    let lock = spec.with_file_name("image.lock");
+
+    // A malformed lock file: file, line and column; the file is kept as it was.
+    let text = "version = 1\n\n[[base]]\nreference = \"127.0.0.1:9/base:1.0\"\ndigest = \"sha256:nothex\"\n";
+    fs::write(&lock, text).unwrap();
+    let out = run_fails(env.imgc().arg("build").arg(&spec));
+    let err = stderr(&out);
+    assert!(
+        err.contains("image.lock") && err.contains("line 5, column 10"),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&lock).unwrap(), text);
+    let out = run_fails(env.imgc().arg("lock").arg(&spec));
+    assert!(stderr(&out).contains("image.lock"), "{}", stderr(&out));
+    assert_eq!(fs::read_to_string(&lock).unwrap(), text);
+    fs::remove_file(&lock).unwrap();
+
+    // --locked without a lock file says how to make one.
+    let out = run_fails(env.imgc().arg("build").arg(&spec).arg("--locked"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("image.lock") && err.contains("imgc lock"),
+        "{err}"
+    );
+    assert!(!lock.exists());
+
+    // --insecure-registry takes HOST:PORT, not a URL: a usage error.
+    let out = run_fails(
+        env.imgc()
+            .arg("inspect")
+            .arg("127.0.0.1:9/app:1")
+            .args(["--insecure-registry", "http://127.0.0.1:9"]),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("`http://127.0.0.1:9`"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A malformed config file: named, with its line.
+    let cfg = env.path("config/imgc/config.toml");
+    fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    fs::write(&cfg, "insecure_registries = [\"a:1\"]\nca_file = \"x\"\n").unwrap();
+    let out = run_fails(env.imgc().arg("inspect").arg("127.0.0.1:9/app:1"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("config.toml") && err.contains("line 2"),
+        "{err}"
+    );
+    fs::remove_file(&cfg).unwrap();
+
+    // A CA file that holds no certificate.
+    let ca = env.path("not-a-ca.pem");
+    fs::write(&ca, "hello\n").unwrap();
+    let out = run_fails(
+        env.imgc()
+            .arg("inspect")
+            .arg("127.0.0.1:9/app:1")
+            .arg("--ca-file")
+            .arg(&ca),
+    );
+    assert!(stderr(&out).contains("not-a-ca.pem"), "{}", stderr(&out));
+
+    // Pushing what is not a layout, or a tag the layout lacks.
+    let out = run_fails(
+        env.imgc()
+            .arg("push")
+            .arg(format!("oci:{}", env.path("nowhere").display()))
+            .arg("127.0.0.1:9/app:1"),
+    );
+    assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
+    let base = example_dir("multi-arch").join("base");
+    let out = run_fails(
+        env.imgc()
+            .arg("push")
+            .arg(format!("oci:{}:9.9", base.display()))
+            .arg("127.0.0.1:9/app:1"),
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("no tag `9.9`") && err.contains("1.0-amd64"),
+        "{err}"
+    );
+
+    // Bad references are named.
+    let out = run_fails(env.imgc().arg("inspect").arg("127.0.0.1:9/App:1"));
+    assert!(
+        stderr(&out).contains("`127.0.0.1:9/App:1`"),
+        "{}",
+        stderr(&out)
+    );
+
+    // imgc index with nothing to join.
+    let empty = env.path("empty");
+    fs::create_dir(&empty).unwrap();
+    let out = run_fails(
+        env.imgc()
+            .args(["index", "--from"])
+            .arg(&empty)
+            .args(["--tag", "127.0.0.1:9/app:1"]),
+    );
+    assert!(
+        stderr(&out).contains("no metadata files"),
+        "{}",
+        stderr(&out)
+    );
+    let junk = empty.join("x.json");
+    fs::write(&junk, "{}").unwrap();
+    let out = run_fails(
+        env.imgc()
+            .args(["index", "--from"])
+            .arg(&empty)
+            .args(["--tag", "127.0.0.1:9/app:1"]),
+    );
+    assert!(stderr(&out).contains("x.json"), "{}", stderr(&out));
+}
