@@ -162,7 +162,10 @@ impl Client {
         let mut builder = reqwest::blocking::Client::builder()
             .user_agent(concat!("imgc/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
+            // No total timeout (a big upload may take long); dead peers are
+            // found by TCP keepalive.
             .timeout(None)
+            .tcp_keepalive(Duration::from_secs(30))
             .https_only(false)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
                 let downgrade = attempt

@@ -949,3 +949,51 @@ fn bad_registry_inputs_are_named_and_change_nothing() {
     );
     assert!(stderr(&out).contains("x.json"), "{}", stderr(&out));
 }
+
+/// A layout with Docker media types (which skopeo 1.9 cannot read from an
+/// `oci:` layout) is pushed by imgc as is, and pulled back by skopeo.
+#[test]
+fn docker_media_types_push_and_pull_back_through_a_registry() {
+    let reg = Registry::start();
+    let host = reg.host_port();
+    let env = Env::new();
+    let (_t, dir) = copy_example("hello");
+    let spec = dir.join("image.toml");
+    let text = fs::read_to_string(&spec).unwrap().replace(
+        "name = \"example.com/imgc/hello\"",
+        &format!("name = \"{host}/dhello\"\nmedia_types = \"docker\""),
+    );
+    fs::write(&spec, text).unwrap();
+    let out_dir = env.path("out");
+    let digest = digest_line(&run(env
+        .imgc()
+        .arg("build")
+        .arg(&spec)
+        .arg("--push")
+        .arg("--output")
+        .arg(oci_arg(&out_dir))
+        .args(insecure(&host))));
+    let raw = skopeo_raw(&format!("{host}/dhello:latest"), &["--tls-verify=false"]);
+    assert_eq!(sha256_digest(&raw), digest);
+    let index: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let pulled = env.path("pulled");
+    run(skopeo()
+        .args(["copy", "--all", "--src-tls-verify=false"])
+        .arg(format!("docker://{host}/dhello:latest"))
+        .arg(format!("dir:{}", pulled.display())));
+    // skopeo's dir: names blobs by their hex digest: every layer and config
+    // imgc pushed comes back with the same bytes.
+    let mut same = 0;
+    for f in files_in(&out_dir.join("blobs")) {
+        let name = f.file_name().unwrap().to_str().unwrap().to_string();
+        if let Ok(bytes) = fs::read(pulled.join(&name)) {
+            assert_eq!(bytes, fs::read(&f).unwrap(), "{name}");
+            same += 1;
+        }
+    }
+    assert!(same >= 4, "{same} blobs compared in {:?}", files_in(&pulled));
+}
