@@ -9,7 +9,6 @@ use imgc::registry::lock::LockFile;
 use imgc::registry::pull::{RegistryBases, ResolveMode};
 use imgc::registry::push::{layout_entry, read_layout_doc, PushOptions, PushOutcome};
 use imgc::registry::shards::{self, Metadata};
-use imgc::registry::store::Store;
 use imgc::registry::{auth::AuthEnv, Client, ImageRef, RegistryOptions};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -117,9 +116,9 @@ pub fn cache_dir() -> Result<PathBuf, Failure> {
         })
 }
 
-/// Opens the store in the cache folder.
-pub fn store() -> Result<Store, Failure> {
-    Ok(Store::open(&cache_dir()?.join("store"))?)
+/// The store folder in the cache folder, if there is a cache folder.
+pub fn store_dir() -> Option<PathBuf> {
+    cache_dir().ok().map(|d| d.join("store"))
 }
 
 /// A client configured from the flags, the config file and the environment.
@@ -170,7 +169,7 @@ pub fn bases(
     }
     let lock = lock.map(|l| (lock_path.clone(), l));
     Ok((
-        Arc::new(RegistryBases::new(client, store()?, lock, mode)),
+        Arc::new(RegistryBases::new(client, store_dir(), lock, mode)),
         lock_path,
     ))
 }

@@ -345,7 +345,10 @@ pub struct ResolveMode {
 /// Resolves registry bases for the planner, through the lock file and the store.
 pub struct RegistryBases {
     client: Arc<Client>,
-    store: Store,
+    /// The store folder; opened (created) on first use, so builds that pull
+    /// nothing touch no cache folder.
+    store_dir: Option<PathBuf>,
+    store: std::sync::OnceLock<Store>,
     lock: Option<(PathBuf, LockFile)>,
     mode: ResolveMode,
     resolved: Mutex<BTreeMap<String, LockedBase>>,
@@ -354,7 +357,7 @@ pub struct RegistryBases {
 impl std::fmt::Debug for RegistryBases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryBases")
-            .field("store", &self.store)
+            .field("store", &self.store_dir)
             .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
@@ -366,15 +369,18 @@ fn remote_err(e: RegistryError) -> BaseError {
 
 impl RegistryBases {
     /// A resolver; `lock` is the lock file read beside the spec, if any.
+    /// `store_dir` is `None` when there is no cache folder (an error only
+    /// when something must be pulled).
     pub fn new(
         client: Arc<Client>,
-        store: Store,
+        store_dir: Option<PathBuf>,
         lock: Option<(PathBuf, LockFile)>,
         mode: ResolveMode,
     ) -> Self {
         RegistryBases {
             client,
-            store,
+            store_dir,
+            store: std::sync::OnceLock::new(),
             lock,
             mode,
             resolved: Mutex::new(BTreeMap::new()),
@@ -389,6 +395,20 @@ impl RegistryBases {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The store, opened on first use.
+    fn store(&self) -> Result<&Store, RegistryError> {
+        if let Some(s) = self.store.get() {
+            return Ok(s);
+        }
+        let dir = self.store_dir.as_ref().ok_or_else(|| {
+            RegistryError::Layout(
+                "there is no cache folder for pulled blobs: set IMGC_CACHE_DIR (or HOME)".into(),
+            )
+        })?;
+        let store = Store::open(dir)?;
+        Ok(self.store.get_or_init(|| store))
     }
 
     fn locked_entry(&self, reference: &str) -> Option<&LockedBase> {
@@ -407,7 +427,7 @@ impl RegistryBases {
         digest: &Digest,
         what: &str,
     ) -> Result<FetchedManifest, RegistryError> {
-        let path = self.store.path(digest);
+        let path = self.store()?.path(digest);
         if let Ok(bytes) = std::fs::read(&path) {
             if &oci::sha256_digest(&bytes) == digest {
                 let media_type = check_document(&r.registry, what, &bytes, None)?;
@@ -422,11 +442,11 @@ impl RegistryBases {
         if self.mode.offline {
             return Err(RegistryError::Offline {
                 what: format!("{what} ({digest})"),
-                store: self.store.root().to_path_buf(),
+                store: self.store()?.root().to_path_buf(),
             });
         }
         let m = self.client.get_manifest(&r.with_digest(digest))?;
-        self.store.put_bytes(&m.digest, &m.bytes)?;
+        self.store()?.put_bytes(&m.digest, &m.bytes)?;
         Ok(m)
     }
 
@@ -454,12 +474,12 @@ impl RegistryBases {
                     what: format!(
                         "base `{reference}` (a tag; offline builds need it pinned by digest or in image.lock)"
                     ),
-                    store: self.store.root().to_path_buf(),
+                    store: self.store()?.root().to_path_buf(),
                 })
             }
             None => {
                 let m = self.client.get_manifest(&r)?;
-                self.store.put_bytes(&m.digest, &m.bytes)?;
+                self.store()?.put_bytes(&m.digest, &m.bytes)?;
                 m
             }
         };
@@ -489,26 +509,22 @@ impl RegistryBases {
                     what: format!("manifest of base `{reference}`"),
                     reason: e.to_string(),
                 })?;
-            if !self
-                .store
-                .has(&manifest.config.digest, manifest.config.size)
-            {
+            let store = self.store()?;
+            if !store.has(&manifest.config.digest, manifest.config.size) {
                 if self.mode.offline {
                     return Err(RegistryError::Offline {
                         what: format!("config {} of base `{reference}`", manifest.config.digest),
-                        store: self.store.root().to_path_buf(),
+                        store: store.root().to_path_buf(),
                     });
                 }
-                self.client.get_blob(&r, &manifest.config, &self.store)?;
+                self.client.get_blob(&r, &manifest.config, store)?;
             }
-            let bytes =
-                std::fs::read(self.store.path(&manifest.config.digest)).map_err(|source| {
-                    RegistryError::Io {
-                        action: "read",
-                        path: self.store.path(&manifest.config.digest),
-                        source,
-                    }
-                })?;
+            let config_path = store.path(&manifest.config.digest);
+            let bytes = std::fs::read(&config_path).map_err(|source| RegistryError::Io {
+                action: "read",
+                path: config_path.clone(),
+                source,
+            })?;
             let config: ImageConfig =
                 serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadDocument {
                     registry: r.registry.clone(),
@@ -555,7 +571,7 @@ impl RegistryBases {
                 },
             );
         Ok(RemoteOpened {
-            store: self.store.root().to_path_buf(),
+            store: self.store()?.root().to_path_buf(),
             digest: top.digest,
             candidates,
         })
@@ -568,13 +584,14 @@ impl RemoteBases for RegistryBases {
     }
 
     fn fetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError> {
-        if self.store.has(&desc.digest, desc.size) {
+        let store = self.store().map_err(remote_err)?;
+        if store.has(&desc.digest, desc.size) {
             return Ok(());
         }
         if self.mode.offline {
             return Err(remote_err(RegistryError::Offline {
                 what: format!("blob {} of base `{reference}`", desc.digest),
-                store: self.store.root().to_path_buf(),
+                store: store.root().to_path_buf(),
             }));
         }
         let r = ImageRef::parse(reference).map_err(|e| remote_err(e.into()))?;
@@ -587,7 +604,7 @@ impl RemoteBases for RegistryBases {
                 .map_err(remote_err);
         }
         self.client
-            .get_blob(&r, desc, &self.store)
+            .get_blob(&r, desc, store)
             .map(|_| ())
             .map_err(remote_err)
     }

@@ -995,5 +995,33 @@ fn docker_media_types_push_and_pull_back_through_a_registry() {
             same += 1;
         }
     }
-    assert!(same >= 4, "{same} blobs compared in {:?}", files_in(&pulled));
+    assert!(
+        same >= 4,
+        "{same} blobs compared in {:?}",
+        files_in(&pulled)
+    );
+}
+
+/// A build that pulls nothing touches no cache folder, and needs none.
+#[test]
+fn builds_without_registry_bases_need_no_cache_folder() {
+    let env = Env::new();
+    let (_t, dir) = copy_example("hello");
+    run(env
+        .imgc()
+        .arg("build")
+        .arg(dir.join("image.toml"))
+        .arg("--output")
+        .arg(oci_arg(&env.path("out")))
+        .env_remove("IMGC_CACHE_DIR"));
+    assert!(!env.path("home/.cache").exists());
+    let mut cmd = env.imgc();
+    cmd.arg("build")
+        .arg(dir.join("image.toml"))
+        .arg("--output")
+        .arg(oci_arg(&env.path("out2")))
+        .env_remove("IMGC_CACHE_DIR")
+        .env_remove("HOME");
+    run(&mut cmd);
+    assert!(!env.cache().join("store").exists());
 }
