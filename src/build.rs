@@ -159,15 +159,33 @@ pub fn build(
         let mut layer_descs = Vec::new();
         if let Some(dir) = &image.base.layout_dir {
             for desc in &image.base.layers {
-                if let Some(remote) = &image.base.remote {
-                    remote
-                        .fetch(&image.base.reference, desc)
-                        .map_err(|source| Error::Base {
-                            reference: image.base.reference.clone(),
-                            source,
-                        })?;
+                // A registry base's layer is downloaded only when the output
+                // lacks it (or holds a copy that fails verification).
+                let fetch = |base: &BaseImage| -> Result<(), Error> {
+                    match &base.remote {
+                        Some(remote) => {
+                            remote
+                                .fetch(&base.reference, desc)
+                                .map_err(|source| Error::Base {
+                                    reference: base.reference.clone(),
+                                    source,
+                                })
+                        }
+                        None => Ok(()),
+                    }
+                };
+                let held = writer.holds(desc);
+                if !held {
+                    fetch(&image.base)?;
                 }
-                if writer.copy_blob(dir, desc)? {
+                let copied = match writer.copy_blob(dir, desc) {
+                    Err(_) if held && image.base.remote.is_some() => {
+                        fetch(&image.base)?;
+                        writer.copy_blob(dir, desc)?
+                    }
+                    other => other?,
+                };
+                if copied {
                     reporter.report(Event::BaseBlobCopied {
                         digest: &desc.digest,
                         size: desc.size,

@@ -166,6 +166,13 @@ impl LayoutWriter {
         Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
     }
 
+    /// Whether the output already holds blob `desc` (staged, or in the
+    /// target with the right size; `copy_blob` still verifies its digest).
+    pub fn holds(&self, desc: &Descriptor) -> bool {
+        self.staged(&desc.digest).exists()
+            || fs::metadata(self.in_target(&desc.digest)).is_ok_and(|m| m.len() == desc.size)
+    }
+
     /// Copies blob `desc` from the layout at `src_dir`, checking its digest
     /// while copying. Returns false when the target already holds a verified
     /// copy (nothing copied).

@@ -490,6 +490,28 @@ fn lock_then_locked_offline_build_without_the_registry() {
     let offline = digest_line(&run(&mut cmd));
     assert_eq!(offline, online);
 
+    // Base layers the output already holds are not needed from the store.
+    let index = read_blob_json(&env.path("online"), &online);
+    for child in index["manifests"].as_array().unwrap() {
+        let man = read_blob_json(&env.path("online"), child["digest"].as_str().unwrap());
+        let layer = man["layers"][0]["digest"].as_str().unwrap();
+        let stored = env
+            .cache()
+            .join("store/blobs/sha256")
+            .join(layer.trim_start_matches("sha256:"));
+        if stored.exists() {
+            fs::remove_file(&stored).unwrap();
+        }
+    }
+    let again = digest_line(&run(env
+        .imgc()
+        .arg("build")
+        .arg(&spec)
+        .arg("--output")
+        .arg(oci_arg(&env.path("online")))
+        .args(["--locked", "--offline"])));
+    assert_eq!(again, online);
+
     // Offline with an empty store names what is missing.
     let empty = Env::new();
     let out = run_fails(
