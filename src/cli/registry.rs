@@ -30,6 +30,9 @@ pub struct RegistryArgs {
     /// Upload blobs in chunks of this many bytes instead of one request each.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..))]
     pub chunk_size: Option<u64>,
+    /// Retry a registry request that gets no answer, or no data, for this long (default 300).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: Option<u64>,
 }
 
 /// The optional config file: `$IMGC_CONFIG`, else `$XDG_CONFIG_HOME/imgc/config.toml`,
@@ -144,6 +147,9 @@ pub fn client(args: &RegistryArgs, quiet: bool) -> Result<Arc<Client>, Failure> 
     };
     if let Some(t) = args.transfers {
         opts.jobs = usize::from(t);
+    }
+    if let Some(t) = args.timeout {
+        opts.stall_timeout = std::time::Duration::from_secs(t);
     }
     let reporter: Arc<dyn imgc::progress::Reporter> = Arc::new(report::StderrReporter::new(quiet));
     Ok(Arc::new(Client::new(opts, reporter)?))

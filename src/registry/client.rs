@@ -64,6 +64,9 @@ pub struct RegistryOptions {
     pub chunk_size: Option<u64>,
     /// Blobs at least this large are uploaded in chunks even when not asked.
     pub chunk_threshold: u64,
+    /// A request without a large body fails (and is retried) when no
+    /// answer, or no data of a download, comes for this long.
+    pub stall_timeout: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -76,6 +79,7 @@ impl Default for RegistryOptions {
             jobs: 4,
             chunk_size: None,
             chunk_threshold: 4 * 1024 * 1024 * 1024,
+            stall_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -166,6 +170,7 @@ impl Client {
             // found by TCP keepalive.
             .timeout(None)
             .tcp_keepalive(Duration::from_secs(30))
+            .tcp_user_timeout(Duration::from_secs(120))
             .https_only(false)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
                 let downgrade = attempt
@@ -427,7 +432,14 @@ impl Client {
             if let Some(a) = auth {
                 req = req.header(AUTHORIZATION, a);
             }
-            let req = req.build().map_err(|e| RegistryError::Setup(flatten(&e)))?;
+            let mut req = req.build().map_err(|e| RegistryError::Setup(flatten(&e)))?;
+            // Requests without a streamed body (all but blob uploads) give up
+            // on a registry that stays silent: for the answer, and for each
+            // read of a download. A streamed upload has no such bound (it may
+            // take long); TCP keepalive and the user timeout find dead peers.
+            if req.body().is_none_or(|b| b.as_bytes().is_some()) {
+                *req.timeout_mut() = Some(self.opts.stall_timeout);
+            }
             let url = shown(req.url().as_str());
             let method = req.method().to_string();
             let resp = self.http.execute(req).map_err(|e| {

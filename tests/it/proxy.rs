@@ -56,6 +56,9 @@ pub enum Action {
     /// then close the client connection without sending it anything. The
     /// registry has done the work; the client never hears of it.
     DropResponse,
+    /// Forward the whole request, wait for the registry's response head, then
+    /// send the client nothing for this long, then close: a stalled server.
+    Stall(std::time::Duration),
     /// Forward, but flip the lowest bit of one byte of the response body
     /// (the middle byte when the length is known, else the first one). The
     /// length stays the same.
@@ -118,6 +121,11 @@ impl Rule {
     /// See [`Action::DropResponse`].
     pub fn drop_response() -> Rule {
         Rule::new(Action::DropResponse)
+    }
+
+    /// See [`Action::Stall`].
+    pub fn stall(for_how_long: std::time::Duration) -> Rule {
+        Rule::new(Action::Stall(for_how_long))
     }
 
     /// See [`Action::CorruptBody`].
@@ -585,6 +593,10 @@ fn serve_connection(client: TcpStream, up: TcpStream, state: &ProxyState) -> io:
             break resp;
         };
         if action == Some(Action::DropResponse) {
+            return Ok(());
+        }
+        if let Some(Action::Stall(d)) = &action {
+            thread::sleep(*d);
             return Ok(());
         }
         let code = resp.status_code()?;

@@ -1047,3 +1047,44 @@ fn builds_without_registry_bases_need_no_cache_folder() {
     run(&mut cmd);
     assert!(!env.cache().join("store").exists());
 }
+
+/// A registry that goes silent is given up on after `--timeout` and the
+/// request is retried.
+#[test]
+fn a_stalled_registry_is_timed_out_and_retried() {
+    let reg = Registry::start();
+    let env = Env::new();
+    push_base(&env, &reg.host_port(), &insecure(&reg.host_port()));
+    let proxy = Proxy::start(
+        addr(&reg),
+        vec![
+            Rule::stall(std::time::Duration::from_secs(30))
+                .method("GET")
+                .path("/blobs/sha256:"),
+            Rule::stall(std::time::Duration::from_secs(30))
+                .method("GET")
+                .path("/manifests/"),
+        ],
+    );
+    let host = proxy.host_port();
+    let (_t, spec) = app(&format!("{host}/base:1.0"), &format!("{host}/app"));
+    let started = std::time::Instant::now();
+    let out = output(
+        env.imgc()
+            .arg("build")
+            .arg(&spec)
+            .arg("--output")
+            .arg(oci_arg(&env.path("out")))
+            .args(["--timeout", "1"])
+            .args(insecure(&host)),
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(25),
+        "{err}"
+    );
+    assert_eq!(err.matches("retry").count(), 2, "{err}");
+    assert!(proxy.rules().iter().all(|r| r.times == 0));
+    verify_layout(&env.path("out"), true);
+}
