@@ -687,6 +687,36 @@ fn tls_registry_with_basic_auth_from_docker_config_and_from_a_helper() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(digest_line(&String::from_utf8_lossy(&out.stdout)), digest);
 
+    // Credentials from Podman's auth file (REGISTRY_AUTH_FILE), and from
+    // $XDG_RUNTIME_DIR/containers/auth.json.
+    let env5 = Env::new();
+    let podman = env5.path("podman-auth.json");
+    fs::write(
+        &podman,
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let out = output(
+        env5.imgc()
+            .arg("inspect")
+            .arg(format!("{host}/app:2.1.0"))
+            .args(&ca_args)
+            .env("REGISTRY_AUTH_FILE", &podman),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&digest));
+    let runtime = env5.path("run");
+    fs::create_dir_all(runtime.join("containers")).unwrap();
+    fs::copy(&podman, runtime.join("containers/auth.json")).unwrap();
+    let out = output(
+        env5.imgc()
+            .arg("inspect")
+            .arg(format!("{host}/app:2.1.0"))
+            .args(&ca_args)
+            .env("XDG_RUNTIME_DIR", &runtime),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // Without credentials: 401, naming the registry and where imgc looked.
     let env3 = Env::new();
     let out = run_fails(
