@@ -403,28 +403,40 @@ pub fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
     dir.join("blobs").join("sha256").join(digest.hex())
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, BaseError> {
-    let file = std::fs::File::open(path).map_err(|source| BaseError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+/// Reads a whole file of at most `limit` bytes; a larger one is an error of
+/// kind `FileTooLarge`. Every small file imgc reads (documents, lock, config,
+/// metadata) goes through here.
+pub fn read_file_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    file.take(MAX_DOCUMENT_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|source| BaseError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
-        return Err(BaseError::TooLarge {
-            path: path.to_path_buf(),
-        });
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("the file is larger than {limit} bytes"),
+        ));
     }
     Ok(bytes)
 }
 
-/// Reads a (small) blob and checks it against its descriptor.
-fn read_blob(dir: &Path, desc: &Descriptor) -> Result<Vec<u8>, BaseError> {
+fn read_bounded(path: &Path) -> Result<Vec<u8>, BaseError> {
+    read_file_bounded(path, MAX_DOCUMENT_SIZE).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::FileTooLarge {
+            BaseError::TooLarge {
+                path: path.to_path_buf(),
+            }
+        } else {
+            BaseError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+/// Reads a (small) blob of a layout, bounded, and checks it against its descriptor.
+pub fn read_blob(dir: &Path, desc: &Descriptor) -> Result<Vec<u8>, BaseError> {
     let path = blob_path(dir, &desc.digest);
     if desc.size > MAX_DOCUMENT_SIZE {
         return Err(BaseError::TooLarge { path });

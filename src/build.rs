@@ -92,14 +92,10 @@ pub struct BuildOutput {
     pub index: Descriptor,
     /// Each platform's manifest digest.
     pub manifests: Vec<(Platform, Digest)>,
-    /// The index's entries (manifest descriptors with platform), in order.
-    pub children: Vec<Descriptor>,
+    /// The image index itself (entries, annotations, media type).
+    pub index_doc: Index,
     /// Each entry's position among all the spec's platforms.
     pub positions: Vec<usize>,
-    /// The index's annotations.
-    pub index_annotations: BTreeMap<String, String>,
-    /// The index's media type.
-    pub index_media_type: String,
     /// The tags written to `index.json`.
     pub tags: Vec<String>,
 }
@@ -263,7 +259,7 @@ pub fn build(
         schema_version: 2,
         media_type: Some(index_mt.to_string()),
         artifact_type: None,
-        manifests: children.clone(),
+        manifests: children,
         subject: None,
         annotations: if docker {
             BTreeMap::new()
@@ -294,10 +290,8 @@ pub fn build(
         layout: output.to_path_buf(),
         index: index_desc,
         manifests,
-        children,
+        index_doc: index,
         positions: plan.images.iter().map(|i| i.position).collect(),
-        index_annotations: index.annotations.clone(),
-        index_media_type: index_mt.to_string(),
         tags: plan.tags.clone(),
     })
 }

@@ -355,15 +355,6 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         write_file(f, out.index.digest.as_str().as_bytes())?;
     }
     if let Some(f) = &args.metadata_file {
-        let index = imgc::oci::Index {
-            schema_version: 2,
-            media_type: Some(out.index_media_type.clone()),
-            artifact_type: None,
-            manifests: out.children.clone(),
-            subject: None,
-            annotations: out.index_annotations.clone(),
-            extra: Default::default(),
-        };
         let name = target
             .as_ref()
             .map(|t| t.name())
@@ -371,7 +362,7 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         let mut m = imgc::registry::shards::Metadata::for_index(
             name,
             &out.index.digest,
-            &index,
+            &out.index_doc,
             &out.positions,
             args.push,
         );

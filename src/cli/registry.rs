@@ -63,15 +63,8 @@ fn config_file() -> Result<ConfigFile, Failure> {
         },
     };
     let read = |p: &Path| -> std::io::Result<String> {
-        use std::io::Read;
-        let mut text = String::new();
-        std::fs::File::open(p)?
-            .take(1024 * 1024 + 1)
-            .read_to_string(&mut text)?;
-        if text.len() > 1024 * 1024 {
-            return Err(std::io::Error::other("the file is larger than 1 MiB"));
-        }
-        Ok(text)
+        let bytes = imgc::base::read_file_bounded(p, 1024 * 1024)?;
+        String::from_utf8(bytes).map_err(|_| std::io::Error::other("the file is not UTF-8 text"))
     };
     let text = match read(&path) {
         Ok(t) => t,

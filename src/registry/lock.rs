@@ -160,15 +160,8 @@ impl LockFile {
 
 /// Reads a text file of at most 4 MiB.
 fn read_bounded(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(crate::base::MAX_DOCUMENT_SIZE + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > crate::base::MAX_DOCUMENT_SIZE {
-        return Err(std::io::Error::other("the file is larger than 4 MiB"));
-    }
-    Ok(text)
+    let bytes = crate::base::read_file_bounded(path, crate::base::MAX_DOCUMENT_SIZE)?;
+    String::from_utf8(bytes).map_err(|_| std::io::Error::other("the file is not UTF-8 text"))
 }
 
 #[cfg(test)]

@@ -147,6 +147,9 @@ pub enum RegistryError {
         /// Why.
         reason: String,
     },
+    /// A layout document could not be read or does not match its descriptor.
+    #[error(transparent)]
+    Base(#[from] crate::base::BaseError),
     /// Credential lookup failed.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),

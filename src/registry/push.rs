@@ -8,7 +8,7 @@
 
 use super::client::{shown, Call};
 use super::{Client, ImageRef, RegistryError};
-use crate::base::MAX_DOCUMENT_SIZE;
+use crate::base::{self, blob_path, MAX_DOCUMENT_SIZE};
 use crate::oci::{self, Descriptor, Digest, Index, Manifest};
 use crate::progress::{BlobOutcome, Event, Reporter};
 use std::collections::BTreeMap;
@@ -54,50 +54,19 @@ pub struct LayoutDoc {
     pub bytes: Vec<u8>,
 }
 
-fn blob_path(layout: &Path, d: &Digest) -> PathBuf {
-    layout.join("blobs").join("sha256").join(d.hex())
-}
-
 /// Reads a document blob of a layout, bounded and verified.
 pub fn read_layout_doc(layout: &Path, desc: &Descriptor) -> Result<LayoutDoc, RegistryError> {
-    let path = blob_path(layout, &desc.digest);
-    if desc.size > MAX_DOCUMENT_SIZE {
-        return Err(RegistryError::Layout(format!(
-            "`{}` is larger than {MAX_DOCUMENT_SIZE} bytes",
-            path.display()
-        )));
-    }
-    let mut bytes = Vec::new();
-    File::open(&path)
-        .and_then(|f| f.take(MAX_DOCUMENT_SIZE + 1).read_to_end(&mut bytes))
-        .map_err(|source| RegistryError::Io {
-            action: "read",
-            path: path.clone(),
-            source,
-        })?;
-    let actual = oci::sha256_digest(&bytes);
-    if actual != desc.digest || bytes.len() as u64 != desc.size {
-        return Err(RegistryError::Layout(format!(
-            "blob `{}` does not match its descriptor ({} of {} bytes expected; found {actual}, {} bytes)",
-            path.display(),
-            desc.digest,
-            desc.size,
-            bytes.len()
-        )));
-    }
     Ok(LayoutDoc {
         desc: desc.clone(),
-        bytes,
+        bytes: base::read_blob(layout, desc)?,
     })
 }
 
 /// Finds the top descriptor for `tag` (or the only one) in a layout's index.json.
 pub fn layout_entry(layout: &Path, tag: Option<&str>) -> Result<Descriptor, RegistryError> {
     let path = layout.join("index.json");
-    let mut bytes = Vec::new();
-    File::open(&path)
-        .and_then(|f| f.take(MAX_DOCUMENT_SIZE + 1).read_to_end(&mut bytes))
-        .map_err(|source| RegistryError::Io {
+    let bytes =
+        base::read_file_bounded(&path, MAX_DOCUMENT_SIZE).map_err(|source| RegistryError::Io {
             action: "read",
             path: path.clone(),
             source,

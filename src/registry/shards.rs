@@ -86,22 +86,13 @@ impl Metadata {
 
     /// Reads a metadata file (bounded to 4 MiB).
     pub fn read(path: &Path) -> Result<Metadata, RegistryError> {
-        let meta = std::fs::metadata(path).map_err(|source| RegistryError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if meta.len() > crate::base::MAX_DOCUMENT_SIZE {
-            return Err(RegistryError::Layout(format!(
-                "metadata file `{}` is larger than 4 MiB",
-                path.display()
-            )));
-        }
-        let bytes = std::fs::read(path).map_err(|source| RegistryError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = crate::base::read_file_bounded(path, crate::base::MAX_DOCUMENT_SIZE).map_err(
+            |source| RegistryError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         serde_json::from_slice(&bytes).map_err(|e| {
             RegistryError::Layout(format!(
                 "`{}` is not an imgc metadata file: {e}",
