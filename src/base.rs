@@ -8,9 +8,9 @@
 //! module implements it): it fills a local store laid out as an OCI layout,
 //! which is then read exactly like an `oci:` base.
 
+use crate::fsx::{self, Links};
 use crate::oci::{self, AnyDocument, Descriptor, Digest, ImageConfig, Index, Manifest, Platform};
-use std::collections::BTreeMap;
-use std::io::Read;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -130,6 +130,22 @@ pub enum BaseError {
     Ambiguous {
         /// The file.
         path: PathBuf,
+    },
+    /// Nested indexes deeper than imgc follows.
+    #[error("`{path}` of base layout nests image indexes more than {limit} levels deep (the depth limit)")]
+    TooDeep {
+        /// The index past the limit.
+        path: PathBuf,
+        /// The limit.
+        limit: usize,
+    },
+    /// More documents than a base may take to resolve.
+    #[error("base layout `{dir}` needs more than {limit} documents read to find its images (the document budget)")]
+    TooManyDocuments {
+        /// The layout folder.
+        dir: PathBuf,
+        /// The limit.
+        limit: usize,
     },
     /// A registry reference, but no way to reach registries was given.
     #[error("base `{reference}` is a registry reference, and this command does not pull from registries")]
@@ -277,8 +293,13 @@ impl OpenedBase {
                     available: list(),
                 })?,
         };
-        let mut candidates = Vec::new();
-        collect_candidates(&dir, entry, 0, &mut candidates)?;
+        let mut walk = Walk {
+            dir: &dir,
+            visited: BTreeSet::new(),
+            out: Vec::new(),
+        };
+        walk.collect(entry, 0)?;
+        let candidates = walk.out;
         Ok(OpenedBase::Layout {
             reference: reference.to_string(),
             dir,
@@ -309,14 +330,19 @@ impl OpenedBase {
             } => (reference, dir, candidates, remote),
         };
         let Some((_, desc)) = candidates.iter().find(|(p, _)| p.matches(platform)) else {
-            return Err(BaseError::MissingPlatform {
-                reference: reference.clone(),
-                platform: platform.to_string(),
-                available: candidates
+            let available = if candidates.is_empty() {
+                "no platform images at all".to_string()
+            } else {
+                candidates
                     .iter()
                     .map(|(p, _)| p.to_string())
                     .collect::<Vec<_>>()
-                    .join(", "),
+                    .join(", ")
+            };
+            return Err(BaseError::MissingPlatform {
+                reference: reference.clone(),
+                platform: platform.to_string(),
+                available,
             });
         };
         let path = blob_path(dir, &desc.digest);
@@ -347,48 +373,80 @@ fn split_layout_ref(s: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn collect_candidates(
-    dir: &Path,
-    desc: &Descriptor,
-    depth: usize,
-    out: &mut Vec<(Platform, Descriptor)>,
-) -> Result<(), BaseError> {
-    let path = blob_path(dir, &desc.digest);
-    let bytes = read_blob(dir, desc)?;
-    let any: AnyDocument = parse_doc(&path, &bytes, "OCI document")?;
-    let is_index = any.manifests.is_some();
-    if is_index && (any.layers.is_some() || any.config.is_some()) {
-        return Err(BaseError::Ambiguous { path });
+/// Most documents read to resolve one base: nested indexes are walked once
+/// each (a visited set), and never more than this many in all.
+pub const MAX_DOCUMENTS_PER_BASE: usize = 64;
+
+/// Deepest nesting of indexes followed.
+pub const MAX_INDEX_DEPTH: usize = 4;
+
+/// The walk of a base's nested indexes: what was read, and how much.
+struct Walk<'a> {
+    dir: &'a Path,
+    visited: BTreeSet<Digest>,
+    out: Vec<(Platform, Descriptor)>,
+}
+
+impl Walk<'_> {
+    fn read(&mut self, desc: &Descriptor) -> Result<Option<Vec<u8>>, BaseError> {
+        if !self.visited.insert(desc.digest.clone()) {
+            return Ok(None);
+        }
+        if self.visited.len() > MAX_DOCUMENTS_PER_BASE {
+            return Err(BaseError::TooManyDocuments {
+                dir: self.dir.to_path_buf(),
+                limit: MAX_DOCUMENTS_PER_BASE,
+            });
+        }
+        read_blob(self.dir, desc).map(Some)
     }
-    let media_type = any
-        .media_type
-        .clone()
-        .unwrap_or_else(|| desc.media_type.clone());
-    if is_index || oci::is_index_media_type(&media_type) {
-        let index: Index = parse_doc(&path, &bytes, "image index")?;
-        for child in &index.manifests {
-            if oci::is_index_media_type(&child.media_type) && depth < 4 {
-                collect_candidates(dir, child, depth + 1, out)?;
-            } else if oci::is_manifest_media_type(&child.media_type) {
-                if let Some(p) = &child.platform {
+
+    fn collect(&mut self, desc: &Descriptor, depth: usize) -> Result<(), BaseError> {
+        let path = blob_path(self.dir, &desc.digest);
+        if depth > MAX_INDEX_DEPTH {
+            return Err(BaseError::TooDeep {
+                path,
+                limit: MAX_INDEX_DEPTH,
+            });
+        }
+        let Some(bytes) = self.read(desc)? else {
+            return Ok(());
+        };
+        let any: AnyDocument = parse_doc(&path, &bytes, "OCI document")?;
+        let is_index = any.manifests.is_some();
+        if is_index && (any.layers.is_some() || any.config.is_some()) {
+            return Err(BaseError::Ambiguous { path });
+        }
+        let media_type = any
+            .media_type
+            .clone()
+            .unwrap_or_else(|| desc.media_type.clone());
+        if is_index || oci::is_index_media_type(&media_type) {
+            let index: Index = parse_doc(&path, &bytes, "image index")?;
+            for child in &index.manifests {
+                if oci::is_index_media_type(&child.media_type) {
+                    self.collect(child, depth + 1)?;
+                } else if oci::is_manifest_media_type(&child.media_type) {
                     // Attestations and other artifacts are listed as unknown/unknown.
-                    if p.os != "unknown" {
-                        out.push((p.clone(), child.clone()));
+                    let known = child.platform.as_ref().filter(|p| p.os != "unknown");
+                    let seen = self.out.iter().any(|(_, d)| d.digest == child.digest);
+                    if let (Some(p), false) = (known, seen) {
+                        self.out.push((p.clone(), child.clone()));
                     }
                 }
             }
+            Ok(())
+        } else if oci::is_manifest_media_type(&media_type) {
+            let manifest: Manifest = parse_doc(&path, &bytes, "image manifest")?;
+            let config = read_config(self.dir, &manifest)?;
+            let mut platform =
+                Platform::new(&config.os, &config.architecture, config.variant.as_deref());
+            platform.os_version = config.os_version.clone();
+            self.out.push((platform, desc.clone()));
+            Ok(())
+        } else {
+            Err(BaseError::UnsupportedMediaType { path, media_type })
         }
-        Ok(())
-    } else if oci::is_manifest_media_type(&media_type) {
-        let manifest: Manifest = parse_doc(&path, &bytes, "image manifest")?;
-        let config = read_config(dir, &manifest)?;
-        let mut platform =
-            Platform::new(&config.os, &config.architecture, config.variant.as_deref());
-        platform.os_version = config.os_version.clone();
-        out.push((platform, desc.clone()));
-        Ok(())
-    } else {
-        Err(BaseError::UnsupportedMediaType { path, media_type })
     }
 }
 
@@ -403,25 +461,8 @@ pub fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
     dir.join("blobs").join("sha256").join(digest.hex())
 }
 
-/// Reads a whole file of at most `limit` bytes; a larger one is an error of
-/// kind `FileTooLarge`. Every small file imgc reads (documents, lock, config,
-/// metadata) goes through here.
-pub fn read_file_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!("the file is larger than {limit} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
 fn read_bounded(path: &Path) -> Result<Vec<u8>, BaseError> {
-    read_file_bounded(path, MAX_DOCUMENT_SIZE).map_err(|source| {
+    fsx::read_bounded(path, MAX_DOCUMENT_SIZE, Links::Refuse).map_err(|source| {
         if source.kind() == std::io::ErrorKind::FileTooLarge {
             BaseError::TooLarge {
                 path: path.to_path_buf(),

@@ -2,7 +2,7 @@
 //! layer once, copies base blobs, assembles configs, manifests and the image
 //! index, and commits the layout atomically. Reports through a `Reporter`.
 
-use crate::base::{BaseError, BaseImage};
+use crate::base::{BaseError, BaseImage, MAX_DOCUMENT_SIZE};
 use crate::layers::{self, BuiltLayer, LayerError};
 use crate::layout::{LayoutError, LayoutWriter};
 use crate::oci::{
@@ -44,6 +44,14 @@ pub enum Error {
     /// The lock file.
     #[error(transparent)]
     Lock(#[from] crate::registry::lock::LockError),
+    /// A document larger than registries and imgc itself read.
+    #[error("the {what} would be {size} bytes, more than the {MAX_DOCUMENT_SIZE} bytes registries and imgc read; nothing was written")]
+    DocumentTooLarge {
+        /// Which document.
+        what: &'static str,
+        /// Its size.
+        size: u64,
+    },
     /// Encoding a document.
     #[error("failed to encode {what}")]
     Encode {
@@ -203,10 +211,7 @@ pub fn build(
             diff_ids.push((plan.layers[i].name.as_str(), l.diff_id.clone()));
         }
         let config = assemble_config(&image.base, image, &diff_ids, plan.epoch);
-        let config_bytes = oci::to_canonical_json(&config).map_err(|source| Error::Encode {
-            what: "image config",
-            source,
-        })?;
+        let config_bytes = encode("image config", &config)?;
         let config_mt = if docker {
             oci::MEDIA_TYPE_DOCKER_CONFIG
         } else {
@@ -240,10 +245,7 @@ pub fn build(
             subject: None,
             annotations,
         };
-        let bytes = oci::to_canonical_json(&manifest).map_err(|source| Error::Encode {
-            what: "image manifest",
-            source,
-        })?;
+        let bytes = encode("image manifest", &manifest)?;
         let mut desc = writer.add_blob_bytes(manifest_mt, &bytes)?;
         desc.platform = Some(output_platform(&image.platform));
         manifests.push((image.platform.clone(), desc.digest.clone()));
@@ -268,10 +270,7 @@ pub fn build(
         },
         extra: Default::default(),
     };
-    let bytes = oci::to_canonical_json(&index).map_err(|source| Error::Encode {
-        what: "image index",
-        source,
-    })?;
+    let bytes = encode("image index", &index)?;
     let index_desc = writer.add_blob_bytes(index_mt, &bytes)?;
     let refs: Vec<(String, Descriptor)> = plan
         .tags
@@ -294,6 +293,19 @@ pub fn build(
         positions: plan.images.iter().map(|i| i.position).collect(),
         tags: plan.tags.clone(),
     })
+}
+
+/// A document as canonical JSON, refused when larger than readers take
+/// (imgc's own push and pull read at most [`MAX_DOCUMENT_SIZE`]).
+fn encode<T: serde::Serialize>(what: &'static str, doc: &T) -> Result<Vec<u8>, Error> {
+    let bytes = oci::to_canonical_json(doc).map_err(|source| Error::Encode { what, source })?;
+    if bytes.len() as u64 > MAX_DOCUMENT_SIZE {
+        return Err(Error::DocumentTooLarge {
+            what,
+            size: bytes.len() as u64,
+        });
+    }
+    Ok(bytes)
 }
 
 /// The platform object written into the index: the declared platform.

@@ -5,7 +5,9 @@
 //! only place that prints or reads the process environment.
 
 pub mod base;
+pub mod budget;
 pub mod build;
+pub mod fsx;
 pub mod layers;
 pub mod layout;
 pub mod oci;

@@ -3,6 +3,11 @@
 
 mod cli;
 
+/// Counts the allocations of template rendering, to bound its memory.
+#[global_allocator]
+static ALLOC: imgc::budget::BudgetAlloc = imgc::budget::BudgetAlloc;
+
 fn main() {
+    imgc::budget::declare_installed();
     std::process::exit(cli::run());
 }

@@ -63,7 +63,7 @@ fn config_file() -> Result<ConfigFile, Failure> {
         },
     };
     let read = |p: &Path| -> std::io::Result<String> {
-        let bytes = imgc::base::read_file_bounded(p, 1024 * 1024)?;
+        let bytes = imgc::fsx::read_bounded(p, 1024 * 1024, imgc::fsx::Links::Follow)?;
         String::from_utf8(bytes).map_err(|_| std::io::Error::other("the file is not UTF-8 text"))
     };
     let text = match read(&path) {

@@ -2,6 +2,7 @@
 //! pulled and pushed blob and manifest, and, on a terminal, progress bars for
 //! the layer being built and the blobs being uploaded.
 
+use super::render::clean;
 use super::{human, short};
 use imgc::progress::BlobOutcome;
 use imgc::progress::{Event, Reporter};
@@ -64,6 +65,7 @@ impl StderrReporter {
 
     /// Prints a line above the bar, if one is shown.
     fn line(&self, text: String) {
+        let text = clean(&text);
         if self.any_upload_bar() {
             let _ = self.multi.println(text);
             return;
@@ -84,7 +86,7 @@ impl StderrReporter {
         ) {
             bar.set_style(style.progress_chars("=> "));
         }
-        bar.set_message(name.to_string());
+        bar.set_message(clean(name));
         if let Ok(mut slot) = self.bar.lock() {
             *slot = Some(bar);
         }

@@ -7,6 +7,7 @@
 //! build leaves an existing layout exactly as it was. A blob already in the
 //! target is re-hashed before it is trusted.
 
+use crate::fsx::{self, Links};
 use crate::oci::{self, Descriptor, Digest, Index};
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File};
@@ -37,14 +38,18 @@ pub enum LayoutError {
         path: PathBuf,
     },
     /// A copied blob does not match its descriptor.
-    #[error("blob `{path}` does not match its descriptor (expected {expected}, found {actual})")]
+    #[error("blob `{path}` does not match its descriptor (expected {expected}, {expected_size} bytes; found {actual}, {actual_size} bytes{})", if *actual_size > *expected_size { " or more" } else { "" })]
     DigestMismatch {
         /// The source file.
         path: PathBuf,
         /// The expected digest.
         expected: Digest,
-        /// The digest found.
+        /// The descriptor's size.
+        expected_size: u64,
+        /// The digest of what was read (at most one byte past the size).
         actual: Digest,
+        /// The bytes read.
+        actual_size: u64,
     },
     /// The existing `index.json` cannot be parsed.
     #[error("existing `{path}` is not a valid image index")]
@@ -170,7 +175,8 @@ impl LayoutWriter {
     /// target with the right size; `copy_blob` still verifies its digest).
     pub fn holds(&self, desc: &Descriptor) -> bool {
         self.staged(&desc.digest).exists()
-            || fs::metadata(self.in_target(&desc.digest)).is_ok_and(|m| m.len() == desc.size)
+            || fs::symlink_metadata(self.in_target(&desc.digest))
+                .is_ok_and(|m| m.is_file() && m.len() == desc.size)
     }
 
     /// Copies blob `desc` from the layout at `src_dir`, checking its digest
@@ -180,7 +186,7 @@ impl LayoutWriter {
         if self.staged(&desc.digest).exists() {
             return Ok(false);
         }
-        if verify_blob(&self.in_target(&desc.digest), &desc.digest) {
+        if verify_blob(&self.in_target(&desc.digest), &desc.digest, Some(desc.size)) {
             self.reused.push((src_dir.to_path_buf(), desc.clone()));
             return Ok(false);
         }
@@ -188,29 +194,26 @@ impl LayoutWriter {
         Ok(true)
     }
 
-    /// Copies blob `desc` from `src_dir` into staging, checking its digest.
+    /// Copies blob `desc` from `src_dir` into staging: at most its declared
+    /// size is read, and size and digest are checked while copying.
     fn stage_copy(&mut self, src_dir: &Path, desc: &Descriptor) -> Result<(), LayoutError> {
         let src = src_dir.join("blobs").join("sha256").join(desc.digest.hex());
-        let mut input = File::open(&src).map_err(io_err("open", &src))?;
+        let input = fsx::open_regular(&src, Links::Refuse).map_err(io_err("open", &src))?;
         let (mut out, tmp) = self.temp_file()?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = input.read(&mut buf).map_err(io_err("read", &src))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_err("write", &tmp))?;
-        }
-        let actual = Digest::from_hex(&hex::encode(hasher.finalize()))
-            .map_err(|e| io_err("hash", &src)(io::Error::other(e)))?;
-        if actual != desc.digest {
+        let copied = hash_copy(input, desc.size, &mut out);
+        let (actual, actual_size) = match copied {
+            Ok(found) => found,
+            Err(CopyError::Read(e)) => return Err(io_err("read", &src)(e)),
+            Err(CopyError::Write(e)) => return Err(io_err("write", &tmp)(e)),
+        };
+        if actual != desc.digest || actual_size != desc.size {
             let _ = fs::remove_file(&tmp);
             return Err(LayoutError::DigestMismatch {
                 path: src,
                 expected: desc.digest.clone(),
+                expected_size: desc.size,
                 actual,
+                actual_size,
             });
         }
         out.sync_all().map_err(io_err("sync", &tmp))?;
@@ -240,7 +243,7 @@ impl LayoutWriter {
         // build since they were checked: stage them again if so.
         for (src_dir, desc) in std::mem::take(&mut self.reused) {
             if !self.staged(&desc.digest).exists()
-                && !verify_blob(&self.in_target(&desc.digest), &desc.digest)
+                && !verify_blob(&self.in_target(&desc.digest), &desc.digest, Some(desc.size))
             {
                 self.stage_copy(&src_dir, &desc)?;
             }
@@ -259,7 +262,7 @@ impl LayoutWriter {
             let trusted = name
                 .to_str()
                 .and_then(|h| Digest::from_hex(h).ok())
-                .is_some_and(|d| verify_blob(&to, &d));
+                .is_some_and(|d| verify_blob(&to, &d, None));
             if !trusted {
                 fs::rename(&from, &to).map_err(io_err("move blob into", &to))?;
             }
@@ -399,21 +402,45 @@ pub fn collect_garbage(dir: &Path, index: &Index) -> usize {
     removed
 }
 
-/// Whether `path` holds exactly the bytes of `digest`.
-pub fn verify_blob(path: &Path, digest: &Digest) -> bool {
-    let Ok(mut f) = File::open(path) else {
-        return false;
-    };
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies at most `limit + 1` bytes of `input` to `out`, returning the
+/// digest and size of what was read (more than `limit` means too large).
+fn hash_copy(input: File, limit: u64, out: &mut impl Write) -> Result<(Digest, u64), CopyError> {
+    let mut input = input.take(limit.saturating_add(1));
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
     loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(_) => return false,
+        let n = input.read(&mut buf).map_err(CopyError::Read)?;
+        if n == 0 {
+            break;
         }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(CopyError::Write)?;
     }
-    hex::encode(hasher.finalize()) == digest.hex()
+    let digest = Digest::from_hex(&hex::encode(hasher.finalize()))
+        .map_err(|e| CopyError::Read(io::Error::other(e)))?;
+    Ok((digest, total))
+}
+
+/// Whether `path` is a regular file (not a symlink) holding exactly the
+/// bytes of `digest` (and `size` bytes, when given).
+pub fn verify_blob(path: &Path, digest: &Digest, size: Option<u64>) -> bool {
+    let Ok(f) = fsx::open_regular(path, Links::Refuse) else {
+        return false;
+    };
+    let Ok(len) = f.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    if size.is_some_and(|s| s != len) {
+        return false;
+    }
+    matches!(hash_copy(f, len, &mut io::sink()), Ok((d, n)) if &d == digest && n == len)
 }
 
 fn write_atomic(staging: &Path, dest: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
@@ -469,7 +496,8 @@ mod tests {
         w.commit(&[("t".to_string(), desc)]).unwrap();
         assert!(verify_blob(
             &out.join("blobs/sha256").join(layer.digest.hex()),
-            &layer.digest
+            &layer.digest,
+            Some(layer.size)
         ));
     }
 }

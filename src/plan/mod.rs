@@ -182,6 +182,20 @@ pub enum PlanError {
         message: String,
         location: Option<Box<Location>>,
     },
+    #[error("the template in {what} was stopped: {message}")]
+    TemplateLimit {
+        what: String,
+        message: String,
+        location: Option<Box<Location>>,
+    },
+    #[error("the build epoch {epoch} (from {from}) is after 9999-12-31T23:59:59Z ({MAX_EPOCH}), which image readers cannot parse")]
+    EpochTooLate { epoch: u64, from: &'static str },
+    #[error("the image for {platform} would have {count} layers ({base} from the base); at most {MAX_LAYERS} are allowed")]
+    TooManyLayers {
+        platform: String,
+        count: usize,
+        base: usize,
+    },
     #[error("`src` `{src}` is outside the build context (absolute, or uses `..`)")]
     SrcOutsideContext {
         src: String,
@@ -301,6 +315,7 @@ impl PlanError {
         match self {
             UndefinedVariable { location, .. }
             | Template { location, .. }
+            | TemplateLimit { location, .. }
             | Base { location, .. }
             | DuplicatePlatform { location, .. }
             | InvalidTag { location, .. }
@@ -375,6 +390,11 @@ impl Renderer<'_> {
                 location,
             },
             TemplateFailure::Other(message) => PlanError::Template {
+                what: what.to_string(),
+                message,
+                location,
+            },
+            TemplateFailure::Limit(message) => PlanError::TemplateLimit {
                 what: what.to_string(),
                 message,
                 location,
@@ -469,6 +489,16 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
     let global = TemplateContext::new(vars);
 
     let epoch = opts.source_date_epoch.or(spec.image.epoch).unwrap_or(0);
+    if epoch > MAX_EPOCH {
+        return Err(PlanError::EpochTooLate {
+            epoch,
+            from: if opts.source_date_epoch.is_some() {
+                "SOURCE_DATE_EPOCH"
+            } else {
+                "`[image].epoch`"
+            },
+        });
+    }
     let codec = match spec.image.compression.unwrap_or(CompressionName::Gzip) {
         CompressionName::Gzip => Codec::Gzip,
         CompressionName::Zstd => Codec::Zstd,
@@ -636,6 +666,13 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             layer_ids.push(id);
         }
 
+        if base.layers.len() + layer_ids.len() > MAX_LAYERS {
+            return Err(PlanError::TooManyLayers {
+                platform: platform.to_string(),
+                count: base.layers.len() + layer_ids.len(),
+                base: base.layers.len(),
+            });
+        }
         let config = merge_config(&r, &ctx, &spec.config, ov.and_then(|o| o.config.as_ref()))?;
         let mut annotations = r.spanned_map(&ctx, &spec.annotations, "annotations")?;
         if let Some(o) = ov {
@@ -648,6 +685,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
         annotations
             .entry(oci::ANNOTATION_CREATED.to_string())
             .or_insert_with(|| oci::rfc3339(epoch));
+        check_annotations(&annotations, "annotation")?;
         images.push(ImagePlan {
             position: all_platforms
                 .iter()
@@ -686,6 +724,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
     index_annotations
         .entry(oci::ANNOTATION_CREATED.to_string())
         .or_insert_with(|| oci::rfc3339(epoch));
+    check_annotations(&index_annotations, "index annotation")?;
     let name = spec
         .image
         .name
@@ -867,15 +906,6 @@ fn merge_config(
         c.labels.extend(labels);
         replace(&mut c.stop_signal, stop_signal);
     }
-    for key in c.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(PlanError::InvalidConfig {
-                what: "env key",
-                value: key.clone(),
-                reason: "environment variable names must be non-empty and cannot contain `=`",
-            });
-        }
-    }
     let rendered = ConfigSection {
         entrypoint: r.strings(ctx, &c.entrypoint, "config.entrypoint")?,
         cmd: r.strings(ctx, &c.cmd, "config.cmd")?,
@@ -887,6 +917,7 @@ fn merge_config(
         labels: r.map(ctx, &c.labels, "config.labels")?,
         stop_signal: r.opt(ctx, &c.stop_signal, "config.stop_signal")?,
     };
+    check_config_strings(&rendered)?;
     if let Some(w) = &rendered.workdir {
         if !w.starts_with('/') {
             return Err(PlanError::InvalidConfig {
@@ -907,6 +938,83 @@ fn merge_config(
     }
     Ok(rendered)
 }
+
+/// Refuses config values that readers downstream cannot take: environment
+/// names that are empty or hold `=` or a control character, and NUL
+/// anywhere (C strings, the kernel's `execve`, Go's runtimes stop there).
+fn check_config_strings(c: &ConfigSection) -> Result<(), PlanError> {
+    let nul = |what: &'static str, value: &str| {
+        if value.contains('\0') {
+            return Err(PlanError::InvalidConfig {
+                what,
+                value: value.to_string(),
+                reason: "it contains a NUL character",
+            });
+        }
+        Ok(())
+    };
+    for (k, v) in &c.env {
+        if k.is_empty() || k.contains('=') || k.chars().any(char::is_control) {
+            return Err(PlanError::InvalidConfig {
+                what: "env key",
+                value: k.clone(),
+                reason: "environment variable names must be non-empty and cannot contain `=` or control characters (newline, NUL)",
+            });
+        }
+        nul("config.env value", v)?;
+    }
+    for (k, v) in &c.labels {
+        nul("config.labels key", k)?;
+        nul("config.labels value", v)?;
+    }
+    let lists = [
+        ("config.entrypoint entry", &c.entrypoint),
+        ("config.cmd entry", &c.cmd),
+        ("config.volumes entry", &c.volumes),
+    ];
+    for (what, list) in lists {
+        for v in list.iter().flatten() {
+            nul(what, v)?;
+        }
+    }
+    let single = [
+        ("config.user", &c.user),
+        ("config.workdir", &c.workdir),
+        ("config.stop_signal", &c.stop_signal),
+    ];
+    for (what, v) in single {
+        if let Some(v) = v {
+            nul(what, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses annotations that are empty keys or hold NUL.
+fn check_annotations(
+    annotations: &BTreeMap<String, String>,
+    what: &'static str,
+) -> Result<(), PlanError> {
+    for (k, v) in annotations {
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return Err(PlanError::InvalidConfig {
+                what,
+                value: format!("{k}={v}"),
+                reason:
+                    "annotation keys must be non-empty, and neither key nor value may contain NUL",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The last second an RFC 3339 timestamp with a four-digit year can hold
+/// (9999-12-31T23:59:59Z); readers such as Go's `time` refuse later ones.
+pub const MAX_EPOCH: u64 = 253_402_300_799;
+
+/// Most layers an image may have (base layers included): the limit of
+/// overlay filesystems' lower directories that runtimes are built around.
+pub const MAX_LAYERS: usize = 127;
 
 /// Tag grammar of the distribution spec: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 pub fn valid_tag(tag: &str) -> bool {

@@ -26,6 +26,38 @@ pub enum TemplateFailure {
     },
     /// Any other template error (syntax, filter, ...).
     Other(String),
+    /// The template went past a limit (steps, output size, memory).
+    Limit(String),
+}
+
+/// Most steps one template may take (minijinja's fuel).
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
+/// Largest value a template may render to, in bytes.
+pub const MAX_RENDERED: usize = 16 * 1024 * 1024;
+
+/// Most memory one template's rendering may hold, in bytes (where the
+/// binary installs the budgeting allocator; see [`crate::budget`]).
+pub const TEMPLATE_MEMORY: usize = 64 * 1024 * 1024;
+
+/// An `io::Write` into a string buffer that refuses to grow past a bound.
+struct Bounded {
+    out: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > MAX_RENDERED {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered value too large"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl TemplateContext {
@@ -72,13 +104,26 @@ impl TemplateContext {
     }
 
     /// Renders `text`; strings without template syntax come back unchanged.
+    /// Rendering is bounded in steps ([`TEMPLATE_FUEL`]), output
+    /// ([`MAX_RENDERED`]) and memory ([`TEMPLATE_MEMORY`]).
     pub fn render(&self, text: &str) -> Result<String, TemplateFailure> {
         if !(text.contains("{{") || text.contains("{%") || text.contains("{#")) {
             return Ok(text.to_string());
         }
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_keep_trailing_newline(true);
+        let (me, text) = (self.clone(), text.to_string());
+        crate::budget::run(TEMPLATE_MEMORY, move || me.render_now(&text)).unwrap_or_else(|e| {
+            Err(TemplateFailure::Limit(format!(
+                "rendering it needed more than {} MiB of memory (the memory budget)",
+                e.limit >> 20
+            )))
+        })
+    }
+
+    fn render_now(&self, text: &str) -> Result<String, TemplateFailure> {
+        ENV.with(|env| self.render_in(env, text))
+    }
+
+    fn render_in(&self, env: &Environment<'static>, text: &str) -> Result<String, TemplateFailure> {
         let tmpl = env
             .template_from_str(text)
             .map_err(|e| TemplateFailure::Other(describe(&e)))?;
@@ -86,6 +131,7 @@ impl TemplateContext {
             .undeclared_variables(true)
             .into_iter()
             .filter(|n| !self.is_defined(n))
+            .filter(|n| !env.globals().any(|(g, _)| g == n.as_str()))
             .collect();
         undefined.sort();
         if let Some(name) = undefined.into_iter().next() {
@@ -102,9 +148,35 @@ impl TemplateContext {
             vars: &self.vars,
             platform: self.platform.as_ref(),
         });
-        tmpl.render(ctx)
-            .map_err(|e| TemplateFailure::Other(describe(&e)))
+        let mut out = Bounded {
+            out: Vec::new(),
+            overflowed: false,
+        };
+        let rendered = tmpl.render_captured_to(ctx, &mut out).map(|_| ());
+        match rendered {
+            Ok(()) => String::from_utf8(out.out)
+                .map_err(|_| TemplateFailure::Other("the result is not UTF-8".into())),
+            Err(_) if out.overflowed => Err(TemplateFailure::Limit(format!(
+                "it renders to more than {} MiB (the size limit)",
+                MAX_RENDERED >> 20
+            ))),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(TemplateFailure::Limit(
+                format!("it takes more than {TEMPLATE_FUEL} steps (the step budget)"),
+            )),
+            Err(e) => Err(TemplateFailure::Other(describe(&e))),
+        }
     }
+}
+
+thread_local! {
+    /// One environment per thread (setting one up registers every builtin).
+    static ENV: Environment<'static> = {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_keep_trailing_newline(true);
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env
+    };
 }
 
 #[derive(serde::Serialize)]
@@ -164,5 +236,32 @@ mod tests {
             c.render("{{ vars.version "),
             Err(TemplateFailure::Other(_))
         ));
+    }
+
+    #[test]
+    fn template_bombs_hit_a_limit() {
+        let c = ctx();
+        let limit = |r: Result<String, TemplateFailure>| match r {
+            Err(TemplateFailure::Limit(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        let m = limit(c.render(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        ));
+        assert!(m.contains("step budget"), "{m}");
+        let m = limit(c.render("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}"));
+        assert!(m.contains("size limit"), "{m}");
+        // Growth inside one value: only the memory budget stops it (the
+        // lib's tests install the budgeting allocator, as the binary does).
+        crate::budget::declare_installed();
+        let m = limit(c.render(
+            "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        ));
+        assert!(m.contains("memory budget"), "{m}");
+        let m = limit(c.render(
+            "{{ ('ab' * 50)|replace('', 'ab' * 50)|replace('', 'ab' * 50)|replace('', 'ab' * 50)|length }}",
+        ));
+        assert!(m.contains("memory budget"), "{m}");
+        assert_eq!(c.render("{{ vars.version }}").unwrap(), "1.4.2");
     }
 }

@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -371,21 +370,14 @@ fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, AuthError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(read_err(err)),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() > MAX_BYTES {
-        return Err(AuthError::TooLarge {
+    match crate::fsx::read_bounded(path, MAX_BYTES as u64, crate::fsx::Links::Follow) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) if err.kind() == io::ErrorKind::FileTooLarge => Err(AuthError::TooLarge {
             path: path.to_path_buf(),
-        });
+        }),
+        Err(err) => Err(read_err(err)),
     }
-    Ok(Some(bytes))
 }
 
 /// serde_json's message, except that type errors (which quote the offending

@@ -160,7 +160,11 @@ impl LockFile {
 
 /// Reads a text file of at most 4 MiB.
 fn read_bounded(path: &Path) -> std::io::Result<String> {
-    let bytes = crate::base::read_file_bounded(path, crate::base::MAX_DOCUMENT_SIZE)?;
+    let bytes = crate::fsx::read_bounded(
+        path,
+        crate::base::MAX_DOCUMENT_SIZE,
+        crate::fsx::Links::Follow,
+    )?;
     String::from_utf8(bytes).map_err(|_| std::io::Error::other("the file is not UTF-8 text"))
 }
 

@@ -65,8 +65,8 @@ pub fn read_layout_doc(layout: &Path, desc: &Descriptor) -> Result<LayoutDoc, Re
 /// Finds the top descriptor for `tag` (or the only one) in a layout's index.json.
 pub fn layout_entry(layout: &Path, tag: Option<&str>) -> Result<Descriptor, RegistryError> {
     let path = layout.join("index.json");
-    let bytes =
-        base::read_file_bounded(&path, MAX_DOCUMENT_SIZE).map_err(|source| RegistryError::Io {
+    let bytes = crate::fsx::read_bounded(&path, MAX_DOCUMENT_SIZE, crate::fsx::Links::Refuse)
+        .map_err(|source| RegistryError::Io {
             action: "read",
             path: path.clone(),
             source,

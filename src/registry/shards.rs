@@ -86,13 +86,16 @@ impl Metadata {
 
     /// Reads a metadata file (bounded to 4 MiB).
     pub fn read(path: &Path) -> Result<Metadata, RegistryError> {
-        let bytes = crate::base::read_file_bounded(path, crate::base::MAX_DOCUMENT_SIZE).map_err(
-            |source| RegistryError::Io {
-                action: "read",
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
+        let bytes = crate::fsx::read_bounded(
+            path,
+            crate::base::MAX_DOCUMENT_SIZE,
+            crate::fsx::Links::Follow,
+        )
+        .map_err(|source| RegistryError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
         serde_json::from_slice(&bytes).map_err(|e| {
             RegistryError::Layout(format!(
                 "`{}` is not an imgc metadata file: {e}",

@@ -22,11 +22,20 @@ pub struct Location {
     pub line: usize,
     /// 1-based column, in characters.
     pub column: usize,
-    /// The text of that line (no newline).
+    /// The text of that line (no newline) as shown: a long line is cut to a
+    /// window around the column, marked with `…` where cut.
     pub line_text: String,
+    /// 1-based column of the place within `line_text`.
+    pub text_column: usize,
     /// How many characters to underline (at least 1).
     pub width: usize,
 }
+
+/// Longest line shown in an error; a longer one is cut around the column.
+pub const MAX_SHOWN_LINE: usize = 160;
+
+/// Largest spec file read.
+pub const MAX_SPEC_SIZE: u64 = 16 * 1024 * 1024;
 
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,6 +54,12 @@ pub enum SpecError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The file is larger than a spec may be.
+    #[error("spec file `{path}` is larger than {MAX_SPEC_SIZE} bytes")]
+    TooLarge {
+        /// The spec file.
+        path: PathBuf,
     },
     /// The file is not UTF-8.
     #[error("spec file `{path}` is not valid UTF-8")]
@@ -132,15 +147,23 @@ pub struct SpecFile {
     pub source: String,
     /// The parsed spec.
     pub spec: Spec,
+    /// Where each line starts (byte offsets), for locating spans fast.
+    line_starts: Vec<usize>,
 }
 
 impl SpecFile {
     /// Reads and parses a spec file.
     pub fn load(path: &Path) -> Result<SpecFile, SpecError> {
-        let bytes = std::fs::read(path).map_err(|source| SpecError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = crate::fsx::read_bounded(path, MAX_SPEC_SIZE, crate::fsx::Links::Follow)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::FileTooLarge => SpecError::TooLarge {
+                    path: path.to_path_buf(),
+                },
+                _ => SpecError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            })?;
         let source = String::from_utf8(bytes).map_err(|_| SpecError::NotUtf8 {
             path: path.to_path_buf(),
         })?;
@@ -149,39 +172,70 @@ impl SpecFile {
 
     /// Parses spec text; `path` is used only in error locations.
     pub fn parse(path: &Path, source: String) -> Result<SpecFile, SpecError> {
+        let line_starts = line_starts(&source);
         match toml::from_str::<Spec>(&source) {
             Ok(spec) => Ok(SpecFile {
                 path: path.to_path_buf(),
                 source,
                 spec,
+                line_starts,
             }),
-            Err(err) => Err(convert_error(path, &source, &err)),
+            Err(err) => Err(convert_error(path, &source, &line_starts, &err)),
         }
     }
 
     /// The location of a byte span of the source.
     pub fn locate(&self, span: &Range<usize>) -> Location {
-        locate(&self.path, &self.source, span)
+        locate(&self.path, &self.source, &self.line_starts, span)
     }
 }
 
-fn locate(path: &Path, source: &str, span: &Range<usize>) -> Location {
+fn line_starts(source: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+/// Locates a span using the line index: O(log lines + line length shown).
+fn locate(path: &Path, source: &str, starts: &[usize], span: &Range<usize>) -> Location {
     let start = floor_char_boundary(source, span.start.min(source.len()));
-    let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = source[start..]
-        .find('\n')
-        .map_or(source.len(), |i| start + i);
-    let line = source[..start].matches('\n').count() + 1;
-    let column = source[line_start..start].chars().count() + 1;
-    let line_text = source[line_start..line_end]
-        .trim_end_matches('\r')
-        .to_string();
+    let line_idx = starts.partition_point(|&s| s <= start).saturating_sub(1);
+    let line_start = starts.get(line_idx).copied().unwrap_or(0);
+    let line_end = starts
+        .get(line_idx + 1)
+        .map_or(source.len(), |&next| next - 1);
     let end = floor_char_boundary(source, span.end.clamp(start, line_end));
-    let width = source[start..end].chars().count().max(1);
+    let before = &source[line_start..start];
+    let column = before.chars().count() + 1;
+    let width = source[start..end]
+        .chars()
+        .take(MAX_SHOWN_LINE)
+        .count()
+        .max(1);
+    // A window of the line around the place, at most MAX_SHOWN_LINE characters.
+    let lead: String = before.chars().rev().take(MAX_SHOWN_LINE / 4).collect();
+    let lead: String = lead.chars().rev().collect();
+    let cut_before = lead.len() < before.len();
+    let rest = source[start..line_end].trim_end_matches('\r');
+    let shown_rest: String = rest
+        .chars()
+        .take(MAX_SHOWN_LINE - lead.chars().count())
+        .collect();
+    let cut_after = shown_rest.len() < rest.len();
+    let mut line_text = String::new();
+    if cut_before {
+        line_text.push('…');
+    }
+    line_text.push_str(&lead);
+    line_text.push_str(&shown_rest);
+    if cut_after {
+        line_text.push('…');
+    }
     Location {
         path: path.to_path_buf(),
-        line,
+        line: line_idx + 1,
         column,
+        text_column: lead.chars().count() + 1 + usize::from(cut_before),
         line_text,
         width,
     }
@@ -194,8 +248,10 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
-fn convert_error(path: &Path, source: &str, err: &toml::de::Error) -> SpecError {
-    let location = err.span().map(|span| Box::new(locate(path, source, &span)));
+fn convert_error(path: &Path, source: &str, starts: &[usize], err: &toml::de::Error) -> SpecError {
+    let location = err
+        .span()
+        .map(|span| Box::new(locate(path, source, starts, &span)));
     let message = err.message().trim().to_string();
     if let Some((key, expected)) = parse_unknown_field(&message) {
         let suggestion = expected

@@ -1,0 +1,365 @@
+//! Opening files imgc does not own. Every file read from a build context, a
+//! base layout, the store, or a spec, lock, config or metadata file is
+//! opened here, so that no path can hang, trick or flood imgc:
+//!
+//! - it is looked at (`lstat`, or `stat` where a final symlink may be
+//!   followed) before it is opened, and anything but a regular file (a
+//!   FIFO, a socket, a device, a folder) is refused, naming what it is;
+//! - it is opened with `O_NONBLOCK` (a FIFO swapped in meanwhile cannot
+//!   block `open`) and, unless the caller allows it, `O_NOFOLLOW`; then
+//!   `fstat` checks that the opened file is the regular file looked at;
+//! - whole-file reads are bounded, and a file larger than the bound is an
+//!   error before a byte is read;
+//! - build context files are opened *beneath* the context folder's handle
+//!   (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, or one
+//!   component at a time with `O_NOFOLLOW` where `openat2` is missing), so
+//!   a folder replaced by a symlink between planning and building cannot
+//!   lead outside.
+//!
+//! It owns no policy about what is read: callers name the bound and say
+//! whether a final symlink may be followed. Errors are `io::Error`s whose
+//! text says what was found; callers add the path.
+
+use std::ffi::CString;
+use std::fs::{File, FileType, Metadata};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+
+/// Whether a final symlink may be followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Links {
+    /// Follow it (files the user points imgc at: the spec, config files).
+    Follow,
+    /// Refuse it (files inside layouts, stores and build contexts).
+    Refuse,
+}
+
+/// What a file type is, in words, for errors.
+pub fn kind_name(ft: FileType) -> &'static str {
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a folder"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn not_regular(ft: FileType) -> io::Error {
+    let what = kind_name(ft);
+    let hint = if ft.is_symlink() {
+        "; imgc does not follow symlinks here"
+    } else {
+        ""
+    };
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("it is {what}, not a regular file{hint}"),
+    )
+}
+
+/// Whether an error is the refusal of a non-regular file by this module.
+pub fn is_not_regular(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidInput && e.to_string().contains("not a regular file")
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "the path contains NUL"))
+}
+
+fn open_flags(links: Links) -> libc::c_int {
+    let nofollow = match links {
+        Links::Follow => 0,
+        Links::Refuse => libc::O_NOFOLLOW,
+    };
+    libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY | nofollow
+}
+
+/// Checks that an opened file is a regular file, and the one looked at
+/// before opening (same device and inode) when `seen` is given.
+fn check_opened(file: File, seen: Option<&Metadata>) -> io::Result<File> {
+    let md = file.metadata()?;
+    if !md.file_type().is_file() {
+        return Err(not_regular(md.file_type()));
+    }
+    if let Some(seen) = seen {
+        if (seen.dev(), seen.ino()) != (md.dev(), md.ino()) {
+            return Err(io::Error::other(
+                "it was replaced while being opened (a different file was found)",
+            ));
+        }
+    }
+    Ok(file)
+}
+
+/// Opens a regular file for reading, refusing anything else (see the module
+/// documentation). With [`Links::Refuse`], a final symlink is refused too.
+pub fn open_regular(path: &Path, links: Links) -> io::Result<File> {
+    let seen = match links {
+        Links::Follow => std::fs::metadata(path)?,
+        Links::Refuse => std::fs::symlink_metadata(path)?,
+    };
+    if !seen.file_type().is_file() {
+        return Err(not_regular(seen.file_type()));
+    }
+    let c = c_path(path)?;
+    // SAFETY: `c` is a valid NUL-terminated path; the flags open read-only.
+    let fd = unsafe { libc::open(c.as_ptr(), open_flags(links)) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    check_opened(file, Some(&seen))
+}
+
+/// Reads a whole opened file of at most `limit` bytes; a larger one is an
+/// error of kind `FileTooLarge` (checked with `fstat` first, and again while
+/// reading, since a file may grow).
+pub fn read_to_end_bounded(file: File, limit: u64) -> io::Result<Vec<u8>> {
+    let too_large = || {
+        io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("the file is larger than {limit} bytes"),
+        )
+    };
+    let len = file.metadata()?.len();
+    if len > limit {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// Reads a whole regular file of at most `limit` bytes (see [`open_regular`]).
+pub fn read_bounded(path: &Path, limit: u64, links: Links) -> io::Result<Vec<u8>> {
+    read_to_end_bounded(open_regular(path, links)?, limit)
+}
+
+/// A build context folder, held open: its files are opened beneath it.
+#[derive(Debug)]
+pub struct ContextDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl ContextDir {
+    /// Opens the context folder (the user named it: a symlink to it is fine).
+    pub fn open(path: &Path) -> io::Result<ContextDir> {
+        let c = c_path(path)?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC;
+        // SAFETY: valid path; opens a folder read-only.
+        let fd = unsafe { libc::open(c.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ContextDir {
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The folder's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the regular file at `rel` (a relative path of plain components)
+    /// beneath the context, following no symlink on the way, and checks it
+    /// is the file planned: device and inode `planned`, when given.
+    pub fn open_file(&self, rel: &Path, planned: Option<(u64, u64)>) -> io::Result<File> {
+        check_relative(rel)?;
+        let file = match self.open_beneath(rel) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                self.open_by_components(rel)?
+            }
+            other => other?,
+        };
+        let file = check_opened(file, None)?;
+        if let Some(id) = planned {
+            let md = file.metadata()?;
+            if (md.dev(), md.ino()) != id {
+                return Err(io::Error::other(
+                    "it is not the file that was planned (it was replaced since)",
+                ));
+            }
+        }
+        Ok(file)
+    }
+
+    /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`.
+    #[cfg(target_os = "linux")]
+    fn open_beneath(&self, rel: &Path) -> io::Result<File> {
+        let c = c_path(rel)?;
+        /// `struct open_how` of linux/openat2.h.
+        #[repr(C)]
+        struct OpenHow {
+            flags: u64,
+            mode: u64,
+            resolve: u64,
+        }
+        let how = OpenHow {
+            flags: open_flags(Links::Refuse) as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_BENEATH
+                | libc::RESOLVE_NO_SYMLINKS
+                | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: valid folder descriptor, NUL-terminated path and a fully
+        // initialized `open_how` of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = libc::c_int::try_from(fd).map_err(io::Error::other)?;
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open_beneath(&self, _rel: &Path) -> io::Result<File> {
+        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    }
+
+    /// The portable fallback: one `openat` per component, each with
+    /// `O_NOFOLLOW` (folders with `O_DIRECTORY`).
+    pub fn open_by_components(&self, rel: &Path) -> io::Result<File> {
+        check_relative(rel)?;
+        let parts: Vec<_> = rel.components().collect();
+        let mut dir: Option<OwnedFd> = None;
+        for (i, part) in parts.iter().enumerate() {
+            let c = c_path(Path::new(part.as_os_str()))?;
+            let last = i + 1 == parts.len();
+            let flags = if last {
+                open_flags(Links::Refuse)
+            } else {
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
+            };
+            let at = dir.as_ref().map_or(self.fd.as_raw_fd(), |d| d.as_raw_fd());
+            // SAFETY: valid folder descriptor and NUL-terminated name.
+            let fd = unsafe { libc::openat(at, c.as_ptr(), flags) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            if last {
+                return Ok(File::from(owned));
+            }
+            dir = Some(owned);
+        }
+        Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"))
+    }
+}
+
+fn check_relative(rel: &Path) -> io::Result<()> {
+    let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    if rel.as_os_str().is_empty() || !plain {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a plain relative path",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn mkfifo(path: &Path) {
+        let c = c_path(path).unwrap();
+        // SAFETY: valid path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
+    fn fifos_devices_and_symlinks_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let e = read_bounded(&fifo, 10, Links::Follow).unwrap_err();
+        assert!(e.to_string().contains("named pipe"), "{e}");
+        assert!(is_not_regular(&e));
+        let e = read_bounded(Path::new("/dev/zero"), 10, Links::Follow).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+        let link = dir.path().join("zero");
+        symlink("/dev/zero", &link).unwrap();
+        let e = read_bounded(&link, 10, Links::Refuse).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let e = read_bounded(&link, 10, Links::Follow).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+        let e = read_bounded(dir.path(), 10, Links::Follow).unwrap_err();
+        assert!(e.to_string().contains("folder"), "{e}");
+        let f = dir.path().join("f");
+        std::fs::write(&f, b"12345").unwrap();
+        assert_eq!(read_bounded(&f, 5, Links::Refuse).unwrap(), b"12345");
+        let e = read_bounded(&f, 4, Links::Refuse).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+    }
+
+    #[test]
+    fn context_files_are_opened_beneath_the_context_only() {
+        let root = tempfile::tempdir().unwrap();
+        let ctx = root.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("sub")).unwrap();
+        std::fs::write(ctx.join("sub/f"), b"inside").unwrap();
+        std::fs::write(root.path().join("secret"), b"outside").unwrap();
+        std::fs::create_dir(root.path().join("out")).unwrap();
+        std::fs::write(root.path().join("out/f"), b"outside").unwrap();
+        mkfifo(&ctx.join("pipe"));
+        let c = ContextDir::open(&ctx).unwrap();
+        let read = |f: File| read_to_end_bounded(f, 100).unwrap();
+        assert_eq!(
+            read(c.open_file(Path::new("sub/f"), None).unwrap()),
+            b"inside"
+        );
+        assert_eq!(
+            read(c.open_by_components(Path::new("sub/f")).unwrap()),
+            b"inside"
+        );
+        let md = std::fs::metadata(ctx.join("sub/f")).unwrap();
+        c.open_file(Path::new("sub/f"), Some((md.dev(), md.ino())))
+            .unwrap();
+        let e = c
+            .open_file(Path::new("sub/f"), Some((md.dev(), md.ino() + 1)))
+            .unwrap_err();
+        assert!(e.to_string().contains("replaced"), "{e}");
+        assert!(c.open_file(Path::new("../secret"), None).is_err());
+        // A folder swapped for a symlink to outside: refused both ways.
+        std::fs::rename(ctx.join("sub"), ctx.join("sub.old")).unwrap();
+        symlink(root.path().join("out"), ctx.join("sub")).unwrap();
+        assert!(c.open_file(Path::new("sub/f"), None).is_err());
+        assert!(c.open_by_components(Path::new("sub/f")).is_err());
+        let e = c.open_file(Path::new("pipe"), None).unwrap_err();
+        assert!(e.to_string().contains("named pipe"), "{e}");
+    }
+}
