@@ -23,6 +23,56 @@ use std::time::Duration;
 /// Largest error or token body read.
 pub const MAX_SMALL_BODY: u64 = 1024 * 1024;
 
+/// The slowest upload rate allowed for, in bytes per second: an upload's
+/// deadline is the stall timeout plus its size at this rate.
+pub const MIN_UPLOAD_RATE: u64 = 64 * 1024;
+
+/// Scheme, host and port (the default port made explicit) of a URL.
+fn origin(url: &reqwest::Url) -> Option<(String, String, u16)> {
+    Some((
+        url.scheme().to_string(),
+        url.host_str()?.to_ascii_lowercase(),
+        url.port_or_known_default()?,
+    ))
+}
+
+/// The length of a request's streamed (not in-memory) body, if it has one.
+fn streamed_len(req: &reqwest::blocking::Request) -> Option<u64> {
+    let body = req.body()?;
+    if body.as_bytes().is_some() {
+        return None;
+    }
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .or(Some(0))
+}
+
+/// Whether a transport failure may go away on another try: a timeout, a
+/// refused connection (a registry restarting), or a connection lost
+/// mid-request; not a bad URL, a refused redirect, a name that does not
+/// resolve, or a TLS failure.
+fn transport_retryable(e: &reqwest::Error) -> bool {
+    if e.is_builder() || e.is_redirect() {
+        return false;
+    }
+    if e.is_timeout() {
+        return true;
+    }
+    if e.is_connect() {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = src {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                return io.kind() == std::io::ErrorKind::ConnectionRefused;
+            }
+            src = s.source();
+        }
+        return false;
+    }
+    true
+}
+
 /// How failed requests are retried.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -166,11 +216,14 @@ impl Client {
         let mut builder = reqwest::blocking::Client::builder()
             .user_agent(concat!("imgc/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
-            // No total timeout (a big upload may take long); dead peers are
-            // found by TCP keepalive.
-            .timeout(None)
+            // The blocking client's timeout bounds the wait for each answer
+            // and each read of a body (never a whole download); uploads get
+            // a deadline of their own (see `send`). Dead peers are found by
+            // TCP keepalive, and a peer that stops acknowledging (or reading)
+            // an upload by the TCP user timeout.
+            .timeout(opts.stall_timeout)
             .tcp_keepalive(Duration::from_secs(30))
-            .tcp_user_timeout(Duration::from_secs(120))
+            .tcp_user_timeout(opts.stall_timeout)
             .https_only(false)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
                 let downgrade = attempt
@@ -328,12 +381,17 @@ impl Client {
             reason,
         };
         let url = reqwest::Url::parse(realm).map_err(|e| err(format!("bad realm URL: {e}")))?;
-        // Credentials go to the realm only over HTTPS or to the registry itself.
-        let realm_host = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
-            None => url.host_str().unwrap_or("").to_string(),
+        // Credentials go to a realm over HTTPS, or over plain HTTP only to a
+        // host:port named insecure; a realm of any other scheme is refused.
+        let may_send = match url.scheme() {
+            "https" => true,
+            "http" => self.named_insecure(&url),
+            other => {
+                return Err(err(format!(
+                    "the realm's scheme `{other}` is neither https nor http"
+                )))
+            }
         };
-        let may_send = url.scheme() == "https" || realm_host == call.host;
         let cred = if may_send {
             self.credentials(call.host)?
         } else {
@@ -373,8 +431,8 @@ impl Client {
         let resp = req.send().map_err(|e| RegistryError::Connect {
             registry: call.host.to_string(),
             url: format!("token realm {}", shown(realm)),
-            retryable: !e.is_connect() || e.is_timeout(),
-            reason: flatten(&e.without_url()),
+            retryable: transport_retryable(&e),
+            reason: self.describe_transport(e),
         })?;
         let status = resp.status().as_u16();
         if matches!(status, 408 | 429 | 500 | 502 | 503 | 504) {
@@ -426,33 +484,37 @@ impl Client {
     ) -> Result<Response, RegistryError> {
         let mut answered = false;
         loop {
-            let mut req = make(&self.http)?;
-            let auth = self.authorization(call)?;
-            let sent_auth = auth.clone();
-            if let Some(a) = auth {
-                req = req.header(AUTHORIZATION, a);
+            let mut req = make(&self.http)?
+                .build()
+                .map_err(|e| RegistryError::Setup(flatten(&e)))?;
+            // Credentials and tokens go only to the origin they were issued
+            // for (scheme, host and port): an upload `Location` on another
+            // host is followed without them.
+            let own = self.is_registry_origin(call.host, req.url());
+            let sent_auth = if own { self.authorization(call)? } else { None };
+            if let Some(a) = &sent_auth {
+                let mut value = reqwest::header::HeaderValue::from_str(a)
+                    .map_err(|e| RegistryError::Setup(e.to_string()))?;
+                value.set_sensitive(true);
+                req.headers_mut().insert(AUTHORIZATION, value);
             }
-            let mut req = req.build().map_err(|e| RegistryError::Setup(flatten(&e)))?;
-            // Requests without a streamed body (all but blob uploads) give up
-            // on a registry that stays silent: for the answer, and for each
-            // read of a download. A streamed upload has no such bound (it may
-            // take long); TCP keepalive and the user timeout find dead peers.
-            if req.body().is_none_or(|b| b.as_bytes().is_some()) {
-                *req.timeout_mut() = Some(self.opts.stall_timeout);
+            // The client's timeout bounds the wait for an answer and each
+            // read of a download (a stall timeout). A streamed upload may
+            // take long: it gets a deadline from its size instead, and the
+            // kernel's TCP user timeout finds a peer that stops reading.
+            if let Some(len) = streamed_len(&req) {
+                *req.timeout_mut() = Some(self.upload_deadline(len));
             }
             let url = shown(req.url().as_str());
             let method = req.method().to_string();
-            let resp = self.http.execute(req).map_err(|e| {
-                let retryable = !e.is_connect() || e.is_timeout();
-                RegistryError::Connect {
-                    registry: call.host.to_string(),
-                    url: format!("{method} {url}"),
-                    reason: flatten(&e.without_url()),
-                    retryable,
-                }
+            let resp = self.http.execute(req).map_err(|e| RegistryError::Connect {
+                registry: call.host.to_string(),
+                url: format!("{method} {url}"),
+                retryable: transport_retryable(&e),
+                reason: self.describe_transport(e),
             })?;
             self.note_warnings(call.host, resp.headers());
-            if resp.status().as_u16() != 401 {
+            if resp.status().as_u16() != 401 || !own {
                 return Ok(resp);
             }
             if answered {
@@ -480,6 +542,64 @@ impl Client {
                 return Err(self.unauthorized(call, 401));
             }
         }
+    }
+
+    /// Whether `url` is on the registry `host` itself: same scheme, host and
+    /// port (default ports made explicit) as the registry's API base.
+    pub(crate) fn is_registry_origin(&self, host: &str, url: &reqwest::Url) -> bool {
+        let base = reqwest::Url::parse(&self.base(host)).ok();
+        base.is_some_and(|b| origin(&b).is_some() && origin(&b) == origin(url))
+    }
+
+    /// Whether a plain-HTTP URL's host:port was named insecure.
+    fn named_insecure(&self, url: &reqwest::Url) -> bool {
+        let want = origin(url);
+        want.is_some()
+            && self.opts.insecure.iter().any(|h| {
+                reqwest::Url::parse(&format!("http://{h}/"))
+                    .ok()
+                    .is_some_and(|u| origin(&u) == want)
+            })
+    }
+
+    /// The deadline of an upload of `len` bytes: the stall timeout plus the
+    /// time the body takes at [`MIN_UPLOAD_RATE`].
+    fn upload_deadline(&self, len: u64) -> Duration {
+        self.opts
+            .stall_timeout
+            .saturating_add(Duration::from_secs(len / MIN_UPLOAD_RATE))
+    }
+
+    /// A failed read of a response body as a sentence; a stall names the
+    /// timeout.
+    pub(crate) fn describe_read(&self, e: &std::io::Error) -> String {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+        while let Some(s) = src {
+            if let Some(r) = s.downcast_ref::<reqwest::Error>() {
+                timed_out |= r.is_timeout();
+            }
+            src = s.source();
+        }
+        if timed_out {
+            format!(
+                "no data for {} s (the --timeout)",
+                self.opts.stall_timeout.as_secs()
+            )
+        } else {
+            flatten(e)
+        }
+    }
+
+    /// A transport error as a sentence; a timeout names the stall timeout.
+    pub(crate) fn describe_transport(&self, e: reqwest::Error) -> String {
+        if e.is_timeout() {
+            return format!(
+                "no answer or data for {} s (the --timeout)",
+                self.opts.stall_timeout.as_secs()
+            );
+        }
+        flatten(&e.without_url())
     }
 
     /// Whether mounting from `source` on `host` was refused before.

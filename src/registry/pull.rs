@@ -289,7 +289,7 @@ impl Client {
                 let n = body.read(&mut buf).map_err(|e| RegistryError::Connect {
                     registry: host.clone(),
                     url: format!("GET {}", super::client::shown(&url)),
-                    reason: e.to_string(),
+                    reason: self.describe_read(&e),
                     retryable: true,
                 })?;
                 if n == 0 {
