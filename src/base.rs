@@ -18,8 +18,11 @@ use std::sync::Arc;
 pub trait RemoteBases: Send + Sync + std::fmt::Debug {
     /// Resolves a registry reference to the platform manifests it offers.
     fn open(&self, reference: &str) -> Result<RemoteOpened, BaseError>;
-    /// Makes sure a blob of that base is in the store, verified.
+    /// Makes sure a blob of that base is in the store (its bytes are
+    /// verified where they are read).
     fn fetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError>;
+    /// Replaces a store copy found corrupt: discards it and fetches it again.
+    fn refetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError>;
 }
 
 /// A registry base, resolved.
@@ -130,6 +133,14 @@ pub enum BaseError {
     Ambiguous {
         /// The file.
         path: PathBuf,
+    },
+    /// The `oci-layout` file is not what the image layout spec says.
+    #[error("`{path}` is not a valid `oci-layout` file: {reason}")]
+    BadLayoutFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
     },
     /// Nested indexes deeper than imgc follows.
     #[error("`{path}` of base layout nests image indexes more than {limit} levels deep (the depth limit)")]
@@ -256,12 +267,23 @@ impl OpenedBase {
             });
         }
         let dir = spec_dir.join(dir);
-        if !dir.join("oci-layout").is_file() {
+        let marker = dir.join("oci-layout");
+        if !marker.is_file() {
             return Err(BaseError::MissingLayout {
                 dir,
                 missing: "oci-layout",
             });
         }
+        let bytes = fsx::read_bounded(&marker, 64 * 1024, Links::Refuse).map_err(|source| {
+            BaseError::Read {
+                path: marker.clone(),
+                source,
+            }
+        })?;
+        oci::check_oci_layout(&bytes).map_err(|reason| BaseError::BadLayoutFile {
+            path: marker,
+            reason,
+        })?;
         let index_path = dir.join("index.json");
         let top: Index = parse_doc(&index_path, &read_bounded(&index_path)?, "index.json")?;
         let tagged = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
@@ -346,14 +368,22 @@ impl OpenedBase {
             });
         };
         let path = blob_path(dir, &desc.digest);
-        if let Some(r) = remote {
-            r.fetch(reference, desc)?;
-        }
-        let manifest: Manifest = parse_doc(&path, &read_blob(dir, desc)?, "image manifest")?;
-        if let Some(r) = remote {
-            r.fetch(reference, &manifest.config)?;
-        }
-        let config = read_config(dir, &manifest)?;
+        let read = |d: &Descriptor| -> Result<Vec<u8>, BaseError> {
+            let Some(r) = remote else {
+                return read_blob(dir, d);
+            };
+            r.fetch(reference, d)?;
+            match read_blob(dir, d) {
+                Err(BaseError::DigestMismatch { .. }) => {
+                    r.refetch(reference, d)?;
+                    read_blob(dir, d)
+                }
+                other => other,
+            }
+        };
+        let manifest: Manifest = parse_doc(&path, &read(desc)?, "image manifest")?;
+        let config_path = blob_path(dir, &manifest.config.digest);
+        let config = parse_doc(&config_path, &read(&manifest.config)?, "image config")?;
         Ok(BaseImage {
             reference: reference.clone(),
             layout_dir: Some(dir.clone()),

@@ -4,7 +4,7 @@
 
 use crate::base::{BaseError, BaseImage, MAX_DOCUMENT_SIZE};
 use crate::layers::{self, BuiltLayer, LayerError};
-use crate::layout::{LayoutError, LayoutWriter};
+use crate::layout::{GcSkipped, LayoutError, LayoutWriter};
 use crate::oci::{
     self, ContainerConfig, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform,
 };
@@ -163,33 +163,7 @@ pub fn build(
         let mut layer_descs = Vec::new();
         if let Some(dir) = &image.base.layout_dir {
             for desc in &image.base.layers {
-                // A registry base's layer is downloaded only when the output
-                // lacks it (or holds a copy that fails verification).
-                let fetch = |base: &BaseImage| -> Result<(), Error> {
-                    match &base.remote {
-                        Some(remote) => {
-                            remote
-                                .fetch(&base.reference, desc)
-                                .map_err(|source| Error::Base {
-                                    reference: base.reference.clone(),
-                                    source,
-                                })
-                        }
-                        None => Ok(()),
-                    }
-                };
-                let held = writer.holds(desc);
-                if !held {
-                    fetch(&image.base)?;
-                }
-                let copied = match writer.copy_blob(dir, desc) {
-                    Err(_) if held && image.base.remote.is_some() => {
-                        fetch(&image.base)?;
-                        writer.copy_blob(dir, desc)?
-                    }
-                    other => other?,
-                };
-                if copied {
+                if copy_base_layer(&mut writer, dir, &image.base, desc)? {
                     reporter.report(Event::BaseBlobCopied {
                         digest: &desc.digest,
                         size: desc.size,
@@ -277,9 +251,15 @@ pub fn build(
         .iter()
         .map(|t| (t.clone(), index_desc.clone()))
         .collect();
-    let removed = writer.commit(&refs)?;
-    if removed > 0 {
-        reporter.report(Event::BlobsRemoved { count: removed });
+    match writer.commit(&refs)? {
+        Ok(0) => {}
+        Ok(count) => reporter.report(Event::BlobsRemoved { count }),
+        Err(GcSkipped::Symlinked(path)) => reporter.report(Event::Warning(&format!(
+            "no unused blob was removed: `{path}` is a symbolic link"
+        ))),
+        Err(GcSkipped::Unreadable(digest)) => reporter.report(Event::Warning(&format!(
+            "no unused blob was removed: document {digest}, which a tag reaches, cannot be read"
+        ))),
     }
     reporter.report(Event::LayoutWritten {
         path: output,
@@ -293,6 +273,34 @@ pub fn build(
         positions: plan.images.iter().map(|i| i.position).collect(),
         tags: plan.tags.clone(),
     })
+}
+
+/// Copies a base layer into the output; returns whether bytes were copied.
+/// A registry base's layer is downloaded only when the output lacks it; a
+/// store copy (or an output copy) that fails verification is fetched again.
+fn copy_base_layer(
+    writer: &mut LayoutWriter,
+    dir: &Path,
+    base: &BaseImage,
+    desc: &Descriptor,
+) -> Result<bool, Error> {
+    let base_err = |source| Error::Base {
+        reference: base.reference.clone(),
+        source,
+    };
+    let Some(remote) = &base.remote else {
+        return Ok(writer.copy_blob(dir, desc)?);
+    };
+    if !writer.holds(desc) {
+        remote.fetch(&base.reference, desc).map_err(base_err)?;
+    }
+    match writer.copy_blob(dir, desc) {
+        Err(LayoutError::DigestMismatch { .. }) | Err(LayoutError::Io { .. }) => {
+            remote.refetch(&base.reference, desc).map_err(base_err)?;
+            Ok(writer.copy_blob(dir, desc)?)
+        }
+        other => Ok(other?),
+    }
 }
 
 /// A document as canonical JSON, refused when larger than readers take

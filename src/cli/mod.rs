@@ -37,6 +37,8 @@ enum Command {
     Index(registry::IndexArgs),
     /// Show an image or index, from a registry or a layout.
     Inspect(registry::InspectArgs),
+    /// Show or shrink the local store of pulled blobs (du, prune, clean).
+    Cache(registry::CacheArgs),
     /// Print the JSON Schema of image.toml.
     Schema,
 }
@@ -54,15 +56,16 @@ struct CommonArgs {
     /// The build context (default: the spec file's folder).
     #[arg(long, value_name = "DIR")]
     context: Option<PathBuf>,
+    /// Where to write: oci:DIR (default: ./imgc-out/<name>). Never packed
+    /// into a layer, nor is ./imgc-out.
+    #[arg(long, short, value_name = "oci:DIR", value_parser = parse_output)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 struct BuildArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Where to write: oci:DIR (default: ./imgc-out/<name>).
-    #[arg(long, short, value_name = "oci:DIR", value_parser = parse_output)]
-    output: Option<PathBuf>,
     /// Write the image index digest (sha256:…) to this file.
     #[arg(long, value_name = "FILE")]
     digest_file: Option<PathBuf>,
@@ -138,8 +141,43 @@ fn parse_output(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// On SIGINT, SIGTERM or SIGHUP: remove this process's staging folders and
+/// partial downloads, then exit with 128 + the signal. The signals are
+/// blocked in every thread (threads inherit the mask) and taken by one
+/// thread with `sigwait`; child processes start with an empty mask.
+fn handle_signals() {
+    // SAFETY: plain libc calls on a local, initialized signal set.
+    let set = unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        set
+    };
+    let waiter = std::thread::Builder::new()
+        .name("imgc-signals".into())
+        .spawn(move || {
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is initialized; `sig` is a valid out pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                imgc::layout::staging::remove_active();
+                eprintln!("imgc: interrupted; temporary files removed");
+                std::process::exit(128 + sig);
+            }
+        });
+    if waiter.is_err() {
+        // SAFETY: as above; without a waiter, signals act as by default.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
+}
+
 /// Runs the CLI and returns the process exit code.
 pub fn run() -> i32 {
+    handle_signals();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -154,6 +192,7 @@ pub fn run() -> i32 {
         Command::Push(args) => registry::cmd_push(args),
         Command::Index(args) => registry::cmd_index(args),
         Command::Inspect(args) => registry::cmd_inspect(args),
+        Command::Cache(args) => registry::cmd_cache(args),
         Command::Schema => {
             print!("{}", imgc::spec::json_schema());
             Ok(())
@@ -221,16 +260,51 @@ fn threads(jobs: Option<u16>) -> Result<usize, Failure> {
     }
 }
 
+/// What a build never packs, whatever the globs say: `./imgc-out` and the
+/// `--output` layout (each with the staging folders beside it). `plan`,
+/// `build` and `lock` use this same list.
+pub(crate) fn skip_list(output: Option<&Path>) -> Vec<PathBuf> {
+    let mut skip = vec![PathBuf::from(DEFAULT_OUTPUT_ROOT)];
+    skip.extend(output.map(Path::to_path_buf));
+    skip.into_iter()
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect()
+}
+
+/// Checks, before building, that an output file can be written: its folder
+/// exists and it is not a folder itself.
+fn check_output_file(flag: &str, path: &Path) -> Result<(), Failure> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(Failure::Cli(
+            format!(
+                "the folder of {flag} `{}` does not exist; nothing was built",
+                path.display()
+            ),
+            None,
+        ));
+    }
+    if path.is_dir() {
+        return Err(Failure::Cli(
+            format!(
+                "{flag} `{}` is a folder; name a file; nothing was built",
+                path.display()
+            ),
+            None,
+        ));
+    }
+    Ok(())
+}
+
 fn make_plan(
     file: &SpecFile,
     common: &CommonArgs,
-    skip: Vec<PathBuf>,
     remote: Option<std::sync::Arc<dyn imgc::base::RemoteBases>>,
 ) -> Result<Plan, Failure> {
-    let skip = skip
-        .into_iter()
-        .map(|p| std::path::absolute(&p).unwrap_or(p))
-        .collect();
+    let skip = skip_list(common.output.as_deref());
     let opts = PlanOptions {
         context: common.context.clone(),
         platforms: common.platforms.clone(),
@@ -292,13 +366,20 @@ pub(crate) fn human(n: u64) -> String {
 fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
     let threads = threads(args.jobs)?;
     let file = SpecFile::load(&args.common.spec)?;
-    let output = args.output.clone().unwrap_or_else(|| default_output(&file));
-    // A glob over the context never packs the output layout itself, nor
-    // (for the default output) imgc's own `imgc-out` folder.
-    let skip = match &args.output {
-        Some(o) => vec![o.clone()],
-        None => vec![PathBuf::from(DEFAULT_OUTPUT_ROOT)],
-    };
+    let output = args
+        .common
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(&file));
+    // Outputs are checked before anything is built or written.
+    for (flag, f) in [
+        ("--digest-file", &args.digest_file),
+        ("--metadata-file", &args.metadata_file),
+    ] {
+        if let Some(f) = f {
+            check_output_file(flag, f)?;
+        }
+    }
     let client = registry::client(&args.registry, args.quiet)?;
     let mode = imgc::registry::pull::ResolveMode {
         locked: args.locked,
@@ -306,7 +387,7 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         update: false,
     };
     let (resolver, _) = registry::bases(&args.common.spec, client.clone(), mode)?;
-    let mut plan = make_plan(&file, &args.common, skip, Some(resolver))?;
+    let mut plan = make_plan(&file, &args.common, Some(resolver))?;
     if !args.tags.is_empty() {
         for t in &args.tags {
             if !plan::valid_tag(t) {
@@ -375,9 +456,20 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Writes a whole file atomically (a temporary file beside it, renamed).
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    std::fs::write(path, bytes)
-        .map_err(|e| Failure::Cli(format!("failed to write `{}`", path.display()), Some(e)))
+    let fail = |e| Failure::Cli(format!("failed to write `{}`", path.display()), Some(e));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.imgc-{}.new", std::process::id()));
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            fail(e)
+        })
 }
 
 fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
@@ -389,12 +481,7 @@ fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
         update: false,
     };
     let (resolver, _) = registry::bases(&args.common.spec, client, mode)?;
-    let plan = make_plan(
-        &file,
-        &args.common,
-        vec![PathBuf::from(DEFAULT_OUTPUT_ROOT)],
-        Some(resolver),
-    )?;
+    let plan = make_plan(&file, &args.common, Some(resolver))?;
     let mut stdout = std::io::stdout().lock();
     let text = match args.format {
         Format::Json => {

@@ -346,8 +346,7 @@ pub fn cmd_lock(args: LockArgs) -> Result<(), Failure> {
     let opts = imgc::plan::PlanOptions {
         vars: args.vars.iter().cloned().collect(),
         remote: Some(resolver.clone()),
-        skip: vec![std::path::absolute(super::DEFAULT_OUTPUT_ROOT)
-            .unwrap_or_else(|_| PathBuf::from(super::DEFAULT_OUTPUT_ROOT))],
+        skip: super::skip_list(None),
         ..Default::default()
     };
     imgc::plan::plan(&file, &opts)?;
@@ -513,5 +512,65 @@ pub fn cmd_inspect(args: InspectArgs) -> Result<(), Failure> {
             let _ = writeln!(out, "annotation: {k}={v}");
         }
     }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    command: CacheCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum CacheCommand {
+    /// Show where the store of pulled blobs is and how much it holds.
+    Du,
+    /// Remove the blobs no build has used for a number of days.
+    Prune {
+        /// Remove blobs unused for at least this many days.
+        #[arg(long, value_name = "DAYS", default_value_t = 30)]
+        older_than: u64,
+    },
+    /// Remove every blob of the store.
+    Clean,
+}
+
+pub fn cmd_cache(args: CacheArgs) -> Result<(), Failure> {
+    let root = cache_dir()?.join("store");
+    let mut out = std::io::stdout().lock();
+    if !root.join("blobs").is_dir() {
+        let _ = writeln!(
+            out,
+            "store: {} (empty: nothing was pulled yet)",
+            root.display()
+        );
+        return Ok(());
+    }
+    let days = |d: u64| std::time::Duration::from_secs(d.saturating_mul(86_400));
+    let (removed, verb) = match args.command {
+        CacheCommand::Du => {
+            let store = imgc::registry::store::Store::open(&root)?;
+            let u = store.usage();
+            let _ = writeln!(out, "store: {}", root.display());
+            let _ = writeln!(out, "blobs: {}", u.blobs);
+            let _ = writeln!(out, "size:  {} ({} bytes)", super::human(u.bytes), u.bytes);
+            return Ok(());
+        }
+        CacheCommand::Prune { older_than } => (
+            imgc::registry::store::Store::open_exclusive(&root)?.prune(days(older_than)),
+            format!("unused for {older_than} day(s)"),
+        ),
+        CacheCommand::Clean => (
+            imgc::registry::store::Store::open_exclusive(&root)?.prune(days(0)),
+            "(all)".to_string(),
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "removed {} blob(s) {verb}, {} from {}",
+        removed.blobs,
+        super::human(removed.bytes),
+        root.display()
+    );
     Ok(())
 }

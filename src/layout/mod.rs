@@ -6,8 +6,17 @@
 //! the blobs renamed into place and `index.json` replaced, so a failed
 //! build leaves an existing layout exactly as it was. A blob already in the
 //! target is re-hashed before it is trusted.
+//!
+//! Staging folders are locked while their build lives and swept when it is
+//! gone ([`staging`]); garbage collection never removes what a tag reaches
+//! and never deletes through a symlink ([`collect_garbage`]).
 
 use crate::fsx::{self, Links};
+mod gc;
+pub mod staging;
+
+pub use gc::{collect as collect_garbage, Skipped as GcSkipped};
+
 use crate::oci::{self, Descriptor, Digest, Index};
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File};
@@ -51,6 +60,26 @@ pub enum LayoutError {
         /// The bytes read.
         actual_size: u64,
     },
+    /// The `oci-layout` file is not what the image layout spec says.
+    #[error("`{path}` is not a valid `oci-layout` file: {reason}")]
+    BadLayoutFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// `blobs` or `blobs/sha256` of the output is a symlink.
+    #[error("`{path}` is a symbolic link; imgc never writes or deletes blobs through a symlink")]
+    SymlinkedBlobs {
+        /// The symlink.
+        path: PathBuf,
+    },
+    /// The existing `index.json` is larger than imgc reads.
+    #[error("existing `{path}` is larger than {MAX_LAYOUT_INDEX} bytes")]
+    IndexTooLarge {
+        /// The file.
+        path: PathBuf,
+    },
     /// The existing `index.json` cannot be parsed.
     #[error("existing `{path}` is not a valid image index")]
     BadIndex {
@@ -76,8 +105,9 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Layout
 pub struct LayoutWriter {
     target: PathBuf,
     staging: PathBuf,
+    /// Holds the staging folder's lock; removes the folder when dropped.
+    _staging: staging::Staging,
     next_tmp: u64,
-    committed: bool,
     /// Blobs found already in the target (so not staged), with the layout
     /// they came from: checked again under the lock at commit, because
     /// another build's garbage collection may have removed them since.
@@ -104,29 +134,30 @@ impl LayoutWriter {
                     .map_err(io_err("read folder", target))?
                     .next()
                     .is_none();
-            let is_layout = target.join("oci-layout").is_file();
-            if !is_layout && !empty {
-                return Err(LayoutError::NotALayout {
-                    path: target.to_path_buf(),
-                });
+            let marker = target.join("oci-layout");
+            if !empty {
+                if !marker.is_file() {
+                    return Err(LayoutError::NotALayout {
+                        path: target.to_path_buf(),
+                    });
+                }
+                check_layout_file(&marker)?;
+                check_blobs_not_symlinked(target)?;
             }
         }
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let staging = parent.join(format!(
-            ".{name}.imgc-staging-{}-{nanos}",
-            std::process::id()
-        ));
+        // Litter of builds that died (kill -9, power loss) goes first.
+        staging::sweep(&parent, &name);
+        let made = staging::Staging::create(&parent, &name)
+            .map_err(io_err("create staging folder in", &parent))?;
+        let staging = made.path.clone();
         let blobs = staging.join("blobs").join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create folder", &blobs))?;
         Ok(LayoutWriter {
             target: target.to_path_buf(),
             staging,
+            _staging: made,
             next_tmp: 0,
             reused: Vec::new(),
-            committed: false,
         })
     }
 
@@ -222,10 +253,15 @@ impl LayoutWriter {
 
     /// Puts every staged blob into the target, then replaces `index.json`
     /// so that each `(tag, descriptor)` is listed (entries of other tags are
-    /// kept), under an exclusive lock on the layout folder. Then, still under
-    /// the lock, removes the blobs nothing in `index.json` reaches any more
-    /// (see [`collect_garbage`]); returns how many were removed.
-    pub fn commit(mut self, refs: &[(String, Descriptor)]) -> Result<usize, LayoutError> {
+    /// kept), under an exclusive lock on the layout folder. The existing
+    /// `index.json` is read and checked before anything moves, so a bad one
+    /// leaves the layout as it was. Then, still under the lock, removes the
+    /// blobs nothing in `index.json` reaches any more (see
+    /// [`collect_garbage`]); returns how many were removed, or why none was.
+    pub fn commit(
+        mut self,
+        refs: &[(String, Descriptor)],
+    ) -> Result<Result<usize, GcSkipped>, LayoutError> {
         match fs::create_dir(&self.target) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
                 return Err(io_err("create folder", &self.target)(e))
@@ -236,11 +272,38 @@ impl LayoutWriter {
         dir.lock().map_err(io_err("lock", &self.target))?;
         // `oci-layout` is the first entry of a new layout (see `create`).
         let layout_file = self.target.join("oci-layout");
-        if !layout_file.is_file() {
+        if layout_file.is_file() {
+            check_layout_file(&layout_file)?;
+        } else {
             write_atomic(&self.staging, &layout_file, OCI_LAYOUT)?;
         }
-        // Blobs reused from the target may have been collected by another
-        // build since they were checked: stage them again if so.
+        check_blobs_not_symlinked(&self.target)?;
+        let index_path = self.target.join("index.json");
+        let mut index = read_layout_index(&index_path)?;
+        self.restage_reused()?;
+        self.move_blobs_in()?;
+        let new_tags: Vec<&str> = refs.iter().map(|(t, _)| t.as_str()).collect();
+        index.manifests.retain(|d| {
+            d.annotations
+                .get(oci::ANNOTATION_REF_NAME)
+                .is_none_or(|t| !new_tags.contains(&t.as_str()))
+        });
+        for (tag, desc) in refs {
+            let mut d = desc.clone();
+            d.annotations
+                .insert(oci::ANNOTATION_REF_NAME.to_string(), tag.clone());
+            index.manifests.push(d);
+        }
+        let bytes = oci::to_canonical_json(&index)
+            .map_err(|e| io_err("encode", &index_path)(io::Error::other(e)))?;
+        write_atomic(&self.staging, &index_path, &bytes)?;
+        sync_dir(&self.target)?;
+        Ok(collect_garbage(&self.target, &index))
+    }
+
+    /// Blobs reused from the target may have been collected by another
+    /// build since they were checked: stage them again if so.
+    fn restage_reused(&mut self) -> Result<(), LayoutError> {
         for (src_dir, desc) in std::mem::take(&mut self.reused) {
             if !self.staged(&desc.digest).exists()
                 && !verify_blob(&self.in_target(&desc.digest), &desc.digest, Some(desc.size))
@@ -248,6 +311,12 @@ impl LayoutWriter {
                 self.stage_copy(&src_dir, &desc)?;
             }
         }
+        Ok(())
+    }
+
+    /// Renames every staged blob into the target (one already there and
+    /// verified is left as it is).
+    fn move_blobs_in(&self) -> Result<(), LayoutError> {
         let blobs = self.target.join("blobs").join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create folder", &blobs))?;
         let staged_dir = self.staging.join("blobs").join("sha256");
@@ -267,139 +336,62 @@ impl LayoutWriter {
                 fs::rename(&from, &to).map_err(io_err("move blob into", &to))?;
             }
         }
-        sync_dir(&blobs)?;
-        let index_path = self.target.join("index.json");
-        let mut index = if index_path.is_file() {
-            let mut bytes = Vec::new();
-            File::open(&index_path)
-                .and_then(|f| {
-                    f.take(crate::base::MAX_DOCUMENT_SIZE)
-                        .read_to_end(&mut bytes)
-                })
-                .map_err(io_err("read", &index_path))?;
-            serde_json::from_slice::<Index>(&bytes).map_err(|source| LayoutError::BadIndex {
-                path: index_path.clone(),
-                source,
-            })?
+        sync_dir(&blobs)
+    }
+}
+
+/// Largest `index.json` of an output layout imgc reads (a layout may hold
+/// tens of thousands of tags).
+pub const MAX_LAYOUT_INDEX: u64 = 64 * 1024 * 1024;
+
+/// Reads an output layout's `index.json`, or an empty index if it has none.
+fn read_layout_index(path: &Path) -> Result<Index, LayoutError> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(Index {
+            schema_version: 2,
+            media_type: Some(oci::MEDIA_TYPE_INDEX.to_string()),
+            artifact_type: None,
+            manifests: Vec::new(),
+            subject: None,
+            annotations: Default::default(),
+            extra: Default::default(),
+        });
+    }
+    let bytes = fsx::read_bounded(path, MAX_LAYOUT_INDEX, Links::Refuse).map_err(|e| {
+        if e.kind() == io::ErrorKind::FileTooLarge {
+            LayoutError::IndexTooLarge {
+                path: path.to_path_buf(),
+            }
         } else {
-            Index {
-                schema_version: 2,
-                media_type: Some(oci::MEDIA_TYPE_INDEX.to_string()),
-                artifact_type: None,
-                manifests: Vec::new(),
-                subject: None,
-                annotations: Default::default(),
-                extra: Default::default(),
-            }
-        };
-        let new_tags: Vec<&str> = refs.iter().map(|(t, _)| t.as_str()).collect();
-        index.manifests.retain(|d| {
-            d.annotations
-                .get(oci::ANNOTATION_REF_NAME)
-                .is_none_or(|t| !new_tags.contains(&t.as_str()))
-        });
-        for (tag, desc) in refs {
-            let mut d = desc.clone();
-            d.annotations
-                .insert(oci::ANNOTATION_REF_NAME.to_string(), tag.clone());
-            index.manifests.push(d);
+            io_err("read", path)(e)
         }
-        let bytes = oci::to_canonical_json(&index)
-            .map_err(|e| io_err("encode", &index_path)(io::Error::other(e)))?;
-        write_atomic(&self.staging, &index_path, &bytes)?;
-        sync_dir(&self.target)?;
-        self.committed = true;
-        let _ = fs::remove_dir_all(&self.staging);
-        let removed = collect_garbage(&self.target, &index);
-        Ok(removed)
-    }
+    })?;
+    serde_json::from_slice::<Index>(&bytes).map_err(|source| LayoutError::BadIndex {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
-impl Drop for LayoutWriter {
-    fn drop(&mut self) {
-        // Uncommitted (or committed) staging is never left behind.
-        let _ = fs::remove_dir_all(&self.staging);
-    }
-}
-
-/// Removes the blobs of the layout at `dir` that `index` (its `index.json`)
-/// does not reach, following every descriptor of every index and manifest
-/// (`manifests`, `config`, `layers`, `blobs`, `subject`). Conservative: when
-/// any reachable document is missing or is not JSON, nothing is removed.
-/// Only files named like a sha256 digest are ever removed. Must run under
-/// the layout's lock: another build moves its blobs in only while holding it.
-pub fn collect_garbage(dir: &Path, index: &Index) -> usize {
-    let blobs = dir.join("blobs").join("sha256");
-    let mut reachable = std::collections::BTreeSet::new();
-    let mut todo: Vec<(String, Digest)> = index
-        .manifests
-        .iter()
-        .map(|d| (d.media_type.clone(), d.digest.clone()))
-        .collect();
-    while let Some((media_type, digest)) = todo.pop() {
-        if !reachable.insert(digest.clone()) {
-            continue;
-        }
-        let is_document = oci::is_index_media_type(&media_type)
-            || oci::is_manifest_media_type(&media_type)
-            || media_type == "application/vnd.oci.artifact.manifest.v1+json";
-        if !is_document {
-            continue;
-        }
-        let path = blobs.join(digest.hex());
-        let mut bytes = Vec::new();
-        let read = File::open(&path).and_then(|f| {
-            f.take(crate::base::MAX_DOCUMENT_SIZE)
-                .read_to_end(&mut bytes)
-        });
-        let Ok(doc) = read
-            .map_err(|_| ())
-            .and_then(|_| serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|_| ()))
-        else {
-            return 0;
-        };
-        let mut push = |v: &serde_json::Value| {
-            let mt = v["mediaType"].as_str().unwrap_or_default().to_string();
-            match v["digest"].as_str().map(str::parse::<Digest>) {
-                Some(Ok(d)) => {
-                    todo.push((mt, d));
-                    true
-                }
-                Some(Err(_)) => false,
-                None => true,
-            }
-        };
-        let mut ok = true;
-        for key in ["manifests", "layers", "blobs"] {
-            if let Some(items) = doc[key].as_array() {
-                for item in items {
-                    ok &= push(item);
-                }
-            }
-        }
-        for key in ["config", "subject"] {
-            if doc[key].is_object() {
-                ok &= push(&doc[key]);
-            }
-        }
-        if !ok {
-            return 0;
-        }
-    }
-    let Ok(entries) = fs::read_dir(&blobs) else {
-        return 0;
+/// Checks an `oci-layout` file: JSON with an `imageLayoutVersion` of 1.x.x.
+pub fn check_layout_file(path: &Path) -> Result<(), LayoutError> {
+    let bad = |reason: String| LayoutError::BadLayoutFile {
+        path: path.to_path_buf(),
+        reason,
     };
-    let mut removed = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(digest) = name.to_str().and_then(|n| Digest::from_hex(n).ok()) else {
-            continue;
-        };
-        if !reachable.contains(&digest) && fs::remove_file(entry.path()).is_ok() {
-            removed += 1;
+    let bytes =
+        fsx::read_bounded(path, 64 * 1024, Links::Refuse).map_err(|e| bad(e.to_string()))?;
+    oci::check_oci_layout(&bytes).map_err(bad)
+}
+
+/// Refuses a layout whose `blobs` or `blobs/sha256` is a symlink.
+fn check_blobs_not_symlinked(dir: &Path) -> Result<(), LayoutError> {
+    for sub in ["blobs", "blobs/sha256"] {
+        let p = dir.join(sub);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(LayoutError::SymlinkedBlobs { path: p });
         }
     }
-    removed
+    Ok(())
 }
 
 enum CopyError {

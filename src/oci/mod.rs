@@ -287,6 +287,24 @@ pub struct History {
     pub empty_layer: Option<bool>,
 }
 
+/// Checks the bytes of an `oci-layout` file: JSON with an
+/// `imageLayoutVersion` of 1.x.x (the image layout spec's only version).
+pub fn check_oci_layout(bytes: &[u8]) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e})"))?;
+    let version = v["imageLayoutVersion"]
+        .as_str()
+        .ok_or("it has no `imageLayoutVersion` string")?;
+    let parts: Vec<&str> = version.split('.').collect();
+    let numeric = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if parts.len() != 3 || parts[0] != "1" || !parts.iter().all(numeric) {
+        return Err(format!(
+            "imageLayoutVersion `{version}` is not 1.x.x, the versions imgc reads"
+        ));
+    }
+    Ok(())
+}
+
 /// Formats seconds since the Unix epoch as RFC 3339 in UTC (`1970-01-01T00:00:00Z`).
 ///
 /// ```

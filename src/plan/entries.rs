@@ -136,6 +136,30 @@ pub(crate) fn expand(
     Ok(out)
 }
 
+/// Whether `path` is a skipped folder, is below one, or is a staging or
+/// temporary folder of one (`.<name>.imgc-…` beside it): a build never
+/// packs its output layout, nor what an interrupted build left beside it.
+fn is_skipped(path: &Path, skip: &[PathBuf]) -> bool {
+    skip.iter().any(|s| {
+        if path.starts_with(s) {
+            return true;
+        }
+        let (Some(name), Some(parent)) = (s.file_name(), s.parent()) else {
+            return false;
+        };
+        let litter = format!(".{}.imgc-", name.to_string_lossy());
+        path.strip_prefix(parent)
+            .ok()
+            .and_then(|rest| rest.components().next())
+            .is_some_and(|first| {
+                first
+                    .as_os_str()
+                    .to_string_lossy()
+                    .starts_with(litter.as_str())
+            })
+    })
+}
+
 fn entry(path: String, kind: EntryKind, mode: u32, owner: Owner) -> Entry {
     Entry {
         path,
@@ -389,7 +413,7 @@ fn walk_into(
         let item = item.map_err(|e| walk_error(root, e))?;
         let path = item.path();
         let is_dir = item.file_type().is_dir();
-        if c.skip.iter().any(|s| path.starts_with(s)) {
+        if is_skipped(path, &c.skip) {
             if is_dir {
                 walk.skip_current_dir();
             }

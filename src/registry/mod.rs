@@ -164,6 +164,20 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+    /// A blob of the store is corrupt, and offline it cannot be fetched again.
+    #[error("blob {digest} in the local store is corrupt (`{path}` does not match its digest), and working offline it cannot be fetched again")]
+    CorruptOffline {
+        /// The blob.
+        digest: Digest,
+        /// Its file.
+        path: std::path::PathBuf,
+    },
+    /// The store is in use by another imgc (prune and clean need it alone).
+    #[error("the store `{store}` is in use by another imgc process")]
+    StoreBusy {
+        /// The store folder.
+        store: std::path::PathBuf,
+    },
     /// Working offline and something is not in the store.
     #[error("working offline and {what} is not in the local store ({store})")]
     Offline {
@@ -232,6 +246,12 @@ impl RegistryError {
             RegistryError::Offline { .. } => Some(
                 "run once with network access (e.g. `imgc lock SPEC` or a build without --offline) to fill the store".into(),
             ),
+            RegistryError::CorruptOffline { .. } => Some(
+                "run without --offline to fetch it again, or `imgc cache clean` to empty the store".into(),
+            ),
+            RegistryError::StoreBusy { .. } => {
+                Some("wait for the other builds to finish, then run the command again".into())
+            }
             _ => None,
         }
     }

@@ -428,7 +428,8 @@ impl RegistryBases {
         what: &str,
     ) -> Result<FetchedManifest, RegistryError> {
         let path = self.store()?.path(digest);
-        if let Ok(bytes) = std::fs::read(&path) {
+        let read = crate::fsx::read_bounded(&path, MAX_DOCUMENT_SIZE, crate::fsx::Links::Refuse);
+        if let Ok(bytes) = read {
             if &oci::sha256_digest(&bytes) == digest {
                 let media_type = check_document(&r.registry, what, &bytes, None)?;
                 return Ok(FetchedManifest {
@@ -519,12 +520,16 @@ impl RegistryBases {
                 }
                 self.client.get_blob(&r, &manifest.config, store)?;
             }
-            let config_path = store.path(&manifest.config.digest);
-            let bytes = std::fs::read(&config_path).map_err(|source| RegistryError::Io {
-                action: "read",
-                path: config_path.clone(),
-                source,
-            })?;
+            let bytes = match crate::base::read_blob(store.root(), &manifest.config) {
+                Ok(b) => b,
+                // A corrupt copy: fetched again (offline, the error names it).
+                Err(_) if !self.mode.offline => {
+                    store.discard(&manifest.config.digest);
+                    self.client.get_blob(&r, &manifest.config, store)?;
+                    crate::base::read_blob(store.root(), &manifest.config)?
+                }
+                Err(e) => return Err(e.into()),
+            };
             let config: ImageConfig =
                 serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadDocument {
                     registry: r.registry.clone(),
@@ -581,6 +586,18 @@ impl RegistryBases {
 impl RemoteBases for RegistryBases {
     fn open(&self, reference: &str) -> Result<RemoteOpened, BaseError> {
         self.open_inner(reference).map_err(remote_err)
+    }
+
+    fn refetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError> {
+        let store = self.store().map_err(remote_err)?;
+        if self.mode.offline {
+            return Err(remote_err(RegistryError::CorruptOffline {
+                digest: desc.digest.clone(),
+                path: store.path(&desc.digest),
+            }));
+        }
+        store.discard(&desc.digest);
+        self.fetch(reference, desc)
     }
 
     fn fetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError> {

@@ -1,0 +1,207 @@
+//! Staging folders and other temporary litter: how they are made so that a
+//! crash leaves nothing that changes a later build, and how they are swept.
+//!
+//! A staging folder `.<name>.imgc-staging-<id>` sits beside its layout. It
+//! is made under a temporary name (`.<name>.imgc-new-<id>`), its `lock`
+//! file is created and locked (`flock`), and only then is it renamed to its
+//! staging name: so a staging folder always holds a lock while its build
+//! lives, and the kernel drops the lock when the build dies, even by
+//! `kill -9`. [`sweep`] removes every staging folder whose lock it can take
+//! (its build is gone), and `imgc-new-` folders older than a minute.
+//!
+//! Live temporary paths are also listed in [`ACTIVE`], so that a SIGINT or
+//! SIGTERM handler (the CLI's) can remove them before the process exits
+//! ([`remove_active`]).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// Temporary paths of this process to remove if it is interrupted.
+static ACTIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// `imgc-new-` folders older than this are litter.
+const NEW_GRACE: Duration = Duration::from_secs(60);
+
+/// Lists a temporary path (a folder or a file) for [`remove_active`].
+pub fn register(path: &Path) {
+    ACTIVE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(path.to_path_buf());
+}
+
+/// Takes a path off the list (it was removed or kept on purpose).
+pub fn unregister(path: &Path) {
+    ACTIVE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| p != path);
+}
+
+/// Removes every temporary path this process still has (for a signal
+/// handler, right before the process exits). Returns how many.
+pub fn remove_active() -> usize {
+    let paths = std::mem::take(&mut *ACTIVE.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut removed = 0;
+    for p in paths {
+        let gone = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&p).is_ok(),
+            Ok(_) => fs::remove_file(&p).is_ok(),
+            Err(_) => false,
+        };
+        removed += usize::from(gone);
+    }
+    removed
+}
+
+/// A staging folder, locked while this value lives.
+#[derive(Debug)]
+pub struct Staging {
+    /// The folder.
+    pub path: PathBuf,
+    _lock: File,
+}
+
+fn unique_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The names of a layout's staging folders start with this.
+pub fn staging_prefix(layout_name: &str) -> String {
+    format!(".{layout_name}.imgc-staging-")
+}
+
+fn new_prefix(layout_name: &str) -> String {
+    format!(".{layout_name}.imgc-new-")
+}
+
+/// Whether `name` is a temporary folder of the layout named `layout_name`.
+pub fn is_litter_name(layout_name: &str, name: &str) -> bool {
+    name.starts_with(&staging_prefix(layout_name)) || name.starts_with(&new_prefix(layout_name))
+}
+
+impl Staging {
+    /// Makes a locked staging folder in `parent` for the layout `name`.
+    pub fn create(parent: &Path, name: &str) -> io::Result<Staging> {
+        let id = unique_id();
+        let fresh = parent.join(format!("{}{id}", new_prefix(name)));
+        let path = parent.join(format!("{}{id}", staging_prefix(name)));
+        fs::create_dir(&fresh)?;
+        register(&fresh);
+        let made = (|| {
+            let lock = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(fresh.join("lock"))?;
+            lock.lock()?;
+            fs::rename(&fresh, &path)?;
+            Ok(lock)
+        })();
+        unregister(&fresh);
+        match made {
+            Ok(lock) => {
+                register(&path);
+                Ok(Staging { path, _lock: lock })
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&fresh);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+        unregister(&self.path);
+    }
+}
+
+/// Whether another live process holds the lock of a staging folder.
+fn is_live(dir: &Path) -> bool {
+    let lock = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join("lock"));
+    match lock {
+        // Taken: its build is gone (the lock is dropped with `f`).
+        Ok(f) => f.try_lock().is_err(),
+        // No lock file: made by a build that died before locking, or by an
+        // older imgc; live only while young.
+        Err(_) => is_young(dir),
+    }
+}
+
+fn is_young(path: &Path) -> bool {
+    fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age < NEW_GRACE)
+}
+
+/// Removes the staging folders of the layout `name` in `parent` whose build
+/// is gone. Symlinks are never followed. Returns how many were removed.
+pub fn sweep(parent: &Path, name: &str) -> usize {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return 0;
+    };
+    let (staging, fresh) = (staging_prefix(name), new_prefix(name));
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let stale = is_dir
+            && ((n.starts_with(&staging) && !is_live(&path))
+                || (n.starts_with(&fresh) && !is_young(&path)));
+        if stale && fs::remove_dir_all(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_of_a_dead_build_is_swept_and_a_live_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = Staging::create(dir.path(), "out").unwrap();
+        // A build that died: its folder is there, its lock free.
+        let dead = dir.path().join(format!("{}1-2-3", staging_prefix("out")));
+        fs::create_dir(&dead).unwrap();
+        File::create(dead.join("lock")).unwrap();
+        fs::write(dead.join("blob"), b"x").unwrap();
+        // Another layout's staging is not ours to touch.
+        let other = dir.path().join(format!("{}1-2-3", staging_prefix("other")));
+        fs::create_dir(&other).unwrap();
+        File::create(other.join("lock")).unwrap();
+        assert_eq!(sweep(dir.path(), "out"), 1);
+        assert!(live.path.is_dir() && !dead.exists() && other.is_dir());
+        let path = live.path.clone();
+        drop(live);
+        assert!(!path.exists());
+    }
+}
