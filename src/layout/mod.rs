@@ -485,7 +485,7 @@ mod tests {
         let desc = w
             .add_blob_bytes(oci::MEDIA_TYPE_INDEX, &serde_json::to_vec(&index).unwrap())
             .unwrap();
-        w.commit(&[("t".to_string(), desc)]).unwrap();
+        w.commit(&[("t".to_string(), desc)]).unwrap().unwrap();
         assert!(verify_blob(
             &out.join("blobs/sha256").join(layer.digest.hex()),
             &layer.digest,
