@@ -122,6 +122,18 @@ pub fn build(
     let docker = plan.media_types == MediaTypesName::Docker;
     let mut writer = LayoutWriter::create(output)?;
 
+    let context =
+        crate::fsx::ContextDir::open(&plan.context).map_err(|source| LayerError::Read {
+            layer: "(context)".to_string(),
+            path: plan.context.clone(),
+            source,
+        })?;
+    let settings = layers::LayerSettings {
+        context: &context,
+        epoch: plan.epoch,
+        codec: plan.codec,
+        threads,
+    };
     let mut built: Vec<BuiltLayer> = Vec::with_capacity(plan.layers.len());
     for node in &plan.layers {
         reporter.report(Event::LayerStarted {
@@ -136,8 +148,7 @@ pub fn build(
                 tar_bytes,
             })
         };
-        let layer =
-            layers::build_layer(node, plan.epoch, plan.codec, threads, file, &mut progress)?;
+        let layer = layers::build_layer(node, &settings, file, &mut progress)?;
         writer.add_blob_file(&tmp, &layer.digest)?;
         reporter.report(Event::LayerFinished {
             name: &node.name,

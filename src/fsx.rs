@@ -190,10 +190,17 @@ impl ContextDir {
         check_relative(rel)?;
         let file = match self.open_beneath(rel) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
-                self.open_by_components(rel)?
+                self.open_by_components(rel)
             }
-            other => other?,
-        };
+            other => other,
+        }
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP | libc::EXDEV) => io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a symbolic link is on its path (imgc never follows symlinks in the build context)",
+            ),
+            _ => e,
+        })?;
         let file = check_opened(file, None)?;
         if let Some(id) = planned {
             let md = file.metadata()?;

@@ -1,6 +1,7 @@
 //! The registry side of the command line: the flags every command that
 //! talks to a registry accepts, the config file and environment they read
-//! (`IMGC_CACHE_DIR`, `XDG_CACHE_HOME`, `IMGC_CONFIG`, credentials), and the
+//! (`IMGC_CACHE_DIR`, `XDG_CACHE_HOME`, `IMGC_CONFIG`, `IMGC_CERTS_DIRS`,
+//! credentials), and the
 //! `push`, `lock`, `index` and `inspect` commands.
 
 use super::{report, write_file, Failure};
@@ -131,9 +132,17 @@ pub fn client(args: &RegistryArgs, quiet: bool) -> Result<Arc<Client>, Failure> 
     }
     let mut ca_files = cfg.ca_files;
     ca_files.extend(args.ca_files.iter().cloned());
+    // IMGC_CERTS_DIRS (a `:`-separated list) replaces the usual roots.
+    let certs_dirs = match std::env::var_os("IMGC_CERTS_DIRS") {
+        Some(v) => std::env::split_paths(&v)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect(),
+        None => imgc::registry::tls::default_certs_dirs(env_path("HOME").as_deref()),
+    };
     let mut opts = RegistryOptions {
         insecure,
         ca_files,
+        certs_dirs,
         auth_env: AuthEnv::from_process(),
         chunk_size: args.chunk_size,
         ..RegistryOptions::default()

@@ -11,14 +11,14 @@ pub mod tar;
 
 pub use compress::Codec;
 
+use crate::fsx::ContextDir;
 use crate::oci::Digest;
 use crate::plan::{Entry, EntryKind, FileSource, LayerNode};
 use compress::Compressor;
 use sha2::{Digest as _, Sha256};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tar::{TarHeader, TarKind, TarWriter};
 
 /// Errors building a layer.
@@ -134,6 +134,19 @@ fn start_writeback(_: &File, _: u64, _: u64) {}
 /// How often (in tar bytes) [`build_layer`] reports progress.
 pub const PROGRESS_STEP: u64 = 8 << 20;
 
+/// What building a layer needs besides its node.
+#[derive(Debug)]
+pub struct LayerSettings<'a> {
+    /// The build context, held open: files are opened beneath it.
+    pub context: &'a ContextDir,
+    /// The build epoch (every mtime).
+    pub epoch: u64,
+    /// The compression.
+    pub codec: Codec,
+    /// Compression threads.
+    pub threads: usize,
+}
+
 /// Builds the layer `node` into `out` (a fresh, empty file, synced to disk
 /// before this returns), returning its digests and sizes.
 ///
@@ -141,9 +154,7 @@ pub const PROGRESS_STEP: u64 = 8 << 20;
 /// every [`PROGRESS_STEP`] bytes.
 pub fn build_layer(
     node: &LayerNode,
-    epoch: u64,
-    codec: Codec,
-    threads: usize,
+    settings: &LayerSettings<'_>,
     out: File,
     progress: &mut dyn FnMut(u64),
 ) -> Result<BuiltLayer, LayerError> {
@@ -156,18 +167,28 @@ pub fn build_layer(
         written: 0,
         started: 0,
     };
-    let compressor = Compressor::new(codec, threads, BufWriter::with_capacity(1 << 20, out))
-        .map_err(write_err)?;
-    let mut tar = TarWriter::new(HashingWriter {
-        inner: compressor,
-        hasher: Sha256::new(),
-        count: 0,
-    });
-    let mut buf = vec![0u8; 256 * 1024];
+    let compressor = Compressor::new(
+        settings.codec,
+        settings.threads,
+        BufWriter::with_capacity(1 << 20, out),
+    )
+    .map_err(write_err)?;
+    let mut w = EntryWriter {
+        tar: TarWriter::new(HashingWriter {
+            inner: compressor,
+            hasher: Sha256::new(),
+            count: 0,
+        }),
+        epoch: settings.epoch,
+        layer: &node.name,
+        buf: vec![0u8; 256 * 1024],
+        context: settings.context,
+        progress,
+    };
     for entry in &node.entries {
-        write_entry(&mut tar, entry, epoch, &node.name, &mut buf, progress)?;
+        w.write_entry(entry)?;
     }
-    let hashing = tar.finish().map_err(write_err)?;
+    let hashing = w.tar.finish().map_err(write_err)?;
     let diff_id = Digest::from_hex(&hex::encode(hashing.hasher.finalize()))
         .map_err(|e| write_err(io::Error::other(e)))?;
     let tar_size = hashing.count;
@@ -188,100 +209,111 @@ pub fn build_layer(
     })
 }
 
-fn write_entry<W: Write>(
-    tar: &mut TarWriter<W>,
-    entry: &Entry,
+/// Writes the entries of one layer into its tar.
+struct EntryWriter<'a, W: Write> {
+    tar: TarWriter<W>,
     epoch: u64,
-    layer: &str,
-    buf: &mut [u8],
-    progress: &mut dyn FnMut(u64),
-) -> Result<(), LayerError> {
-    let write_err = |source| LayerError::Write {
-        layer: layer.to_string(),
-        source,
-    };
-    let dir_path;
-    let (kind, path, size, link) = match &entry.kind {
-        EntryKind::Dir => {
-            dir_path = format!("{}/", entry.path);
-            (TarKind::Dir, dir_path.as_str(), 0, "")
-        }
-        EntryKind::Symlink { target } => {
-            (TarKind::Symlink, entry.path.as_str(), 0, target.as_str())
-        }
-        EntryKind::File { size, .. } => (TarKind::File, entry.path.as_str(), *size, ""),
-    };
-    tar.header(&TarHeader {
-        path,
-        kind,
-        mode: entry.mode,
-        uid: entry.uid,
-        gid: entry.gid,
-        size,
-        mtime: epoch,
-        link,
-    })
-    .map_err(write_err)?;
-    if let EntryKind::File { source, size } = &entry.kind {
-        match source {
-            FileSource::Inline(bytes) => tar.data(bytes).map_err(write_err)?,
-            FileSource::Context { path, .. } => {
-                copy_file(tar, path, *size, layer, buf, progress)?;
-            }
-        }
-        tar.pad(*size).map_err(write_err)?;
-    }
-    Ok(())
+    layer: &'a str,
+    buf: Vec<u8>,
+    context: &'a ContextDir,
+    progress: &'a mut dyn FnMut(u64),
 }
 
-/// Streams exactly `size` bytes of a context file, refusing symlinks
-/// (O_NOFOLLOW) and files whose size changed since planning.
-fn copy_file<W: Write>(
-    tar: &mut TarWriter<W>,
-    path: &std::path::Path,
-    size: u64,
-    layer: &str,
-    buf: &mut [u8],
-    progress: &mut dyn FnMut(u64),
-) -> Result<(), LayerError> {
-    let read_err = |source| LayerError::Read {
-        layer: layer.to_string(),
-        path: path.to_path_buf(),
-        source,
-    };
-    let changed = || LayerError::Changed {
-        layer: layer.to_string(),
-        path: path.to_path_buf(),
-        planned: size,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(read_err)?;
-    let md = file.metadata().map_err(read_err)?;
-    if !md.is_file() || md.len() != size {
-        return Err(changed());
+impl<W: Write> EntryWriter<'_, W> {
+    fn write_err(&self, source: io::Error) -> LayerError {
+        LayerError::Write {
+            layer: self.layer.to_string(),
+            source,
+        }
     }
-    let mut left = size;
-    while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want]).map_err(read_err)?;
-        if n == 0 {
+
+    fn write_entry(&mut self, entry: &Entry) -> Result<(), LayerError> {
+        let dir_path;
+        let (kind, path, size, link) = match &entry.kind {
+            EntryKind::Dir => {
+                dir_path = format!("{}/", entry.path);
+                (TarKind::Dir, dir_path.as_str(), 0, "")
+            }
+            EntryKind::Symlink { target } => {
+                (TarKind::Symlink, entry.path.as_str(), 0, target.as_str())
+            }
+            EntryKind::File { size, .. } => (TarKind::File, entry.path.as_str(), *size, ""),
+        };
+        let header = TarHeader {
+            path,
+            kind,
+            mode: entry.mode,
+            uid: entry.uid,
+            gid: entry.gid,
+            size,
+            mtime: self.epoch,
+            link,
+        };
+        self.tar.header(&header).map_err(|e| self.write_err(e))?;
+        if let EntryKind::File { source, size } = &entry.kind {
+            match source {
+                FileSource::Inline(bytes) => self.tar.data(bytes).map_err(|e| self.write_err(e))?,
+                FileSource::Context { path, rel, id } => self.copy_file(path, rel, *id, *size)?,
+            }
+            self.tar.pad(*size).map_err(|e| self.write_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Streams exactly `size` bytes of a context file, opened beneath the
+    /// context (no symlink followed on the way), refusing anything but the
+    /// regular file planned (same device and inode, same size).
+    fn copy_file(
+        &mut self,
+        path: &Path,
+        rel: &str,
+        id: (u64, u64),
+        size: u64,
+    ) -> Result<(), LayerError> {
+        let layer = self.layer;
+        let read_err = |source| LayerError::Read {
+            layer: layer.to_string(),
+            path: path.to_path_buf(),
+            source,
+        };
+        let changed = || LayerError::Changed {
+            layer: layer.to_string(),
+            path: path.to_path_buf(),
+            planned: size,
+        };
+        let mut file = self
+            .context
+            .open_file(Path::new(rel), Some(id))
+            .map_err(read_err)?;
+        let md = file.metadata().map_err(read_err)?;
+        if md.len() != size {
             return Err(changed());
         }
-        tar.data(&buf[..n]).map_err(|source| LayerError::Write {
-            layer: layer.to_string(),
-            source,
-        })?;
-        left -= n as u64;
-        let before = tar.written() - n as u64;
-        if before / PROGRESS_STEP != tar.written() / PROGRESS_STEP {
-            progress(tar.written());
+        let mut left = size;
+        while left > 0 {
+            let want = self
+                .buf
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = file.read(&mut self.buf[..want]).map_err(read_err)?;
+            if n == 0 {
+                return Err(changed());
+            }
+            self.tar
+                .data(&self.buf[..n])
+                .map_err(|source| LayerError::Write {
+                    layer: layer.to_string(),
+                    source,
+                })?;
+            left -= n as u64;
+            let before = self.tar.written() - n as u64;
+            if before / PROGRESS_STEP != self.tar.written() / PROGRESS_STEP {
+                (self.progress)(self.tar.written());
+            }
         }
+        if file.read(&mut self.buf[..1]).map_err(read_err)? != 0 {
+            return Err(changed());
+        }
+        Ok(())
     }
-    if file.read(&mut buf[..1]).map_err(read_err)? != 0 {
-        return Err(changed());
-    }
-    Ok(())
 }

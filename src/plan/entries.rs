@@ -6,7 +6,7 @@ use super::{Entry, EntryKind, FileSource, PlanError};
 use crate::spec::{Location, Mode, Owner};
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// A file entry after rendering.
@@ -494,6 +494,7 @@ fn make_entry(
                 source: FileSource::Context {
                     path: path.to_path_buf(),
                     rel,
+                    id: (md.dev(), md.ino()),
                 },
                 size: md.len(),
             },

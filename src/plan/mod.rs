@@ -43,6 +43,8 @@ pub struct PlanOptions {
 /// The layer graph of one build.
 #[derive(Debug)]
 pub struct Plan {
+    /// The build context (canonical): context files are opened beneath it.
+    pub context: PathBuf,
     /// The build epoch: every mtime and `created`.
     pub epoch: u64,
     /// Layer compression.
@@ -160,6 +162,9 @@ pub enum FileSource {
         path: PathBuf,
         /// Its path relative to the context.
         rel: String,
+        /// Its device and inode when planned: building opens it beneath the
+        /// context and refuses any other file found there.
+        id: (u64, u64),
     },
     /// Inline `content`.
     Inline(Vec<u8>),
@@ -733,6 +738,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
         .transpose()?;
 
     Ok(Plan {
+        context,
         epoch,
         codec,
         media_types,

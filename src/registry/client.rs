@@ -104,6 +104,9 @@ pub struct RegistryOptions {
     pub insecure: BTreeSet<String>,
     /// Extra CA certificates (PEM files), added to the system roots.
     pub ca_files: Vec<PathBuf>,
+    /// Roots of per-registry certificate folders (`<root>/<host[:port]>/`:
+    /// `*.crt` CAs, `*.cert` + `*.key` client certificates), in order.
+    pub certs_dirs: Vec<PathBuf>,
     /// Where credentials are looked for.
     pub auth_env: AuthEnv,
     /// Retries.
@@ -124,6 +127,7 @@ impl Default for RegistryOptions {
         RegistryOptions {
             insecure: BTreeSet::new(),
             ca_files: Vec::new(),
+            certs_dirs: Vec::new(),
             auth_env: AuthEnv::default(),
             retry: RetryPolicy::default(),
             jobs: 4,
@@ -159,7 +163,10 @@ struct State {
 /// A client for any number of registries; share it between threads.
 pub struct Client {
     opts: RegistryOptions,
-    http: reqwest::blocking::Client,
+    /// `--ca-file` certificates, read once.
+    ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// One HTTP client per registry (host[:port]), each with its own TLS trust.
+    http: Mutex<BTreeMap<String, reqwest::blocking::Client>>,
     state: Mutex<State>,
     /// Held while a token is fetched: one fetch per scope set, not one per thread.
     token_fetch: Mutex<()>,
@@ -198,6 +205,36 @@ fn flatten(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The settings every registry's HTTP client shares.
+fn http_builder(stall_timeout: Duration) -> reqwest::blocking::ClientBuilder {
+    reqwest::blocking::Client::builder()
+        .user_agent(concat!("imgc/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        // The blocking client's timeout bounds the wait for each answer and
+        // each read of a body (never a whole download); uploads get a
+        // deadline of their own (see `send`). Dead peers are found by TCP
+        // keepalive, and a peer that stops acknowledging (or reading) an
+        // upload by the TCP user timeout.
+        .timeout(stall_timeout)
+        .tcp_keepalive(Duration::from_secs(30))
+        .tcp_user_timeout(stall_timeout)
+        .https_only(false)
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt
+                .previous()
+                .last()
+                .is_some_and(|u| u.scheme() == "https")
+                && attempt.url().scheme() != "https";
+            if downgrade {
+                attempt.error("refusing to follow a redirect from HTTPS to plain HTTP")
+            } else if attempt.previous().len() >= 10 {
+                attempt.error("too many redirects")
+            } else {
+                attempt.follow()
+            }
+        }))
+}
+
 /// A URL without its query string, safe to show.
 pub(crate) fn shown(url: &str) -> String {
     url.split(['?', '#']).next().unwrap_or("").to_string()
@@ -213,60 +250,38 @@ impl Client {
         PROVIDER.call_once(|| {
             let _ = rustls::crypto::ring::default_provider().install_default();
         });
-        let mut builder = reqwest::blocking::Client::builder()
-            .user_agent(concat!("imgc/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            // The blocking client's timeout bounds the wait for each answer
-            // and each read of a body (never a whole download); uploads get
-            // a deadline of their own (see `send`). Dead peers are found by
-            // TCP keepalive, and a peer that stops acknowledging (or reading)
-            // an upload by the TCP user timeout.
-            .timeout(opts.stall_timeout)
-            .tcp_keepalive(Duration::from_secs(30))
-            .tcp_user_timeout(opts.stall_timeout)
-            .https_only(false)
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let downgrade = attempt
-                    .previous()
-                    .last()
-                    .is_some_and(|u| u.scheme() == "https")
-                    && attempt.url().scheme() != "https";
-                if downgrade {
-                    attempt.error("refusing to follow a redirect from HTTPS to plain HTTP")
-                } else if attempt.previous().len() >= 10 {
-                    attempt.error("too many redirects")
-                } else {
-                    attempt.follow()
-                }
-            }));
+        let mut ca_certs = Vec::new();
         for path in &opts.ca_files {
-            let pem = std::fs::read(path).map_err(|e| RegistryError::CaFile {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| RegistryError::CaFile {
-                    path: path.clone(),
-                    reason: flatten(&e),
-                })?;
-            if certs.is_empty() {
-                return Err(RegistryError::CaFile {
-                    path: path.clone(),
-                    reason: "it holds no PEM certificate".into(),
-                });
-            }
-            builder = builder.tls_certs_merge(certs);
+            ca_certs.extend(super::tls::load_certs(path)?);
         }
-        let http = builder
-            .build()
-            .map_err(|e| RegistryError::Setup(flatten(&e)))?;
         Ok(Client {
             opts,
-            http,
+            ca_certs,
+            http: Mutex::new(BTreeMap::new()),
             state: Mutex::new(State::default()),
             token_fetch: Mutex::new(()),
             reporter,
         })
+    }
+
+    /// The HTTP client for a registry (made on first use): TLS trusts the
+    /// system roots, `--ca-file` and the registry's certificate folders.
+    fn http(&self, host: &str) -> Result<reqwest::blocking::Client, RegistryError> {
+        let mut clients = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(host) {
+            return Ok(c.clone());
+        }
+        let folders = super::tls::host_certs(&self.opts.certs_dirs, host)?;
+        let mut trusted = self.ca_certs.clone();
+        trusted.extend(folders.cas);
+        let tls =
+            super::tls::client_config(trusted, folders.identity).map_err(RegistryError::Setup)?;
+        let client = http_builder(self.opts.stall_timeout)
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|e| RegistryError::Setup(flatten(&e)))?;
+        clients.insert(host.to_string(), client.clone());
+        Ok(client)
     }
 
     /// The options.
@@ -397,6 +412,7 @@ impl Client {
         } else {
             None
         };
+        let http = self.http(call.host)?;
         let mut query: Vec<(&str, &str)> = Vec::new();
         if let Some(s) = service {
             query.push(("service", s));
@@ -417,16 +433,14 @@ impl Client {
                     .map(|(k, v)| format!("{k}={}", urlencode(v)))
                     .collect::<Vec<_>>()
                     .join("&");
-                self.http
-                    .post(url)
+                http.post(url)
                     .header("Content-Type", "application/x-www-form-urlencoded")
                     .body(body)
             }
-            Some(Credential::Basic { username, password }) => self
-                .http
+            Some(Credential::Basic { username, password }) => http
                 .get(with_query(&url, &query))
                 .basic_auth(username, Some(password.expose())),
-            None => self.http.get(with_query(&url, &query)),
+            None => http.get(with_query(&url, &query)),
         };
         let resp = req.send().map_err(|e| RegistryError::Connect {
             registry: call.host.to_string(),
@@ -484,7 +498,8 @@ impl Client {
     ) -> Result<Response, RegistryError> {
         let mut answered = false;
         loop {
-            let mut req = make(&self.http)?
+            let http = self.http(call.host)?;
+            let mut req = make(&http)?
                 .build()
                 .map_err(|e| RegistryError::Setup(flatten(&e)))?;
             // Credentials and tokens go only to the origin they were issued
@@ -507,7 +522,7 @@ impl Client {
             }
             let url = shown(req.url().as_str());
             let method = req.method().to_string();
-            let resp = self.http.execute(req).map_err(|e| RegistryError::Connect {
+            let resp = http.execute(req).map_err(|e| RegistryError::Connect {
                 registry: call.host.to_string(),
                 url: format!("{method} {url}"),
                 retryable: transport_retryable(&e),

@@ -14,6 +14,7 @@ pub mod push;
 mod reference;
 pub mod shards;
 pub mod store;
+pub mod tls;
 
 pub use client::{Client, RegistryOptions, RetryPolicy};
 pub use reference::{ImageRef, ReferenceError};
