@@ -2,7 +2,7 @@
 # The test command: scripts/test.sh [extra `cargo test` arguments]
 #
 # Installs the tools the integration tests use when any is missing (Debian 12:
-# docker-registry, skopeo, umoci, jq, zstd, python3-jsonschema for
+# docker-registry, skopeo, umoci, jq, zstd, openssl, python3-jsonschema for
 # /usr/bin/python3, and the OCI JSON schemas), then runs every test.
 # Tests never skip a missing tool: they fail and point here.
 # Fast when everything is present: the checks below only look.
@@ -17,7 +17,7 @@ OCI_SCHEMAS=/usr/share/gocode/src/github.com/opencontainers/image-spec/schema
 
 # command (or check) -> Debian package
 missing=()
-for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci jq:jq zstd:zstd; do
+for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci jq:jq zstd:zstd openssl:openssl mkfifo:coreutils; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
@@ -61,7 +61,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Whatever happened above, everything must be there now.
-for cmd in docker-registry skopeo umoci jq zstd cargo; do
+for cmd in docker-registry skopeo umoci jq zstd openssl mkfifo cargo; do
   command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing"
 done
 /usr/bin/python3 -c 'import jsonschema' 2>/dev/null || die "python3-jsonschema is still missing"

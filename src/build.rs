@@ -30,13 +30,15 @@ pub enum Error {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     /// Fetching a base's blobs.
-    #[error("failed to fetch a layer of base `{reference}`")]
+    #[error("failed to fetch layer {digest} of base `{reference}`")]
     Base {
         /// The base reference.
         reference: String,
+        /// The layer.
+        digest: Digest,
         /// The cause.
         #[source]
-        source: BaseError,
+        source: Box<BaseError>,
     },
     /// Talking to a registry.
     #[error(transparent)]
@@ -297,7 +299,8 @@ fn copy_base_layer(
 ) -> Result<bool, Error> {
     let base_err = |source| Error::Base {
         reference: base.reference.clone(),
-        source,
+        digest: desc.digest.clone(),
+        source: Box::new(source),
     };
     let Some(remote) = &base.remote else {
         return Ok(writer.copy_blob(dir, desc)?);

@@ -6,8 +6,12 @@
 //! file is created and locked (`flock`), and only then is it renamed to its
 //! staging name: so a staging folder always holds a lock while its build
 //! lives, and the kernel drops the lock when the build dies, even by
-//! `kill -9`. [`sweep`] removes every staging folder whose lock it can take
-//! (its build is gone), and `imgc-new-` folders older than a minute.
+//! `kill -9`. A staging folder is removed by renaming it to a trash name
+//! (`.<name>.imgc-trash-<id>`) first, so one being removed never looks
+//! like a live one. [`sweep`] removes every staging folder whose lock it
+//! can take (its build is gone) or that has no lock, every trash folder,
+//! and `imgc-new-` folders whose lock it can take or that are older than a
+//! minute.
 //!
 //! Live temporary paths are also listed in [`ACTIVE`], so that a SIGINT or
 //! SIGTERM handler (the CLI's) can remove them before the process exits
@@ -63,6 +67,7 @@ pub fn remove_active() -> usize {
 pub struct Staging {
     /// The folder.
     pub path: PathBuf,
+    layout_name: String,
     _lock: File,
 }
 
@@ -89,9 +94,22 @@ fn new_prefix(layout_name: &str) -> String {
     format!(".{layout_name}.imgc-new-")
 }
 
-/// Whether `name` is a temporary folder of the layout named `layout_name`.
-pub fn is_litter_name(layout_name: &str, name: &str) -> bool {
-    name.starts_with(&staging_prefix(layout_name)) || name.starts_with(&new_prefix(layout_name))
+fn trash_prefix(layout_name: &str) -> String {
+    format!(".{layout_name}.imgc-trash-")
+}
+
+/// Removes a temporary folder: renamed to a trash name first (atomic), so
+/// it never looks live while half removed.
+fn discard(path: &Path, layout_name: &str) {
+    let trash = path.with_file_name(format!("{}{}", trash_prefix(layout_name), unique_id()));
+    match fs::rename(path, &trash) {
+        Ok(()) => {
+            let _ = fs::remove_dir_all(&trash);
+        }
+        Err(_) => {
+            let _ = fs::remove_dir_all(path);
+        }
+    }
 }
 
 impl Staging {
@@ -116,7 +134,11 @@ impl Staging {
         match made {
             Ok(lock) => {
                 register(&path);
-                Ok(Staging { path, _lock: lock })
+                Ok(Staging {
+                    path,
+                    layout_name: name.to_string(),
+                    _lock: lock,
+                })
             }
             Err(e) => {
                 let _ = fs::remove_dir_all(&fresh);
@@ -128,13 +150,16 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
+        discard(&self.path, &self.layout_name);
         unregister(&self.path);
     }
 }
 
-/// Whether another live process holds the lock of a staging folder.
-fn is_live(dir: &Path) -> bool {
+/// Whether a live process holds the lock of a temporary folder. Without a
+/// lock file, a staging folder is dead (it gets its lock before its name),
+/// and an `imgc-new-` folder is live only while young (its lock may be
+/// about to be made).
+fn is_live(dir: &Path, new: bool) -> bool {
     let lock = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -142,9 +167,7 @@ fn is_live(dir: &Path) -> bool {
     match lock {
         // Taken: its build is gone (the lock is dropped with `f`).
         Ok(f) => f.try_lock().is_err(),
-        // No lock file: made by a build that died before locking, or by an
-        // older imgc; live only while young.
-        Err(_) => is_young(dir),
+        Err(_) => new && is_young(dir),
     }
 }
 
@@ -156,13 +179,13 @@ fn is_young(path: &Path) -> bool {
         .is_none_or(|age| age < NEW_GRACE)
 }
 
-/// Removes the staging folders of the layout `name` in `parent` whose build
-/// is gone. Symlinks are never followed. Returns how many were removed.
+/// Removes the temporary folders of the layout `name` in `parent` whose
+/// build is gone. Symlinks are never followed. Returns how many were removed.
 pub fn sweep(parent: &Path, name: &str) -> usize {
     let Ok(entries) = fs::read_dir(parent) else {
         return 0;
     };
-    let (staging, fresh) = (staging_prefix(name), new_prefix(name));
+    let (staging, fresh, trash) = (staging_prefix(name), new_prefix(name), trash_prefix(name));
     let mut removed = 0;
     for entry in entries.flatten() {
         let file_name = entry.file_name();
@@ -172,8 +195,9 @@ pub fn sweep(parent: &Path, name: &str) -> usize {
         let path = entry.path();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
         let stale = is_dir
-            && ((n.starts_with(&staging) && !is_live(&path))
-                || (n.starts_with(&fresh) && !is_young(&path)));
+            && ((n.starts_with(&staging) && !is_live(&path, false))
+                || (n.starts_with(&fresh) && !is_live(&path, true))
+                || n.starts_with(&trash));
         if stale && fs::remove_dir_all(&path).is_ok() {
             removed += 1;
         }

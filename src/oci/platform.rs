@@ -87,8 +87,10 @@ impl FromStr for Platform {
     type Err = PlatformError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
+        // Each part is a short name (the spec's values are at most a dozen
+        // characters; 64 leaves room and keeps errors and configs small).
         let valid_part = |p: &str| {
-            !p.is_empty()
+            (1..=64).contains(&p.len())
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         };

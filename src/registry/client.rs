@@ -588,14 +588,11 @@ impl Client {
     /// A failed read of a response body as a sentence; a stall names the
     /// timeout.
     pub(crate) fn describe_read(&self, e: &std::io::Error) -> String {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        let mut timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-        while let Some(s) = src {
-            if let Some(r) = s.downcast_ref::<reqwest::Error>() {
-                timed_out |= r.is_timeout();
-            }
-            src = s.source();
-        }
+        // reqwest wraps its own error in the `io::Error` (`source()` skips it).
+        let timed_out = e.kind() == std::io::ErrorKind::TimedOut
+            || e.get_ref()
+                .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+                .is_some_and(reqwest::Error::is_timeout);
         if timed_out {
             format!(
                 "no data for {} s (the --timeout)",

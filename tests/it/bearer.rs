@@ -7,12 +7,11 @@
 
 use crate::proxy::{Gate, MountDenied, Proxy, Rule, TokenCreds, TokenRequest};
 use crate::support::*;
-use base64::Engine as _;
 use std::collections::BTreeSet;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 use tempfile::TempDir;
 
 const USER: &str = "alice";
@@ -20,81 +19,6 @@ const PASSWORD: &str = "gate-Pa55word-q7Zx";
 const IDENTITY_TOKEN: &str = "refresh-6b1f0c2e-identity-Tok3n";
 /// imgc's default number of concurrent blob transfers.
 const TRANSFERS: usize = 4;
-
-/// An isolated environment: its own cache, home and credential files, so
-/// nothing of the machine's docker or podman login is used.
-struct Env {
-    dir: TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempdir();
-        for d in ["cache", "home/.docker", "config"] {
-            fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        Env { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    /// imgc with this environment.
-    fn imgc(&self) -> Command {
-        let mut cmd = imgc();
-        cmd.env("IMGC_CACHE_DIR", self.path("cache"))
-            .env("HOME", self.path("home"))
-            .env("DOCKER_CONFIG", self.path("home/.docker"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("IMGC_CONFIG")
-            .env_remove("XDG_CACHE_HOME")
-            .env_remove("http_proxy")
-            .env_remove("https_proxy")
-            .env_remove("HTTP_PROXY")
-            .env_remove("HTTPS_PROXY");
-        cmd
-    }
-
-    fn config_json(&self) -> PathBuf {
-        self.path("home/.docker/config.json")
-    }
-
-    fn docker_config(&self, json: &str) {
-        fs::write(self.config_json(), json).unwrap();
-    }
-
-    /// `auths` with `user:password` for `host`.
-    fn basic_login(&self, host: &str, user: &str, password: &str) {
-        let auth = b64(&format!("{user}:{password}"));
-        self.docker_config(&format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#));
-    }
-
-    /// `auths` with an identity token for `host`.
-    fn token_login(&self, host: &str, token: &str) {
-        self.docker_config(&format!(
-            r#"{{"auths":{{"{host}":{{"identitytoken":"{token}"}}}}}}"#
-        ));
-    }
-}
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn insecure(host: &str) -> [String; 2] {
-    ["--insecure-registry".to_string(), host.to_string()]
-}
 
 /// A real registry and a gate in front of it.
 fn gated(gate: Gate) -> (Registry, Proxy) {

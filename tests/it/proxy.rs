@@ -63,6 +63,16 @@ pub enum Action {
     /// (the middle byte when the length is known, else the first one). The
     /// length stays the same.
     CorruptBody,
+    /// Forward, but send the response body slowly and steadily, spread over
+    /// this long (small pieces, never a pause of more than a tenth of it).
+    Trickle(std::time::Duration),
+    /// Forward, send the head and the first half of the body, then nothing
+    /// for this long, then close: a download that stalls midway.
+    StallBody(std::time::Duration),
+    /// Forward, but point the response's `Location` header at this
+    /// host:port (plain HTTP), keeping its path and query: an upload that a
+    /// registry sends to another host.
+    RewriteLocation(String),
 }
 
 /// Which requests get a fault, and how many of them. A request is matched
@@ -76,6 +86,8 @@ pub struct Rule {
     pub path_contains: Option<String>,
     /// How many matching requests get the fault; then the rule is spent.
     pub times: usize,
+    /// How many matching requests pass untouched before the fault applies.
+    pub skip: usize,
     pub action: Action,
 }
 
@@ -87,6 +99,7 @@ impl Rule {
             method: None,
             path_contains: None,
             times: 1,
+            skip: 0,
             action,
         }
     }
@@ -154,6 +167,27 @@ impl Rule {
     /// Fault every matching request, never running out.
     pub fn always(self) -> Rule {
         self.times(usize::MAX)
+    }
+
+    /// Let the first `n` matching requests through untouched.
+    pub fn after(mut self, n: usize) -> Rule {
+        self.skip = n;
+        self
+    }
+
+    /// See [`Action::Trickle`].
+    pub fn trickle(over: std::time::Duration) -> Rule {
+        Rule::new(Action::Trickle(over))
+    }
+
+    /// See [`Action::StallBody`].
+    pub fn stall_body(for_how_long: std::time::Duration) -> Rule {
+        Rule::new(Action::StallBody(for_how_long))
+    }
+
+    /// See [`Action::RewriteLocation`].
+    pub fn rewrite_location(host_port: &str) -> Rule {
+        Rule::new(Action::RewriteLocation(host_port.to_string()))
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
@@ -312,9 +346,13 @@ impl ProxyState {
         let action = lock(&self.rules)
             .iter_mut()
             .find(|r| r.matches(method, path))
-            .map(|r| {
+            .and_then(|r| {
+                if r.skip > 0 {
+                    r.skip -= 1;
+                    return None;
+                }
                 r.times -= 1;
-                r.action.clone()
+                Some(r.action.clone())
             });
         let mut records = lock(&self.records);
         records.push(Record {
@@ -607,8 +645,32 @@ fn serve_connection(client: TcpStream, up: TcpStream, state: &ProxyState) -> io:
             _ => None,
         };
         state.set_status(index, code);
+        let mut resp = resp;
+        if let Some(Action::RewriteLocation(to)) = &action {
+            for (k, v) in resp.headers.iter_mut() {
+                if k.eq_ignore_ascii_case("location") {
+                    *v = relocate(v, to);
+                }
+            }
+        }
         resp.write_to(&mut client_out, &[])?;
-        copy_body(&mut up_in, &mut client_out, framing, flip_at)?;
+        match (&action, framing) {
+            (Some(Action::Trickle(over)), Framing::Length(n)) => {
+                let mut paced = Paced::new(&mut client_out, n, *over);
+                copy_body(&mut up_in, &mut paced, framing, None)?;
+            }
+            (Some(Action::StallBody(d)), Framing::Length(n)) => {
+                let mut half = Cutoff {
+                    inner: &mut client_out,
+                    left: n / 2,
+                };
+                let _ = copy_body(&mut up_in, &mut half, framing, None);
+                let _ = client_out.flush();
+                thread::sleep(*d);
+                return Ok(());
+            }
+            _ => copy_body(&mut up_in, &mut client_out, framing, flip_at)?,
+        }
         client_out.flush()?;
 
         if client_wants_close
@@ -688,12 +750,17 @@ pub struct Gate {
     /// good (a real token never expires before its first use). None: tokens
     /// never expire.
     pub revoke_after: Option<usize>,
+    /// Basic auth instead of tokens (see [`Gate::basic`]).
+    pub basic: bool,
+    /// The realm URL of challenges, instead of the proxy's (see [`Gate::realm_url`]).
+    pub realm_url: Option<String>,
 }
 
 impl Gate {
     /// A gate for one user, no identity token, no anonymous pull, realm
     /// `http://<proxy>/token`, service "test-registry".
     pub fn new(user: &str, password: &str) -> Gate {
+        crate::support::register_login(user, password);
         Gate {
             user: user.to_string(),
             password: password.to_string(),
@@ -704,11 +771,29 @@ impl Gate {
             service: "test-registry".to_string(),
             mount_denied: MountDenied::Unauthorized,
             revoke_after: None,
+            basic: false,
+            realm_url: None,
         }
+    }
+
+    /// HTTP basic auth instead of tokens: `/v2/` requests without
+    /// `Authorization: Basic <user:password>` get `401` with
+    /// `WWW-Authenticate: Basic realm="imgc-test"`.
+    pub fn basic(mut self) -> Gate {
+        self.basic = true;
+        self
+    }
+
+    /// Name this URL as the realm in challenges (the proxy still serves the
+    /// token endpoint at its own `realm_path`, whatever the URL says).
+    pub fn realm_url(mut self, url: &str) -> Gate {
+        self.realm_url = Some(url.to_string());
+        self
     }
 
     /// Also accept this refresh token (docker's `identitytoken`).
     pub fn identity_token(mut self, token: &str) -> Gate {
+        crate::support::register_secret(token);
         self.identity_token = Some(token.to_string());
         self
     }
@@ -827,7 +912,10 @@ impl GateState {
             None => addr.to_string(),
         };
         GateState {
-            realm: format!("http://{host}{}", cfg.realm_path),
+            realm: cfg
+                .realm_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{host}{}", cfg.realm_path)),
             cfg,
             issued: AtomicU64::new(0),
             tokens: Mutex::default(),
@@ -856,6 +944,10 @@ impl GateState {
 
     /// Checks a registry-facing request.
     fn check(&self, method: &str, target: &str, path: &str, req: &Head) -> Verdict {
+        // Basic auth carries the secret to the registry side by design.
+        if self.cfg.basic && path.starts_with("/v2") {
+            return self.check_basic(req);
+        }
         // Secrets must never reach the registry's side.
         let mut head = req.first_line.clone();
         for (k, v) in &req.headers {
@@ -938,6 +1030,26 @@ impl GateState {
             }
         }
         Verdict::Forward { target: None }
+    }
+
+    /// Basic mode: the right `user:password`, or a `401` Basic challenge.
+    fn check_basic(&self, req: &Head) -> Verdict {
+        let want = format!(
+            "Basic {}",
+            crate::support::b64(&format!("{}:{}", self.cfg.user, self.cfg.password))
+        );
+        if req.header("authorization").map(str::trim) == Some(want.as_str()) {
+            return Verdict::Forward { target: None };
+        }
+        let mut a = Answer::json(
+            401,
+            &serde_json::json!({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}),
+        );
+        a.headers.push((
+            "WWW-Authenticate".into(),
+            "Basic realm=\"imgc-test\"".into(),
+        ));
+        Verdict::Answer(a)
     }
 
     /// A `401` with the Bearer challenge for `needs`.
@@ -1137,6 +1249,60 @@ impl GateState {
     }
 }
 
+/// `location` (absolute or a path) moved to `http://<to>`, path and query kept.
+fn relocate(location: &str, to: &str) -> String {
+    let path = match location.find("://") {
+        Some(i) => {
+            let rest = &location[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        None => location,
+    };
+    format!("http://{to}{path}")
+}
+
+/// Writes `total` bytes evenly over `over`: in twenty pieces (or more),
+/// each sent when its share of the time has come.
+struct Paced<W> {
+    inner: W,
+    total: u64,
+    over: std::time::Duration,
+    written: u64,
+    started: std::time::Instant,
+}
+
+impl<W: Write> Paced<W> {
+    fn new(inner: W, total: u64, over: std::time::Duration) -> Self {
+        Paced {
+            inner,
+            total: total.max(1),
+            over,
+            written: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl<W: Write> Write for Paced<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let piece = usize::try_from(self.total / 20)
+            .unwrap_or(4096)
+            .clamp(1, 4096);
+        let n = buf.len().min(piece);
+        let due = self.over.mul_f64(self.written as f64 / self.total as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            thread::sleep(wait);
+        }
+        self.inner.write_all(&buf[..n])?;
+        self.inner.flush()?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A token nobody guesses by accident: a counter and a hash of it and the time.
 fn make_token(n: u64) -> String {
     use sha2::Digest;
@@ -1145,7 +1311,9 @@ fn make_token(n: u64) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let h = sha2::Sha256::digest(format!("{n}/{now}/{}", std::process::id()));
-    format!("gate-{n}-{}", hex::encode(&h[..12]))
+    let token = format!("gate-{n}-{}", hex::encode(&h[..12]));
+    crate::support::register_secret(&token);
+    token
 }
 
 /// The repository named by a `/v2`-relative path ("/app/blobs/uploads/"),

@@ -11,67 +11,10 @@ use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tempfile::TempDir;
 
-/// An isolated environment: its own cache, home and credential files, so
-/// nothing of the machine's docker or podman login is used.
-struct Env {
-    dir: TempDir,
-}
-
-impl Env {
-    fn new() -> Env {
-        let dir = tempdir();
-        for d in ["cache", "home/.docker", "config", "bin"] {
-            fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
-        Env { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.path("cache")
-    }
-
-    /// imgc with this environment.
-    fn imgc(&self) -> Command {
-        let mut cmd = imgc();
-        let path = format!(
-            "{}:{}",
-            self.path("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        cmd.env("IMGC_CACHE_DIR", self.cache())
-            .env("HOME", self.path("home"))
-            .env("DOCKER_CONFIG", self.path("home/.docker"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .env("PATH", path)
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("IMGC_CONFIG")
-            .env_remove("XDG_CACHE_HOME")
-            .env_remove("http_proxy")
-            .env_remove("https_proxy")
-            .env_remove("HTTP_PROXY")
-            .env_remove("HTTPS_PROXY");
-        cmd
-    }
-
-    fn docker_config(&self, json: &str) {
-        fs::write(self.path("home/.docker/config.json"), json).unwrap();
-    }
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Pushes the multi-arch example's base layout (made by umoci) to `host/base:1.0`.
-fn push_base<S: AsRef<std::ffi::OsStr>>(env: &Env, host: &str, extra: &[S]) -> String {
+pub(crate) fn push_base<S: AsRef<std::ffi::OsStr>>(env: &Env, host: &str, extra: &[S]) -> String {
     let base = example_dir("multi-arch").join("base");
     let mut src = std::ffi::OsString::from("oci:");
     src.push(&base);
@@ -86,7 +29,7 @@ fn push_base<S: AsRef<std::ffi::OsStr>>(env: &Env, host: &str, extra: &[S]) -> S
 }
 
 /// The multi-arch example, on `base` from a registry, named `name`.
-fn app(base: &str, name: &str) -> (TempDir, PathBuf) {
+pub(crate) fn app(base: &str, name: &str) -> (TempDir, PathBuf) {
     let (tmp, dir) = copy_example("multi-arch");
     let spec = dir.join("image.toml");
     let text = fs::read_to_string(&spec).unwrap();
@@ -101,11 +44,7 @@ fn app(base: &str, name: &str) -> (TempDir, PathBuf) {
     (tmp, spec)
 }
 
-fn insecure(host: &str) -> [String; 2] {
-    ["--insecure-registry".to_string(), host.to_string()]
-}
-
-fn addr(reg: &Registry) -> SocketAddr {
+pub(crate) fn addr(reg: &Registry) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], reg.port()))
 }
 

@@ -40,8 +40,13 @@ pub fn example_dir(name: &str) -> PathBuf {
 /// The `imgc` binary under test, with stdin closed and without the
 /// environment variables that change its output (`SOURCE_DATE_EPOCH`,
 /// `IMGC_THREADS`), so a test sets them explicitly when it wants them.
+///
+/// `IMGC_TEST_BIN` runs the tests against another build of imgc (an older
+/// commit, say, to see a regression test fail where the bug is).
 pub fn imgc() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgc"));
+    let bin = std::env::var_os("IMGC_TEST_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_imgc").into());
+    let mut cmd = Command::new(bin);
     cmd.env_remove("SOURCE_DATE_EPOCH")
         .env_remove("IMGC_THREADS")
         .stdin(Stdio::null());
@@ -97,11 +102,225 @@ fn describe(cmd: &Command, out: &Output) -> String {
     )
 }
 
-/// Runs `cmd` and returns its output, whatever the exit status.
+/// Runs `cmd` and returns its output, whatever the exit status. Every
+/// output captured here is checked for every registered test secret
+/// ([`register_secret`]): none may ever appear.
 pub fn output(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
+    let out = cmd
+        .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", show(cmd)))
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", show(cmd)));
+    assert_no_secret(cmd, &out);
+    out
+}
+
+/// A command's output with how long it ran and its peak memory.
+pub struct Measured {
+    pub out: Output,
+    pub elapsed: Duration,
+    /// Peak resident set size, in bytes (from `wait4`'s rusage).
+    pub max_rss: u64,
+    /// It was still running at the limit and was killed.
+    pub killed: bool,
+}
+
+/// Runs `cmd`, killing it (SIGKILL) if it runs past `limit`, and measures
+/// its time and peak RSS (its own, from `wait4`, not other tests').
+// The child is reaped with `wait4` (for its rusage), not `Child::wait`.
+#[allow(clippy::zombie_processes)]
+pub fn measured(cmd: &mut Command, limit: Duration) -> Measured {
+    use std::os::unix::process::ExitStatusExt;
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", show(cmd)));
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_t = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err_t = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut killed = false;
+    loop {
+        // SAFETY: `pid` is our child, not reaped yet; valid out pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert!(r == 0, "wait4 failed: {}", std::io::Error::last_os_error());
+        if !killed && started.elapsed() > limit {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed = true;
+        }
+        sleep(Duration::from_millis(5));
+    }
+    let out = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
+    };
+    assert_no_secret(cmd, &out);
+    Measured {
+        out,
+        elapsed: started.elapsed(),
+        max_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        killed,
+    }
+}
+
+// ------------------------------------------------------------ secrets
+
+static SECRETS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a secret a test hands imgc (a password, a token, the base64
+/// of `user:password`): [`output`] fails any command that prints it.
+pub fn register_secret(secret: &str) {
+    if secret.len() >= 6 {
+        let mut all = SECRETS.lock().unwrap_or_else(|p| p.into_inner());
+        if !all.iter().any(|s| s == secret) {
+            all.push(secret.to_string());
+        }
+    }
+}
+
+/// Registers a password and the base64 of `user:password` (Basic auth).
+pub fn register_login(user: &str, password: &str) {
+    register_secret(password);
+    register_secret(&b64(&format!("{user}:{password}")));
+}
+
+/// Panics when a registered secret appears in a command's output.
+pub fn assert_no_secret(cmd: &Command, out: &Output) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = SECRETS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(s) = all.iter().find(|s| text.contains(s.as_str())) {
+        panic!(
+            "a test secret ({} characters, starting {:?}) appeared in the output of {}",
+            s.len(),
+            &s[..3],
+            show(cmd)
+        );
+    }
+}
+
+pub fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `--insecure-registry HOST`.
+pub fn insecure(host: &str) -> [String; 2] {
+    ["--insecure-registry".to_string(), host.to_string()]
+}
+
+// ------------------------------------------------------------ isolated environment
+
+/// An isolated environment: its own cache, home, credential files and
+/// certificate folders, and a `bin` folder first on PATH, so nothing of the
+/// machine's docker or podman login or TLS setup is used.
+pub struct Env {
+    dir: TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempdir();
+        for d in ["cache", "home/.docker", "config", "bin", "certs.d"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Env { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    /// imgc with this environment.
+    pub fn imgc(&self) -> Command {
+        let mut cmd = imgc();
+        let path = format!(
+            "{}:{}",
+            self.path("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("IMGC_CACHE_DIR", self.cache())
+            .env("HOME", self.path("home"))
+            .env("DOCKER_CONFIG", self.path("home/.docker"))
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env("IMGC_CERTS_DIRS", self.path("certs.d"))
+            .env("PATH", path)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("IMGC_CONFIG")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY");
+        cmd
+    }
+
+    pub fn config_json(&self) -> PathBuf {
+        self.path("home/.docker/config.json")
+    }
+
+    pub fn docker_config(&self, json: &str) {
+        fs::write(self.config_json(), json).unwrap();
+    }
+
+    /// `auths` with `user:password` for `host` (both registered as secrets).
+    pub fn basic_login(&self, host: &str, user: &str, password: &str) {
+        register_login(user, password);
+        let auth = b64(&format!("{user}:{password}"));
+        self.docker_config(&format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#));
+    }
+
+    /// `auths` with an identity token for `host` (registered as a secret).
+    pub fn token_login(&self, host: &str, token: &str) {
+        register_secret(token);
+        self.docker_config(&format!(
+            r#"{{"auths":{{"{host}":{{"identitytoken":"{token}"}}}}}}"#
+        ));
+    }
 }
 
 /// Runs `cmd`, panics with its stderr unless it exits 0, returns its stdout.
@@ -571,6 +790,37 @@ impl Registry {
             }
         }
         panic!("docker-registry did not start after 5 attempts: {last}");
+    }
+
+    /// Stops it (SIGKILL: a crash, or a restart that drops every
+    /// connection), keeps it down for `down`, then starts it again on the
+    /// same port with the same storage: what a registry deploy looks like.
+    pub fn restart_after(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        sleep(down);
+        let config = self.dir.path().join("config.yml");
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .unwrap();
+        fs::write(self.dir.path().join("registry.log"), "").unwrap();
+        self.child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot restart docker-registry: {e}"));
+        if let Err(why) = self.wait_ready(Duration::from_secs(20)) {
+            panic!("docker-registry did not come back: {why}\n{}", self.log());
+        }
+    }
+
+    /// Its storage folder (distribution's filesystem driver root).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
     }
 
     /// The port it listens on (on 127.0.0.1).

@@ -40,6 +40,11 @@ pub struct TlsFiles {
 /// localhost signed by it, and writes them into `dir` as `ca.pem`,
 /// `server.pem` and `server-key.pem`.
 pub fn write_tls_files(dir: &Path) -> TlsFiles {
+    write_tls_files_for(dir, "127.0.0.1")
+}
+
+/// [`write_tls_files`] for a server at `ip` (and localhost).
+pub fn write_tls_files_for(dir: &Path, ip: &str) -> TlsFiles {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params
@@ -51,11 +56,8 @@ pub fn write_tls_files(dir: &Path) -> TlsFiles {
     let ca = Issuer::new(ca_params, ca_key);
 
     let server_key = KeyPair::generate().expect("server key");
-    let mut params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "127.0.0.1");
+    let mut params = CertificateParams::new(vec![ip.to_string(), "localhost".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, ip);
     params.use_authority_key_identifier_extension = true;
     let server_cert = params
         .signed_by(&server_key, &ca)
@@ -81,6 +83,7 @@ pub fn htpasswd_line(user: &str, password: &str) -> String {
 
 /// Writes an htpasswd file with one user.
 pub fn write_htpasswd(path: &Path, user: &str, password: &str) {
+    crate::support::register_login(user, password);
     fs::write(path, format!("{}\n", htpasswd_line(user, password))).unwrap();
 }
 
@@ -148,6 +151,87 @@ impl TlsRegistry {
     }
 }
 
+impl TlsRegistry {
+    /// A registry with the self-signed certificate Docker's documentation
+    /// shows how to make (`openssl req -x509 -newkey rsa -nodes ...
+    /// -addext subjectAltName=...`): a CA certificate (`CA:TRUE`) served as
+    /// the leaf. `ca_file()` is that certificate.
+    pub fn start_docker_docs_self_signed() -> TlsRegistry {
+        let mut files = None;
+        let server = Server::start(None, |dir| {
+            let f = TlsFiles {
+                ca_cert: dir.join("domain.crt"),
+                server_cert: dir.join("domain.crt"),
+                server_key: dir.join("domain.key"),
+            };
+            crate::support::require("openssl");
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&f.server_key)
+                .arg("-out")
+                .arg(&f.server_cert)
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let yaml = format!(
+                ", tls: {{certificate: {}, key: {}}}",
+                yaml_path(&f.server_cert),
+                yaml_path(&f.server_key)
+            );
+            files = Some(f);
+            yaml
+        });
+        TlsRegistry {
+            server,
+            files: files.unwrap(),
+        }
+    }
+
+    /// A registry on `ip`:443 with token auth whose challenges name `realm`.
+    /// Binding port 443 needs root (or CAP_NET_BIND_SERVICE).
+    pub fn start_token_auth_on_443(ip: Ipv4Addr, realm: &str) -> TlsRegistry {
+        let mut files = None;
+        let bundle_dir = tempfile::tempdir().unwrap();
+        let bundle = write_tls_files_for(bundle_dir.path(), "127.0.0.1").ca_cert;
+        let server = Server::start_at(
+            ip,
+            Some(443),
+            Auth::Token {
+                realm,
+                bundle: &bundle,
+            },
+            |dir| {
+                let f = write_tls_files_for(dir, &ip.to_string());
+                let yaml = format!(
+                    ", tls: {{certificate: {}, key: {}}}",
+                    yaml_path(&f.server_cert),
+                    yaml_path(&f.server_key)
+                );
+                files = Some(f);
+                yaml
+            },
+        );
+        TlsRegistry {
+            server,
+            files: files.unwrap(),
+        }
+    }
+}
+
 /// A `docker-registry` serving plain HTTP on a free 127.0.0.1 port.
 pub struct PlainRegistry {
     server: Server,
@@ -192,15 +276,44 @@ impl PlainRegistry {
 /// The registry process and its folder. Killed on drop.
 struct Server {
     child: Child,
+    ip: Ipv4Addr,
     port: u16,
     tls: bool,
     dir: TempDir,
 }
 
+/// How a registry asks for credentials.
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    None,
+    /// Basic auth for one user (realm [`REALM`]).
+    Htpasswd(&'a str, &'a str),
+    /// Token auth: challenges name this realm (service and issuer "test";
+    /// tokens are checked against `bundle`, a PEM certificate file).
+    Token {
+        realm: &'a str,
+        bundle: &'a Path,
+    },
+}
+
 impl Server {
     /// Starts a registry; `tls_yaml` may write files into the folder and
     /// returns what to add to the `http:` map (empty for plain HTTP).
-    fn start(htpasswd: Option<(&str, &str)>, mut tls_yaml: impl FnMut(&Path) -> String) -> Server {
+    fn start(htpasswd: Option<(&str, &str)>, tls_yaml: impl FnMut(&Path) -> String) -> Server {
+        let auth = match htpasswd {
+            Some((u, p)) => Auth::Htpasswd(u, p),
+            None => Auth::None,
+        };
+        Server::start_at(Ipv4Addr::LOCALHOST, None, auth, tls_yaml)
+    }
+
+    /// Starts a registry on `ip`, on `port` (else a free one).
+    fn start_at(
+        ip: Ipv4Addr,
+        port: Option<u16>,
+        auth: Auth<'_>,
+        mut tls_yaml: impl FnMut(&Path) -> String,
+    ) -> Server {
         let mut last = String::new();
         // A port free a moment ago may be taken before the registry binds it.
         for _attempt in 0..5 {
@@ -208,12 +321,12 @@ impl Server {
                 .prefix("imgc-registry-")
                 .tempdir()
                 .expect("temp dir");
-            let port = free_port();
+            let port = port.unwrap_or_else(free_port);
             let storage = dir.path().join("storage");
             fs::create_dir(&storage).unwrap();
             let tls = tls_yaml(dir.path());
-            let auth = match htpasswd {
-                Some((user, password)) => {
+            let auth = match auth {
+                Auth::Htpasswd(user, password) => {
                     let file = dir.path().join("htpasswd");
                     write_htpasswd(&file, user, password);
                     format!(
@@ -221,14 +334,18 @@ impl Server {
                         yaml_path(&file)
                     )
                 }
-                None => String::new(),
+                Auth::Token { realm, bundle } => format!(
+                    "auth: {{token: {{realm: '{realm}', service: test, issuer: test, rootcertbundle: {}}}}}\n",
+                    yaml_path(bundle)
+                ),
+                Auth::None => String::new(),
             };
             let config = format!(
                 "version: 0.1\n\
                  log: {{level: info, accesslog: {{disabled: true}}}}\n\
                  storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}, \
                  maintenance: {{uploadpurging: {{enabled: false}}}}}}\n\
-                 http: {{addr: '127.0.0.1:{port}', secret: test-secret{tls}}}\n\
+                 http: {{addr: '{ip}:{port}', secret: test-secret{tls}}}\n\
                  health: {{storagedriver: {{enabled: false}}}}\n\
                  {auth}",
                 yaml_path(&storage)
@@ -248,6 +365,7 @@ impl Server {
                 });
             let mut server = Server {
                 child,
+                ip,
                 port,
                 tls: !tls.is_empty(),
                 dir,
@@ -266,7 +384,7 @@ impl Server {
     }
 
     fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        SocketAddr::from((self.ip, self.port))
     }
 
     fn host_port(&self) -> String {
@@ -282,7 +400,7 @@ impl Server {
     /// server gives a plain-HTTP request on a TLS port (no TLS client needed).
     fn wait_ready(&mut self, limit: Duration) -> Result<(), String> {
         let deadline = Instant::now() + limit;
-        let listening = format!("listening on 127.0.0.1:{}", self.port);
+        let listening = format!("listening on {}", self.addr());
         loop {
             if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
                 return Err(format!("docker-registry exited: {status}"));
