@@ -267,23 +267,7 @@ impl OpenedBase {
             });
         }
         let dir = spec_dir.join(dir);
-        let marker = dir.join("oci-layout");
-        if !marker.is_file() {
-            return Err(BaseError::MissingLayout {
-                dir,
-                missing: "oci-layout",
-            });
-        }
-        let bytes = fsx::read_bounded(&marker, 64 * 1024, Links::Refuse).map_err(|source| {
-            BaseError::Read {
-                path: marker.clone(),
-                source,
-            }
-        })?;
-        oci::check_oci_layout(&bytes).map_err(|reason| BaseError::BadLayoutFile {
-            path: marker,
-            reason,
-        })?;
+        check_layout_marker(&dir)?;
         let index_path = dir.join("index.json");
         let top: Index = parse_doc(&index_path, &read_bounded(&index_path)?, "index.json")?;
         let tagged = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
@@ -393,6 +377,26 @@ impl OpenedBase {
             remote: remote.clone(),
         })
     }
+}
+
+/// Checks that `dir` is an OCI layout: its `oci-layout` file says 1.x.x.
+fn check_layout_marker(dir: &Path) -> Result<(), BaseError> {
+    let marker = dir.join("oci-layout");
+    if !marker.is_file() {
+        return Err(BaseError::MissingLayout {
+            dir: dir.to_path_buf(),
+            missing: "oci-layout",
+        });
+    }
+    let bytes =
+        fsx::read_bounded(&marker, 64 * 1024, Links::Refuse).map_err(|source| BaseError::Read {
+            path: marker.clone(),
+            source,
+        })?;
+    oci::check_oci_layout(&bytes).map_err(|reason| BaseError::BadLayoutFile {
+        path: marker,
+        reason,
+    })
 }
 
 /// Splits `DIR[:TAG]`: the tag is what follows the last `:` when it holds no `/`.

@@ -273,7 +273,10 @@ pub(crate) fn skip_list(output: Option<&Path>) -> Vec<PathBuf> {
 
 /// Checks, before building, that an output file can be written: its folder
 /// exists and it is not a folder itself.
-fn check_output_file(flag: &str, path: &Path) -> Result<(), Failure> {
+fn check_output_file(flag: &str, path: Option<&Path>) -> Result<(), Failure> {
+    let Some(path) = path else {
+        return Ok(());
+    };
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -372,14 +375,8 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| default_output(&file));
     // Outputs are checked before anything is built or written.
-    for (flag, f) in [
-        ("--digest-file", &args.digest_file),
-        ("--metadata-file", &args.metadata_file),
-    ] {
-        if let Some(f) = f {
-            check_output_file(flag, f)?;
-        }
-    }
+    check_output_file("--digest-file", args.digest_file.as_deref())?;
+    check_output_file("--metadata-file", args.metadata_file.as_deref())?;
     let client = registry::client(&args.registry, args.quiet)?;
     let mode = imgc::registry::pull::ResolveMode {
         locked: args.locked,

@@ -493,17 +493,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
     vars.extend(opts.vars.clone());
     let global = TemplateContext::new(vars);
 
-    let epoch = opts.source_date_epoch.or(spec.image.epoch).unwrap_or(0);
-    if epoch > MAX_EPOCH {
-        return Err(PlanError::EpochTooLate {
-            epoch,
-            from: if opts.source_date_epoch.is_some() {
-                "SOURCE_DATE_EPOCH"
-            } else {
-                "`[image].epoch`"
-            },
-        });
-    }
+    let epoch = build_epoch(opts.source_date_epoch, spec.image.epoch)?;
     let codec = match spec.image.compression.unwrap_or(CompressionName::Gzip) {
         CompressionName::Gzip => Codec::Gzip,
         CompressionName::Zstd => Codec::Zstd,
@@ -671,13 +661,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             layer_ids.push(id);
         }
 
-        if base.layers.len() + layer_ids.len() > MAX_LAYERS {
-            return Err(PlanError::TooManyLayers {
-                platform: platform.to_string(),
-                count: base.layers.len() + layer_ids.len(),
-                base: base.layers.len(),
-            });
-        }
+        check_layer_count(platform, base.layers.len(), layer_ids.len())?;
         let config = merge_config(&r, &ctx, &spec.config, ov.and_then(|o| o.config.as_ref()))?;
         let mut annotations = r.spanned_map(&ctx, &spec.annotations, "annotations")?;
         if let Some(o) = ov {
@@ -943,6 +927,35 @@ fn merge_config(
         }
     }
     Ok(rendered)
+}
+
+/// The build epoch: `SOURCE_DATE_EPOCH`, else `[image].epoch`, else 0;
+/// refused past [`MAX_EPOCH`].
+fn build_epoch(source_date_epoch: Option<u64>, spec: Option<u64>) -> Result<u64, PlanError> {
+    let epoch = source_date_epoch.or(spec).unwrap_or(0);
+    if epoch > MAX_EPOCH {
+        return Err(PlanError::EpochTooLate {
+            epoch,
+            from: if source_date_epoch.is_some() {
+                "SOURCE_DATE_EPOCH"
+            } else {
+                "`[image].epoch`"
+            },
+        });
+    }
+    Ok(epoch)
+}
+
+/// Refuses an image of more than [`MAX_LAYERS`] layers, base layers included.
+fn check_layer_count(platform: &Platform, base: usize, own: usize) -> Result<(), PlanError> {
+    if base + own > MAX_LAYERS {
+        return Err(PlanError::TooManyLayers {
+            platform: platform.to_string(),
+            count: base + own,
+            base,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses config values that readers downstream cannot take: environment

@@ -12,7 +12,6 @@ use crate::base::{self, blob_path, MAX_DOCUMENT_SIZE};
 use crate::oci::{self, Descriptor, Digest, Index, Manifest};
 use crate::progress::{BlobOutcome, Event, Reporter};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -304,11 +303,13 @@ impl Client {
         desc: &Descriptor,
         mount_from: Option<&str>,
     ) -> Result<BlobOutcome, RegistryError> {
-        let meta = std::fs::metadata(path).map_err(|source| RegistryError::Io {
-            action: "read",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let meta = crate::fsx::open_regular(path, crate::fsx::Links::Refuse)
+            .and_then(|f| f.metadata())
+            .map_err(|source| RegistryError::Io {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            })?;
         if meta.len() != desc.size {
             return Err(RegistryError::Layout(format!(
                 "blob `{}` is {} bytes; its descriptor says {}",
@@ -567,7 +568,8 @@ impl FileBody {
             path: self.path.clone(),
             source,
         };
-        let mut file = File::open(&self.path).map_err(io)?;
+        let mut file =
+            crate::fsx::open_regular(&self.path, crate::fsx::Links::Refuse).map_err(io)?;
         file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
         let reader = Progress {
             inner: file.take(self.len),

@@ -123,12 +123,7 @@ fn a_folder_swapped_for_a_symlink_to_outside_after_planning_is_not_followed() {
 fn a_file_swapped_for_a_fifo_after_planning_is_refused_without_hanging() {
     let race = Race::new();
     let result = race.build_changing(|ctx| {
-        fs::remove_file(ctx.join("sub/f")).unwrap();
-        let ok = Command::new("mkfifo")
-            .arg(ctx.join("sub/f"))
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        mkfifo(&ctx.join("sub/f"));
     });
     assert!(result.2 < 30.0, "took {:.1} s", result.2);
     assert_refused(&race, result, "named pipe");
@@ -151,11 +146,7 @@ fn fifos_and_sockets_in_the_context_are_refused_when_planning() {
     let ctx = t.path();
     fs::create_dir_all(ctx.join("d")).unwrap();
     fs::write(ctx.join("d/ok"), "ok").unwrap();
-    assert!(Command::new("mkfifo")
-        .arg(ctx.join("d/pipe"))
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&ctx.join("d/pipe"));
     let _sock = std::os::unix::net::UnixListener::bind(ctx.join("d/sock")).unwrap();
     for (name, what) in [("pipe", "a named pipe"), ("sock", "a socket")] {
         fs::write(

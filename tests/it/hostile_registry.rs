@@ -9,7 +9,7 @@
 use crate::proxy::{Gate, Proxy, Rule};
 use crate::registry::{addr, app, push_base};
 use crate::support::*;
-use crate::tls::TlsRegistry;
+use crate::tls::{TlsRegistry, TlsResponder};
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -144,18 +144,14 @@ fn credentials_never_go_to_a_plain_http_realm_on_the_registry_host() {
     );
 }
 
-#[test]
-fn a_steady_download_longer_than_the_timeout_succeeds() {
+/// Builds the multi-arch example for linux/amd64 with `--timeout 1` on its
+/// base, pushed to a real registry and pulled through a proxy with `rules`.
+/// Returns (the proxy, the output, how long the build took).
+fn build_through(rules: Vec<Rule>) -> (Proxy, std::process::Output, Duration) {
     let reg = Registry::start();
     let env = Env::new();
     push_base(&env, &reg.host_port(), &insecure(&reg.host_port()));
-    // The layer trickles in over 3.5 s; no read waits more than 0.2 s.
-    let proxy = Proxy::start(
-        addr(&reg),
-        vec![Rule::trickle(Duration::from_millis(3500))
-            .method("GET")
-            .path(&amd64_layer())],
-    );
+    let proxy = Proxy::start(addr(&reg), rules);
     let host = proxy.host_port();
     let (_t, spec) = app(&format!("{host}/base:1.0"), &format!("{host}/app"));
     let started = Instant::now();
@@ -167,39 +163,31 @@ fn a_steady_download_longer_than_the_timeout_succeeds() {
             .arg(oci_arg(&env.path("out")))
             .args(insecure(&host)),
     );
+    (proxy, out, started.elapsed())
+}
+
+#[test]
+fn a_steady_download_longer_than_the_timeout_succeeds() {
+    // The layer trickles in over 3.5 s; no read waits more than 0.2 s.
+    let rule = Rule::trickle(Duration::from_millis(3500))
+        .method("GET")
+        .path(&amd64_layer());
+    let (proxy, out, took) = build_through(vec![rule]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(
-        started.elapsed() > Duration::from_secs(3),
-        "no slow download happened"
-    );
+    assert!(took > Duration::from_secs(3), "no slow download happened");
     assert!(!err.contains("retry"), "a steady download was cut: {err}");
     assert_eq!(proxy.rules()[0].times, 0, "the trickle applied");
 }
 
 #[test]
 fn a_download_that_stalls_midway_is_retried_then_fails_naming_the_blob_and_timeout() {
-    let reg = Registry::start();
-    let env = Env::new();
-    push_base(&env, &reg.host_port(), &insecure(&reg.host_port()));
     let layer = amd64_layer();
-    let proxy = Proxy::start(
-        addr(&reg),
-        vec![Rule::stall_body(Duration::from_secs(30))
-            .method("GET")
-            .path(&layer)
-            .always()],
-    );
-    let host = proxy.host_port();
-    let (_t, spec) = app(&format!("{host}/base:1.0"), &format!("{host}/app"));
-    let out = output(
-        env.imgc()
-            .arg("build")
-            .arg(&spec)
-            .args(["--platform", "linux/amd64", "--timeout", "1", "--output"])
-            .arg(oci_arg(&env.path("out")))
-            .args(insecure(&host)),
-    );
+    let rule = Rule::stall_body(Duration::from_secs(30))
+        .method("GET")
+        .path(&layer)
+        .always();
+    let (_proxy, out, _) = build_through(vec![rule]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.matches("retry").count() >= 3, "{err}");
@@ -281,45 +269,57 @@ fn redirect_loops_and_non_http_realms_fail_at_once_without_retries() {
                 .always(),
         ],
     );
-    let host = proxy.host_port();
-    let started = Instant::now();
-    let out = output(
-        env.imgc()
-            .args(["inspect", &format!("{host}/base:1.0")])
-            .args(insecure(&host)),
-    );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("too many redirects"), "{err}");
-    assert!(!err.contains("retry"), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
-
+    inspect_fails_at_once(&env, &proxy.host_port(), "too many redirects");
     let gated = Proxy::start_with_gate(
         addr(&reg),
         vec![],
         Gate::new(USER, PASSWORD).realm_url("file:///etc/passwd"),
     );
-    let host = gated.host_port();
-    env.basic_login(&host, USER, PASSWORD);
+    env.basic_login(&gated.host_port(), USER, PASSWORD);
+    inspect_fails_at_once(&env, &gated.host_port(), "scheme `file`");
+}
+
+#[test]
+fn a_redirect_from_https_to_plain_http_is_refused_at_once() {
+    let reg = Registry::start();
+    let env = Env::new();
+    push_base(&env, &reg.host_port(), &insecure(&reg.host_port()));
+    let to = format!("http://{}/v2/base/manifests/1.0", reg.host_port());
+    let https = TlsResponder::start(&format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    ));
+    let started = Instant::now();
+    let out = output(
+        env.imgc()
+            .args([
+                "inspect",
+                &format!("{}/base:1.0", https.host_port()),
+                "--ca-file",
+            ])
+            .arg(https.ca_file()),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("from HTTPS to plain HTTP"), "{err}");
+    assert!(!err.contains("retry"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{err}");
+}
+
+/// `imgc inspect HOST/base:1.0` fails within 4 s, naming `needle`, and
+/// without a retry.
+fn inspect_fails_at_once(env: &Env, host: &str, needle: &str) {
     let started = Instant::now();
     let out = output(
         env.imgc()
             .args(["inspect", &format!("{host}/base:1.0")])
-            .args(insecure(&host)),
+            .args(insecure(host)),
     );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("scheme `file`"), "{err}");
+    assert!(err.contains(needle), "{err}");
     assert!(!err.contains("retry"), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "{took:?}: {err}");
 }
 
 /// The store file of the base's amd64 layer.

@@ -44,8 +44,8 @@ pub fn example_dir(name: &str) -> PathBuf {
 /// `IMGC_TEST_BIN` runs the tests against another build of imgc (an older
 /// commit, say, to see a regression test fail where the bug is).
 pub fn imgc() -> Command {
-    let bin = std::env::var_os("IMGC_TEST_BIN")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_imgc").into());
+    let bin =
+        std::env::var_os("IMGC_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_imgc").into());
     let mut cmd = Command::new(bin);
     cmd.env_remove("SOURCE_DATE_EPOCH")
         .env_remove("IMGC_THREADS")
@@ -189,6 +189,42 @@ pub fn measured(cmd: &mut Command, limit: Duration) -> Measured {
         max_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
         killed,
     }
+}
+
+/// Makes a named pipe at `path` (replacing a file there).
+pub fn mkfifo(path: &Path) {
+    let _ = fs::remove_file(path);
+    let ok = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(ok.success(), "mkfifo {}", path.display());
+}
+
+/// The most memory a refused hostile input may cost imgc.
+pub const HOSTILE_MAX_RSS: u64 = 200 * 1024 * 1024;
+/// The most time it may take.
+pub const HOSTILE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Runs `cmd` (killed after 4× [`HOSTILE_LIMIT`]) and checks it was refused
+/// as a hostile input must be: exit 1 within [`HOSTILE_LIMIT`], at most
+/// [`HOSTILE_MAX_RSS`], every needle in stderr. Returns stderr.
+pub fn refused_fast(cmd: &mut Command, needles: &[&str]) -> String {
+    let m = measured(cmd, HOSTILE_LIMIT * 4);
+    let err = String::from_utf8_lossy(&m.out.stderr).into_owned();
+    assert!(
+        !m.killed,
+        "still running after {:?}: {err}",
+        HOSTILE_LIMIT * 4
+    );
+    assert_eq!(m.out.status.code(), Some(1), "{err}");
+    assert!(m.elapsed < HOSTILE_LIMIT, "took {:?}: {err}", m.elapsed);
+    assert!(
+        m.max_rss < HOSTILE_MAX_RSS,
+        "peak RSS {} MB: {err}",
+        m.max_rss >> 20
+    );
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+    err
 }
 
 // ------------------------------------------------------------ secrets
@@ -765,18 +801,12 @@ impl Registry {
             let dir = tempdir();
             let storage = dir.path().join("storage");
             fs::create_dir(&storage).unwrap();
-            let config = dir.path().join("config.yml");
-            fs::write(&config, registry_config(&storage, port)).unwrap();
-            let log_path = dir.path().join("registry.log");
-            let log = fs::File::create(&log_path).unwrap();
-            let child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start docker-registry: {e}"));
+            fs::write(
+                dir.path().join("config.yml"),
+                registry_config(&storage, port),
+            )
+            .unwrap();
+            let child = serve(dir.path());
             let mut reg = Registry { child, port, dir };
             match reg.wait_ready(Duration::from_secs(20)) {
                 Ok(()) => return reg,
@@ -799,20 +829,7 @@ impl Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
         sleep(down);
-        let config = self.dir.path().join("config.yml");
-        let log = fs::OpenOptions::new()
-            .append(true)
-            .open(self.dir.path().join("registry.log"))
-            .unwrap();
-        fs::write(self.dir.path().join("registry.log"), "").unwrap();
-        self.child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot restart docker-registry: {e}"));
+        self.child = serve(self.dir.path());
         if let Err(why) = self.wait_ready(Duration::from_secs(20)) {
             panic!("docker-registry did not come back: {why}\n{}", self.log());
         }
@@ -885,6 +902,20 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `docker-registry serve DIR/config.yml`, logging to a fresh
+/// `DIR/registry.log`.
+fn serve(dir: &Path) -> Child {
+    let log = fs::File::create(dir.join("registry.log")).unwrap();
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start docker-registry: {e}"))
 }
 
 fn registry_config(storage: &Path, port: u16) -> String {

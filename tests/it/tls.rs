@@ -100,14 +100,25 @@ impl TlsRegistry {
     /// Starts one; with `Some((user, password))` it asks for basic auth
     /// (realm [`REALM`]) and knows that one user.
     pub fn start(htpasswd: Option<(&str, &str)>) -> TlsRegistry {
+        let auth = match htpasswd {
+            Some((u, p)) => Auth::Htpasswd(u, p),
+            None => Auth::None,
+        };
+        TlsRegistry::start_with(Ipv4Addr::LOCALHOST, None, auth, write_tls_files)
+    }
+
+    /// Starts one on `ip` (and `port`, else a free one) with the TLS files
+    /// `make` writes into the registry's folder.
+    fn start_with(
+        ip: Ipv4Addr,
+        port: Option<u16>,
+        auth: Auth<'_>,
+        make: impl Fn(&Path) -> TlsFiles,
+    ) -> TlsRegistry {
         let mut files = None;
-        let server = Server::start(htpasswd, |dir| {
-            let f = write_tls_files(dir);
-            let yaml = format!(
-                ", tls: {{certificate: {}, key: {}}}",
-                yaml_path(&f.server_cert),
-                yaml_path(&f.server_key)
-            );
+        let server = Server::start_at(ip, port, auth, |dir| {
+            let f = make(dir);
+            let yaml = tls_yaml(&f);
             files = Some(f);
             yaml
         });
@@ -157,8 +168,7 @@ impl TlsRegistry {
     /// -addext subjectAltName=...`): a CA certificate (`CA:TRUE`) served as
     /// the leaf. `ca_file()` is that certificate.
     pub fn start_docker_docs_self_signed() -> TlsRegistry {
-        let mut files = None;
-        let server = Server::start(None, |dir| {
+        TlsRegistry::start_with(Ipv4Addr::LOCALHOST, None, Auth::None, |dir| {
             let f = TlsFiles {
                 ca_cert: dir.join("domain.crt"),
                 server_cert: dir.join("domain.crt"),
@@ -169,12 +179,8 @@ impl TlsRegistry {
                 .args([
                     "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
                 ])
-                .args([
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ])
+                .args(["-subj", "/CN=127.0.0.1"])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1"])
                 .arg("-keyout")
                 .arg(&f.server_key)
                 .arg("-out")
@@ -182,53 +188,25 @@ impl TlsRegistry {
                 .stdin(Stdio::null())
                 .output()
                 .expect("openssl");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let yaml = format!(
-                ", tls: {{certificate: {}, key: {}}}",
-                yaml_path(&f.server_cert),
-                yaml_path(&f.server_key)
-            );
-            files = Some(f);
-            yaml
-        });
-        TlsRegistry {
-            server,
-            files: files.unwrap(),
-        }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{err}");
+            f
+        })
     }
 
     /// A registry on `ip`:443 with token auth whose challenges name `realm`.
     /// Binding port 443 needs root (or CAP_NET_BIND_SERVICE).
     pub fn start_token_auth_on_443(ip: Ipv4Addr, realm: &str) -> TlsRegistry {
-        let mut files = None;
+        // Distribution checks tokens against this bundle (none come here).
         let bundle_dir = tempfile::tempdir().unwrap();
         let bundle = write_tls_files_for(bundle_dir.path(), "127.0.0.1").ca_cert;
-        let server = Server::start_at(
-            ip,
-            Some(443),
-            Auth::Token {
-                realm,
-                bundle: &bundle,
-            },
-            |dir| {
-                let f = write_tls_files_for(dir, &ip.to_string());
-                let yaml = format!(
-                    ", tls: {{certificate: {}, key: {}}}",
-                    yaml_path(&f.server_cert),
-                    yaml_path(&f.server_key)
-                );
-                files = Some(f);
-                yaml
-            },
-        );
-        TlsRegistry {
-            server,
-            files: files.unwrap(),
-        }
+        let auth = Auth::Token {
+            realm,
+            bundle: &bundle,
+        };
+        TlsRegistry::start_with(ip, Some(443), auth, |dir| {
+            write_tls_files_for(dir, &ip.to_string())
+        })
     }
 }
 
@@ -427,6 +405,15 @@ impl Drop for Server {
     }
 }
 
+/// The `tls:` entry of a registry's `http:` map, for these files.
+fn tls_yaml(f: &TlsFiles) -> String {
+    format!(
+        ", tls: {{certificate: {}, key: {}}}",
+        yaml_path(&f.server_cert),
+        yaml_path(&f.server_key)
+    )
+}
+
 /// A path as a single-quoted YAML scalar.
 fn yaml_path(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "''"))
@@ -459,4 +446,88 @@ fn plain_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
         return None;
     }
     parts.next()?.parse().ok()
+}
+
+// ------------------------------------------------------------ a TLS responder
+
+/// An HTTPS server on a free 127.0.0.1 port (certificate from
+/// [`write_tls_files`]) that answers every request with one fixed response:
+/// what a registry cannot be made to send (a redirect from HTTPS to plain
+/// HTTP). Stops accepting when dropped.
+pub struct TlsResponder {
+    files: TlsFiles,
+    port: u16,
+    _dir: TempDir,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TlsResponder {
+    /// Serves `response` (a whole HTTP/1.1 response, head and body).
+    pub fn start(response: &str) -> TlsResponder {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_tls_files(dir.path());
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.server_cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&files.server_key).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let config = std::sync::Arc::new(config);
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop2, response) = (stop.clone(), response.to_string());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                    continue;
+                };
+                let mut tls = rustls::StreamOwned::new(conn, tcp);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = tls.write_all(response.as_bytes());
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        TlsResponder {
+            files,
+            port,
+            _dir: dir,
+            stop,
+        }
+    }
+
+    /// "127.0.0.1:PORT".
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The CA that signed its certificate.
+    pub fn ca_file(&self) -> &Path {
+        &self.files.ca_cert
+    }
+}
+
+impl Drop for TlsResponder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
+    }
 }
