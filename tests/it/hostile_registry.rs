@@ -442,3 +442,39 @@ fn a_registry_with_the_docker_docs_self_signed_certificate_works() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
+
+#[test]
+fn a_client_certificate_in_the_certificate_folder_is_presented() {
+    let reg = TlsRegistry::start_with_client_certificates();
+    let host = reg.host_port();
+    let env = Env::new();
+    let push = |env: &Env| {
+        output(
+            env.imgc()
+                .arg("push")
+                .arg(base_layout())
+                .arg(format!("{host}/base:1.0")),
+        )
+    };
+    // The CA alone in the folder: the registry refuses the handshake.
+    let dir = env.path("certs.d").join(&host);
+    fs::create_dir_all(&dir).unwrap();
+    fs::copy(reg.ca_file(), dir.join("ca.crt")).unwrap();
+    let out = push(&env);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // With client.cert and client.key beside it: accepted.
+    let (cert, key) = reg.tls_files().client.clone().unwrap();
+    fs::copy(cert, dir.join("client.cert")).unwrap();
+    fs::copy(&key, dir.join("client.key")).unwrap();
+    let out = push(&env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A certificate without its key is an error naming the missing key.
+    fs::remove_file(dir.join("client.key")).unwrap();
+    let out = push(&env);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("client.key") && err.contains("missing"),
+        "{err}"
+    );
+}

@@ -34,6 +34,9 @@ pub struct TlsFiles {
     pub server_cert: PathBuf,
     /// The server's private key (PKCS#8).
     pub server_key: PathBuf,
+    /// A client certificate signed by the CA (`client.cert`) and its key
+    /// (`client.key`), for registries that ask for one.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// Makes a fresh self-signed CA and a server certificate for 127.0.0.1 and
@@ -63,10 +66,24 @@ pub fn write_tls_files_for(dir: &Path, ip: &str) -> TlsFiles {
         .signed_by(&server_key, &ca)
         .expect("sign the server certificate");
 
+    let client_key = KeyPair::generate().expect("client key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "imgc test client");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = params
+        .signed_by(&client_key, &ca)
+        .expect("sign the client certificate");
+    let client = (dir.join("client.cert"), dir.join("client.key"));
+    fs::write(&client.0, client_cert.pem()).unwrap();
+    fs::write(&client.1, client_key.serialize_pem()).unwrap();
+
     let files = TlsFiles {
         ca_cert: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
         server_key: dir.join("server-key.pem"),
+        client: Some(client),
     };
     fs::write(&files.ca_cert, ca_cert.pem()).unwrap();
     fs::write(&files.server_cert, server_cert.pem()).unwrap();
@@ -173,6 +190,7 @@ impl TlsRegistry {
                 ca_cert: dir.join("domain.crt"),
                 server_cert: dir.join("domain.crt"),
                 server_key: dir.join("domain.key"),
+                client: None,
             };
             crate::support::require("openssl");
             let out = Command::new("openssl")
@@ -192,6 +210,23 @@ impl TlsRegistry {
             assert!(out.status.success(), "{err}");
             f
         })
+    }
+
+    /// A registry that asks every client for a certificate signed by its CA
+    /// (`tls.clientcas`); `tls_files().client` is one.
+    pub fn start_with_client_certificates() -> TlsRegistry {
+        let mut files = None;
+        let server = Server::start(None, |dir| {
+            let f = write_tls_files(dir);
+            let yaml =
+                tls_yaml(&f).replace("}", &format!(", clientcas: [{}]}}", yaml_path(&f.ca_cert)));
+            files = Some(f);
+            yaml
+        });
+        TlsRegistry {
+            server,
+            files: files.unwrap(),
+        }
     }
 
     /// A registry on `ip`:443 with token auth whose challenges name `realm`.
