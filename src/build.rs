@@ -308,13 +308,16 @@ fn copy_base_layer(
     if !writer.holds(desc) {
         remote.fetch(&base.reference, desc).map_err(base_err)?;
     }
+    // Only a fault of the store's copy (missing, unreadable, not matching)
+    // is mended by fetching it again; an error writing the output is not.
+    let source = crate::base::blob_path(dir, &desc.digest);
     match writer.copy_blob(dir, desc) {
-        Err(LayoutError::DigestMismatch { .. }) | Err(LayoutError::Io { .. }) => {
-            remote.refetch(&base.reference, desc).map_err(base_err)?;
-            Ok(writer.copy_blob(dir, desc)?)
-        }
-        other => Ok(other?),
+        Err(LayoutError::DigestMismatch { .. }) => {}
+        Err(LayoutError::Io { ref path, .. }) if *path == source => {}
+        other => return Ok(other?),
     }
+    remote.refetch(&base.reference, desc).map_err(base_err)?;
+    Ok(writer.copy_blob(dir, desc)?)
 }
 
 /// A document as canonical JSON, refused when larger than readers take

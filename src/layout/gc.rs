@@ -110,10 +110,8 @@ fn reachable(dir: &Path, index: &Index) -> Result<BTreeSet<Digest>, Skipped> {
 /// does not reach (see the module documentation). Returns how many were
 /// removed, or why nothing was.
 pub fn collect(dir: &Path, index: &Index) -> Result<usize, Skipped> {
-    for sub in ["blobs", "blobs/sha256"] {
-        if fs::symlink_metadata(dir.join(sub)).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(Skipped::Symlinked(dir.join(sub).display().to_string()));
-        }
+    if let Some(link) = super::symlinked_blobs(dir) {
+        return Err(Skipped::Symlinked(link.display().to_string()));
     }
     let keep = reachable(dir, index)?;
     let blobs = dir.join("blobs").join("sha256");

@@ -383,15 +383,20 @@ pub fn check_layout_file(path: &Path) -> Result<(), LayoutError> {
     oci::check_oci_layout(&bytes).map_err(bad)
 }
 
+/// `blobs` or `blobs/sha256` of the layout at `dir`, if either is a symlink.
+fn symlinked_blobs(dir: &Path) -> Option<PathBuf> {
+    ["blobs", "blobs/sha256"]
+        .iter()
+        .map(|sub| dir.join(sub))
+        .find(|p| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()))
+}
+
 /// Refuses a layout whose `blobs` or `blobs/sha256` is a symlink.
 fn check_blobs_not_symlinked(dir: &Path) -> Result<(), LayoutError> {
-    for sub in ["blobs", "blobs/sha256"] {
-        let p = dir.join(sub);
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(LayoutError::SymlinkedBlobs { path: p });
-        }
+    match symlinked_blobs(dir) {
+        Some(path) => Err(LayoutError::SymlinkedBlobs { path }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 enum CopyError {

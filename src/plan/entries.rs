@@ -6,7 +6,7 @@ use super::{Entry, EntryKind, FileSource, PlanError};
 use crate::spec::{Location, Mode, Owner};
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use std::collections::BTreeMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 /// A file entry after rendering.
@@ -502,16 +502,9 @@ fn make_entry(
             owner,
         ))
     } else {
-        let kind = if ft.is_fifo() {
-            "a named pipe"
-        } else if ft.is_socket() {
-            "a socket"
-        } else {
-            "a device"
-        };
         Err(PlanError::UnsupportedFileType {
             path: relative(context, path)?,
-            kind,
+            kind: crate::fsx::kind_name(ft),
             location: Box::new(location.clone()),
         })
     }

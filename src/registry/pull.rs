@@ -468,119 +468,195 @@ impl RegistryBases {
             .digest
             .clone()
             .or_else(|| entry.as_ref().map(|e| e.digest.clone()));
-        let top = match &pinned {
-            Some(d) => self.manifest_by_digest(&r, d, &format!("base `{reference}`"))?,
-            None if self.mode.offline => {
-                return Err(RegistryError::Offline {
-                    what: format!(
-                        "base `{reference}` (a tag; offline builds need it pinned by digest or in image.lock)"
-                    ),
-                    store: self.store()?.root().to_path_buf(),
-                })
-            }
-            None => {
-                let m = self.client.get_manifest(&r)?;
-                self.store()?.put_bytes(&m.digest, &m.bytes)?;
-                m
-            }
-        };
-        let mut candidates = Vec::new();
-        if top.is_index() {
-            let index: Index =
-                serde_json::from_slice(&top.bytes).map_err(|e| RegistryError::BadDocument {
-                    registry: r.registry.clone(),
-                    what: format!("index of base `{reference}`"),
-                    reason: e.to_string(),
-                })?;
-            for child in index.manifests {
-                if !oci::is_manifest_media_type(&child.media_type) {
-                    continue;
-                }
-                if let Some(p) = &child.platform {
-                    if p.os != "unknown" {
-                        candidates.push((p.clone(), child.clone()));
-                    }
-                }
-            }
+        let top = self.top_document(&r, reference, pinned.as_ref())?;
+        let candidates = if top.is_index() {
+            index_candidates(&r, reference, &top)?
         } else {
-            // A single manifest: its platform is in its config.
-            let manifest: Manifest =
-                serde_json::from_slice(&top.bytes).map_err(|e| RegistryError::BadDocument {
-                    registry: r.registry.clone(),
-                    what: format!("manifest of base `{reference}`"),
-                    reason: e.to_string(),
-                })?;
-            let store = self.store()?;
-            if !store.has(&manifest.config.digest, manifest.config.size) {
-                if self.mode.offline {
-                    return Err(RegistryError::Offline {
-                        what: format!("config {} of base `{reference}`", manifest.config.digest),
-                        store: store.root().to_path_buf(),
-                    });
-                }
-                self.client.get_blob(&r, &manifest.config, store)?;
-            }
-            let bytes = match crate::base::read_blob(store.root(), &manifest.config) {
-                Ok(b) => b,
-                // A corrupt copy: fetched again (offline, the error names it).
-                Err(_) if !self.mode.offline => {
-                    store.discard(&manifest.config.digest);
-                    self.client.get_blob(&r, &manifest.config, store)?;
-                    crate::base::read_blob(store.root(), &manifest.config)?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let config: ImageConfig =
-                serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadDocument {
-                    registry: r.registry.clone(),
-                    what: format!("config of base `{reference}`"),
-                    reason: e.to_string(),
-                })?;
-            let mut platform =
-                Platform::new(&config.os, &config.architecture, config.variant.as_deref());
-            platform.os_version = config.os_version.clone();
-            let mut desc = Descriptor::new(
-                top.media_type.clone(),
-                top.digest.clone(),
-                top.bytes.len() as u64,
-            );
-            desc.platform = Some(platform.clone());
-            candidates.push((platform, desc));
-        }
+            vec![self.manifest_candidate(&r, reference, &top)?]
+        };
         let platforms: BTreeMap<String, Digest> = candidates
             .iter()
             .map(|(p, d)| (p.to_string(), d.digest.clone()))
             .collect();
         if let Some(e) = &entry {
-            for (p, d) in &e.platforms {
-                if platforms.get(p) != Some(d) {
-                    return Err(RegistryError::LockMismatch {
-                        reference: reference.to_string(),
-                        digest: top.digest.clone(),
-                        platform: p.clone(),
-                        expected: d.clone(),
-                    });
-                }
-            }
+            check_lock(reference, &top.digest, e, &platforms)?;
         }
+        let locked = LockedBase {
+            reference: reference.to_string(),
+            digest: top.digest.clone(),
+            media_type: top.media_type.clone(),
+            platforms,
+        };
         self.resolved
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(
-                reference.to_string(),
-                LockedBase {
-                    reference: reference.to_string(),
-                    digest: top.digest.clone(),
-                    media_type: top.media_type.clone(),
-                    platforms,
-                },
-            );
+            .insert(reference.to_string(), locked);
         Ok(RemoteOpened {
             store: self.store()?.root().to_path_buf(),
             digest: top.digest,
             candidates,
         })
     }
+
+    /// The base's top document: by its pinned digest (from the store when
+    /// there), else by its tag (never offline).
+    fn top_document(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+        pinned: Option<&Digest>,
+    ) -> Result<FetchedManifest, RegistryError> {
+        match pinned {
+            Some(d) => self.manifest_by_digest(r, d, &format!("base `{reference}`")),
+            None if self.mode.offline => Err(RegistryError::Offline {
+                what: format!(
+                    "base `{reference}` (a tag; offline builds need it pinned by digest or in image.lock)"
+                ),
+                store: self.store()?.root().to_path_buf(),
+            }),
+            None => {
+                let m = self.client.get_manifest(r)?;
+                self.store()?.put_bytes(&m.digest, &m.bytes)?;
+                Ok(m)
+            }
+        }
+    }
+
+    /// A base that is a single manifest: its platform is in its config.
+    fn manifest_candidate(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+        top: &FetchedManifest,
+    ) -> Result<(Platform, Descriptor), RegistryError> {
+        let manifest: Manifest = serde_json::from_slice(&top.bytes)
+            .map_err(|e| bad_document(r, &format!("manifest of base `{reference}`"), e))?;
+        let bytes = self.read_verified(r, reference, &manifest.config)?;
+        let config: ImageConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| bad_document(r, &format!("config of base `{reference}`"), e))?;
+        let mut platform =
+            Platform::new(&config.os, &config.architecture, config.variant.as_deref());
+        platform.os_version = config.os_version.clone();
+        let mut desc = Descriptor::new(
+            top.media_type.clone(),
+            top.digest.clone(),
+            top.bytes.len() as u64,
+        );
+        desc.platform = Some(platform.clone());
+        Ok((platform, desc))
+    }
+
+    /// A blob of the base, from the store, verified; a corrupt store copy is
+    /// fetched again (offline, the error names it).
+    fn read_verified(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+        desc: &Descriptor,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let store = self.store()?;
+        self.fetch_blob(r, reference, desc)?;
+        match crate::base::read_blob(store.root(), desc) {
+            Err(BaseError::DigestMismatch { .. }) => {
+                self.refetch_blob(r, reference, desc)?;
+                Ok(crate::base::read_blob(store.root(), desc)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Makes sure a blob of the base is in the store (by size; its bytes are
+    /// verified where they are read).
+    fn fetch_blob(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+        desc: &Descriptor,
+    ) -> Result<(), RegistryError> {
+        let store = self.store()?;
+        if store.has(&desc.digest, desc.size) {
+            return Ok(());
+        }
+        if self.mode.offline {
+            return Err(RegistryError::Offline {
+                what: format!("blob {} of base `{reference}`", desc.digest),
+                store: store.root().to_path_buf(),
+            });
+        }
+        if oci::is_manifest_media_type(&desc.media_type)
+            || oci::is_index_media_type(&desc.media_type)
+        {
+            let what = format!("manifest of base `{reference}`");
+            return self.manifest_by_digest(r, &desc.digest, &what).map(|_| ());
+        }
+        self.client.get_blob(r, desc, store).map(|_| ())
+    }
+
+    /// Discards a store copy found corrupt and fetches it again.
+    fn refetch_blob(
+        &self,
+        r: &ImageRef,
+        reference: &str,
+        desc: &Descriptor,
+    ) -> Result<(), RegistryError> {
+        let store = self.store()?;
+        if self.mode.offline {
+            return Err(RegistryError::CorruptOffline {
+                digest: desc.digest.clone(),
+                path: store.path(&desc.digest),
+            });
+        }
+        store.discard(&desc.digest);
+        self.fetch_blob(r, reference, desc)
+    }
+}
+
+fn bad_document(r: &ImageRef, what: &str, e: serde_json::Error) -> RegistryError {
+    RegistryError::BadDocument {
+        registry: r.registry.clone(),
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The platform manifests an index lists (attestations, listed as
+/// unknown/unknown, left out).
+fn index_candidates(
+    r: &ImageRef,
+    reference: &str,
+    top: &FetchedManifest,
+) -> Result<Vec<(Platform, Descriptor)>, RegistryError> {
+    let index: Index = serde_json::from_slice(&top.bytes)
+        .map_err(|e| bad_document(r, &format!("index of base `{reference}`"), e))?;
+    Ok(index
+        .manifests
+        .into_iter()
+        .filter(|c| oci::is_manifest_media_type(&c.media_type))
+        .filter_map(|c| {
+            let p = c.platform.clone().filter(|p| p.os != "unknown")?;
+            Some((p, c))
+        })
+        .collect())
+}
+
+/// Checks that what the pinned digest holds is what the lock file says.
+fn check_lock(
+    reference: &str,
+    digest: &Digest,
+    entry: &LockedBase,
+    platforms: &BTreeMap<String, Digest>,
+) -> Result<(), RegistryError> {
+    for (p, d) in &entry.platforms {
+        if platforms.get(p) != Some(d) {
+            return Err(RegistryError::LockMismatch {
+                reference: reference.to_string(),
+                digest: digest.clone(),
+                platform: p.clone(),
+                expected: d.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl RemoteBases for RegistryBases {
@@ -588,42 +664,14 @@ impl RemoteBases for RegistryBases {
         self.open_inner(reference).map_err(remote_err)
     }
 
-    fn refetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError> {
-        let store = self.store().map_err(remote_err)?;
-        if self.mode.offline {
-            return Err(remote_err(RegistryError::CorruptOffline {
-                digest: desc.digest.clone(),
-                path: store.path(&desc.digest),
-            }));
-        }
-        store.discard(&desc.digest);
-        self.fetch(reference, desc)
+    fn fetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError> {
+        let r = ImageRef::parse(reference).map_err(|e| remote_err(e.into()))?;
+        self.fetch_blob(&r, reference, desc).map_err(remote_err)
     }
 
-    fn fetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError> {
-        let store = self.store().map_err(remote_err)?;
-        if store.has(&desc.digest, desc.size) {
-            return Ok(());
-        }
-        if self.mode.offline {
-            return Err(remote_err(RegistryError::Offline {
-                what: format!("blob {} of base `{reference}`", desc.digest),
-                store: store.root().to_path_buf(),
-            }));
-        }
+    fn refetch(&self, reference: &str, desc: &Descriptor) -> Result<(), BaseError> {
         let r = ImageRef::parse(reference).map_err(|e| remote_err(e.into()))?;
-        if oci::is_manifest_media_type(&desc.media_type)
-            || oci::is_index_media_type(&desc.media_type)
-        {
-            return self
-                .manifest_by_digest(&r, &desc.digest, &format!("manifest of base `{reference}`"))
-                .map(|_| ())
-                .map_err(remote_err);
-        }
-        self.client
-            .get_blob(&r, desc, store)
-            .map(|_| ())
-            .map_err(remote_err)
+        self.refetch_blob(&r, reference, desc).map_err(remote_err)
     }
 }
 
