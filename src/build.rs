@@ -121,9 +121,93 @@ pub fn build(
         images: plan.images.len(),
         layers: plan.layers.len(),
     });
-    let docker = plan.media_types == MediaTypesName::Docker;
+    let types = MediaTypes::of(plan);
     let mut writer = LayoutWriter::create(output)?;
+    let built = build_layers(plan, &mut writer, threads, reporter)?;
+    let mut children = Vec::new();
+    let mut manifests = Vec::new();
+    for image in &plan.images {
+        let desc = write_image(plan, image, &built, &types, &mut writer, reporter)?;
+        manifests.push((image.platform.clone(), desc.digest.clone()));
+        children.push(desc);
+    }
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(types.index.to_string()),
+        artifact_type: None,
+        manifests: children,
+        subject: None,
+        annotations: if types.docker {
+            BTreeMap::new()
+        } else {
+            plan.index_annotations.clone()
+        },
+        extra: Default::default(),
+    };
+    let bytes = encode("image index", &index)?;
+    let index_desc = writer.add_blob_bytes(types.index, &bytes)?;
+    let refs: Vec<(String, Descriptor)> = plan
+        .tags
+        .iter()
+        .map(|t| (t.clone(), index_desc.clone()))
+        .collect();
+    report_gc(reporter, writer.commit(&refs)?);
+    reporter.report(Event::LayoutWritten {
+        path: output,
+        digest: &index_desc.digest,
+    });
+    Ok(BuildOutput {
+        layout: output.to_path_buf(),
+        index: index_desc,
+        manifests,
+        index_doc: index,
+        positions: plan.images.iter().map(|i| i.position).collect(),
+        tags: plan.tags.clone(),
+    })
+}
 
+/// The media types of what a build writes: OCI or Docker's.
+struct MediaTypes {
+    docker: bool,
+    layer: String,
+    config: &'static str,
+    manifest: &'static str,
+    index: &'static str,
+}
+
+impl MediaTypes {
+    fn of(plan: &Plan) -> MediaTypes {
+        if plan.media_types == MediaTypesName::Docker {
+            MediaTypes {
+                docker: true,
+                layer: oci::MEDIA_TYPE_DOCKER_LAYER_GZIP.to_string(),
+                config: oci::MEDIA_TYPE_DOCKER_CONFIG,
+                manifest: oci::MEDIA_TYPE_DOCKER_MANIFEST,
+                index: oci::MEDIA_TYPE_DOCKER_LIST,
+            }
+        } else {
+            MediaTypes {
+                docker: false,
+                layer: format!(
+                    "{}{}",
+                    oci::MEDIA_TYPE_LAYER,
+                    plan.codec.media_type_suffix()
+                ),
+                config: oci::MEDIA_TYPE_CONFIG,
+                manifest: oci::MEDIA_TYPE_MANIFEST,
+                index: oci::MEDIA_TYPE_INDEX,
+            }
+        }
+    }
+}
+
+/// Builds every distinct layer of the plan into the writer's staging.
+fn build_layers(
+    plan: &Plan,
+    writer: &mut LayoutWriter,
+    threads: usize,
+    reporter: &dyn Reporter,
+) -> Result<Vec<BuiltLayer>, Error> {
     let context =
         crate::fsx::ContextDir::open(&plan.context).map_err(|source| LayerError::Read {
             layer: "(context)".to_string(),
@@ -160,111 +244,81 @@ pub fn build(
         });
         built.push(layer);
     }
+    Ok(built)
+}
 
-    let layer_media_type = if docker {
-        oci::MEDIA_TYPE_DOCKER_LAYER_GZIP.to_string()
-    } else {
-        format!(
-            "{}{}",
-            oci::MEDIA_TYPE_LAYER,
-            plan.codec.media_type_suffix()
-        )
-    };
-    let mut children = Vec::new();
-    let mut manifests = Vec::new();
-    for image in &plan.images {
-        let mut layer_descs = Vec::new();
-        if let Some(dir) = &image.base.layout_dir {
-            for desc in &image.base.layers {
-                if copy_base_layer(&mut writer, dir, &image.base, desc)? {
-                    reporter.report(Event::BaseBlobCopied {
-                        digest: &desc.digest,
-                        size: desc.size,
-                    });
-                }
-                let mut d = desc.clone();
-                d.media_type = convert_layer_media_type(&d.media_type, docker);
-                layer_descs.push(d);
+/// Writes one platform's config and manifest (copying its base layers);
+/// returns the manifest's descriptor, with its platform.
+fn write_image(
+    plan: &Plan,
+    image: &ImagePlan,
+    built: &[BuiltLayer],
+    types: &MediaTypes,
+    writer: &mut LayoutWriter,
+    reporter: &dyn Reporter,
+) -> Result<Descriptor, Error> {
+    let mut layer_descs = Vec::new();
+    if let Some(dir) = &image.base.layout_dir {
+        for desc in &image.base.layers {
+            if copy_base_layer(writer, dir, &image.base, desc)? {
+                reporter.report(Event::BaseBlobCopied {
+                    digest: &desc.digest,
+                    size: desc.size,
+                });
             }
+            let mut d = desc.clone();
+            d.media_type = convert_layer_media_type(&d.media_type, types.docker);
+            layer_descs.push(d);
         }
-        let mut diff_ids = Vec::new();
-        for &i in &image.layers {
-            let l = &built[i];
-            layer_descs.push(Descriptor::new(
-                layer_media_type.clone(),
-                l.digest.clone(),
-                l.size,
-            ));
-            diff_ids.push((plan.layers[i].name.as_str(), l.diff_id.clone()));
-        }
-        let config = assemble_config(&image.base, image, &diff_ids, plan.epoch);
-        let config_bytes = encode("image config", &config)?;
-        let config_mt = if docker {
-            oci::MEDIA_TYPE_DOCKER_CONFIG
-        } else {
-            oci::MEDIA_TYPE_CONFIG
-        };
-        let config_desc = writer.add_blob_bytes(config_mt, &config_bytes)?;
-        let manifest_mt = if docker {
-            oci::MEDIA_TYPE_DOCKER_MANIFEST
-        } else {
-            oci::MEDIA_TYPE_MANIFEST
-        };
-        let mut annotations = image.annotations.clone();
-        // A registry base is named, so that a push can mount its blobs.
-        if let (Some(_), Some(base_manifest)) = (&image.base.remote, &image.base.manifest) {
-            annotations
-                .entry(oci::ANNOTATION_BASE_NAME.to_string())
-                .or_insert_with(|| image.base.reference.clone());
-            annotations
-                .entry(oci::ANNOTATION_BASE_DIGEST.to_string())
-                .or_insert_with(|| base_manifest.digest.to_string());
-        }
-        if docker {
-            annotations.clear();
-        }
-        let manifest = Manifest {
-            schema_version: 2,
-            media_type: Some(manifest_mt.to_string()),
-            artifact_type: None,
-            config: config_desc,
-            layers: layer_descs,
-            subject: None,
-            annotations,
-        };
-        let bytes = encode("image manifest", &manifest)?;
-        let mut desc = writer.add_blob_bytes(manifest_mt, &bytes)?;
-        desc.platform = Some(output_platform(&image.platform));
-        manifests.push((image.platform.clone(), desc.digest.clone()));
-        children.push(desc);
     }
-
-    let index_mt = if docker {
-        oci::MEDIA_TYPE_DOCKER_LIST
-    } else {
-        oci::MEDIA_TYPE_INDEX
-    };
-    let index = Index {
+    let mut diff_ids = Vec::new();
+    for &i in &image.layers {
+        let l = &built[i];
+        layer_descs.push(Descriptor::new(
+            types.layer.clone(),
+            l.digest.clone(),
+            l.size,
+        ));
+        diff_ids.push((plan.layers[i].name.as_str(), l.diff_id.clone()));
+    }
+    let config = assemble_config(&image.base, image, &diff_ids, plan.epoch);
+    let config_desc = writer.add_blob_bytes(types.config, &encode("image config", &config)?)?;
+    let manifest = Manifest {
         schema_version: 2,
-        media_type: Some(index_mt.to_string()),
+        media_type: Some(types.manifest.to_string()),
         artifact_type: None,
-        manifests: children,
+        config: config_desc,
+        layers: layer_descs,
         subject: None,
-        annotations: if docker {
-            BTreeMap::new()
-        } else {
-            plan.index_annotations.clone()
-        },
-        extra: Default::default(),
+        annotations: manifest_annotations(image, types.docker),
     };
-    let bytes = encode("image index", &index)?;
-    let index_desc = writer.add_blob_bytes(index_mt, &bytes)?;
-    let refs: Vec<(String, Descriptor)> = plan
-        .tags
-        .iter()
-        .map(|t| (t.clone(), index_desc.clone()))
-        .collect();
-    match writer.commit(&refs)? {
+    let bytes = encode("image manifest", &manifest)?;
+    let mut desc = writer.add_blob_bytes(types.manifest, &bytes)?;
+    desc.platform = Some(output_platform(&image.platform));
+    Ok(desc)
+}
+
+/// A manifest's annotations: the spec's, and for a registry base its name
+/// and digest (so that a push can mount its blobs); none for Docker's types.
+fn manifest_annotations(image: &ImagePlan, docker: bool) -> BTreeMap<String, String> {
+    if docker {
+        return BTreeMap::new();
+    }
+    let mut annotations = image.annotations.clone();
+    if let (Some(_), Some(base_manifest)) = (&image.base.remote, &image.base.manifest) {
+        annotations
+            .entry(oci::ANNOTATION_BASE_NAME.to_string())
+            .or_insert_with(|| image.base.reference.clone());
+        annotations
+            .entry(oci::ANNOTATION_BASE_DIGEST.to_string())
+            .or_insert_with(|| base_manifest.digest.to_string());
+    }
+    annotations
+}
+
+/// Tells what garbage collection did, or why it did nothing.
+fn report_gc(reporter: &dyn Reporter, outcome: Result<usize, GcSkipped>) {
+    match outcome {
         Ok(0) => {}
         Ok(count) => reporter.report(Event::BlobsRemoved { count }),
         Err(GcSkipped::Symlinked(path)) => reporter.report(Event::Warning(&format!(
@@ -274,18 +328,6 @@ pub fn build(
             "no unused blob was removed: document {digest}, which a tag reaches, cannot be read"
         ))),
     }
-    reporter.report(Event::LayoutWritten {
-        path: output,
-        digest: &index_desc.digest,
-    });
-    Ok(BuildOutput {
-        layout: output.to_path_buf(),
-        index: index_desc,
-        manifests,
-        index_doc: index,
-        positions: plan.images.iter().map(|i| i.position).collect(),
-        tags: plan.tags.clone(),
-    })
 }
 
 /// Copies a base layer into the output; returns whether bytes were copied.

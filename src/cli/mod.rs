@@ -374,9 +374,10 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         .output
         .clone()
         .unwrap_or_else(|| default_output(&file));
-    // Outputs are checked before anything is built or written.
+    // Outputs and tags are checked before anything is built or written.
     check_output_file("--digest-file", args.digest_file.as_deref())?;
     check_output_file("--metadata-file", args.metadata_file.as_deref())?;
+    check_tags(&args.tags)?;
     let client = registry::client(&args.registry, args.quiet)?;
     let mode = imgc::registry::pull::ResolveMode {
         locked: args.locked,
@@ -386,57 +387,75 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
     let (resolver, _) = registry::bases(&args.common.spec, client.clone(), mode)?;
     let mut plan = make_plan(&file, &args.common, Some(resolver))?;
     if !args.tags.is_empty() {
-        for t in &args.tags {
-            if !plan::valid_tag(t) {
-                return Err(Failure::Usage(format!(
-                    "--tag `{t}` is not a valid tag (letters, digits, `_`, `.`, `-`; at most 128; not starting with `.` or `-`)"
-                )));
-            }
-        }
         plan.tags = args.tags.clone();
     }
-    let target = if args.push || args.push_by_digest {
-        let Some(name) = &plan.name else {
-            return Err(Failure::Usage(format!(
-                "--push needs `[image].name` in `{}` (the repository to push to)",
-                file.path.display()
-            )));
-        };
-        let r = registry::parse_ref(name)?;
-        Some(imgc::registry::ImageRef {
-            tag: None,
-            digest: None,
-            ..r
-        })
-    } else {
-        None
-    };
+    let target = push_target(&args, &plan, &file)?;
     let reporter = report::StderrReporter::new(args.quiet);
     let out = imgc::build(&plan, &output, threads, &reporter)?;
     let mut pushed = Vec::new();
     if let Some(target) = &target {
-        let outcome = client.push_layout(
-            &output,
-            &out.index,
-            target,
-            &imgc::registry::push::PushOptions {
-                tags: out.tags.clone(),
-                by_digest: args.push_by_digest,
-            },
-        )?;
+        let opts = imgc::registry::push::PushOptions {
+            tags: out.tags.clone(),
+            by_digest: args.push_by_digest,
+        };
+        let outcome = client.push_layout(&output, &out.index, target, &opts)?;
         if !args.quiet {
             eprintln!("{}", registry::push_summary(target, &outcome));
         }
         pushed = outcome.pushed;
     }
+    write_build_files(&args, target.as_ref(), &plan, &out, pushed)?;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}", out.index.digest);
+    Ok(())
+}
+
+/// Refuses a `--tag` that is not a valid tag.
+fn check_tags(tags: &[String]) -> Result<(), Failure> {
+    match tags.iter().find(|t| !plan::valid_tag(t)) {
+        Some(t) => Err(Failure::Usage(format!(
+            "--tag `{t}` is not a valid tag (letters, digits, `_`, `.`, `-`; at most 128; not starting with `.` or `-`)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The repository `--push` / `--push-by-digest` push to: `[image].name`.
+fn push_target(
+    args: &BuildArgs,
+    plan: &Plan,
+    file: &SpecFile,
+) -> Result<Option<imgc::registry::ImageRef>, Failure> {
+    if !(args.push || args.push_by_digest) {
+        return Ok(None);
+    }
+    let Some(name) = &plan.name else {
+        return Err(Failure::Usage(format!(
+            "--push needs `[image].name` in `{}` (the repository to push to)",
+            file.path.display()
+        )));
+    };
+    let r = registry::parse_ref(name)?;
+    Ok(Some(imgc::registry::ImageRef {
+        tag: None,
+        digest: None,
+        ..r
+    }))
+}
+
+/// Writes `--digest-file` and `--metadata-file`, when asked for.
+fn write_build_files(
+    args: &BuildArgs,
+    target: Option<&imgc::registry::ImageRef>,
+    plan: &Plan,
+    out: &imgc::BuildOutput,
+    pushed: Vec<String>,
+) -> Result<(), Failure> {
     if let Some(f) = &args.digest_file {
         write_file(f, out.index.digest.as_str().as_bytes())?;
     }
     if let Some(f) = &args.metadata_file {
-        let name = target
-            .as_ref()
-            .map(|t| t.name())
-            .or_else(|| plan.name.clone());
+        let name = target.map(|t| t.name()).or_else(|| plan.name.clone());
         let mut m = imgc::registry::shards::Metadata::for_index(
             name,
             &out.index.digest,
@@ -448,8 +467,6 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         m.pushed = pushed;
         registry::write_metadata(f, &m)?;
     }
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}", out.index.digest);
     Ok(())
 }
 

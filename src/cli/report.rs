@@ -101,14 +101,18 @@ impl StderrReporter {
     }
 }
 
-impl Reporter for StderrReporter {
-    fn report(&self, event: Event<'_>) {
-        if self.quiet {
-            if let Event::Warning(w) = event {
-                self.line(format!("warning: {w}"));
-            }
-            return;
-        }
+/// `  <verb>  <what>  <digest> <size>`: one line per blob moved.
+fn blob_line(verb: &str, what: &str, digest: &str, size: u64) -> String {
+    format!(
+        "  {verb:<5} {what:<16} {} {:>10}",
+        short(digest),
+        human(size)
+    )
+}
+
+impl StderrReporter {
+    /// Events of building and writing the layout.
+    fn build_event(&self, event: Event<'_>) {
         match event {
             Event::Planned { images, layers } => self.line(format!(
                 "planned {images} image(s), {layers} distinct layer(s)"
@@ -139,15 +143,24 @@ impl Reporter for StderrReporter {
                     human(tar_size)
                 ))
             }
-            Event::BaseBlobCopied { digest, size } => self.line(format!(
-                "  base  {:<16} {} {:>10}",
-                "blob",
-                short(digest.as_str()),
-                human(size)
-            )),
+            Event::BaseBlobCopied { digest, size } => {
+                self.line(blob_line("base", "blob", digest.as_str(), size))
+            }
             Event::BlobsRemoved { count } => {
                 self.line(format!("  removed {count} blob(s) no tag uses any more"))
             }
+            Event::LayoutWritten { path, digest } => self.line(format!(
+                "wrote {} ({})",
+                path.display(),
+                short(digest.as_str())
+            )),
+            other => self.registry_event(other),
+        }
+    }
+
+    /// Events of talking to registries, and warnings.
+    fn registry_event(&self, event: Event<'_>) {
+        match event {
             Event::Warning(w) => self.line(format!("warning: {w}")),
             Event::Retrying {
                 what,
@@ -158,12 +171,9 @@ impl Reporter for StderrReporter {
                 "  retry {what} in {:.1}s (attempt {attempt} failed: {reason})",
                 wait.as_secs_f64()
             )),
-            Event::BlobPulled { digest, size } => self.line(format!(
-                "  pull  {:<16} {} {:>10}",
-                "blob",
-                short(digest.as_str()),
-                human(size)
-            )),
+            Event::BlobPulled { digest, size } => {
+                self.line(blob_line("pull", "blob", digest.as_str(), size))
+            }
             Event::PushStarted { digest, size } => self.start_upload(digest.as_str(), size),
             Event::PushProgress { digest, sent } => {
                 if let Ok(u) = self.uploads.lock() {
@@ -179,27 +189,41 @@ impl Reporter for StderrReporter {
                     BlobOutcome::Mounted => "mounted",
                     BlobOutcome::Uploaded => "uploaded",
                 };
-                self.line(format!(
-                    "  push  {how:<16} {} {:>10}",
-                    short(digest.as_str()),
-                    human(size)
-                ))
+                self.line(blob_line("push", how, digest.as_str(), size))
             }
-            Event::ManifestPushed { reference, digest } => self.line(format!(
-                "  push  {:<16} {} {}",
-                "manifest",
-                short(digest.as_str()),
-                if reference.starts_with("sha256:") {
+            Event::ManifestPushed { reference, digest } => {
+                let tag = if reference.starts_with("sha256:") {
                     ""
                 } else {
                     reference
-                }
-            )),
-            Event::LayoutWritten { path, digest } => self.line(format!(
-                "wrote {} ({})",
-                path.display(),
-                short(digest.as_str())
-            )),
+                };
+                self.line(format!(
+                    "  push  {:<16} {} {tag}",
+                    "manifest",
+                    short(digest.as_str())
+                ))
+            }
+            // Handled by `build_event`, which sends only the others here.
+            Event::Planned { .. }
+            | Event::LayerStarted { .. }
+            | Event::LayerProgress { .. }
+            | Event::LayerFinished { .. }
+            | Event::BaseBlobCopied { .. }
+            | Event::BlobsRemoved { .. }
+            | Event::LayoutWritten { .. } => {}
         }
+    }
+}
+
+impl Reporter for StderrReporter {
+    fn report(&self, event: Event<'_>) {
+        if self.quiet {
+            if let Event::Warning(w) = event {
+                self.line(format!("warning: {w}"));
+            }
+            return;
+        }
+        // `build_event` passes what is not its own to `registry_event`.
+        self.build_event(event);
     }
 }

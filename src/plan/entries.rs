@@ -210,6 +210,23 @@ fn join_image(base: &str, rel: &str) -> String {
     }
 }
 
+/// One `files` entry, with what was worked out from it.
+struct Item<'a> {
+    f: &'a FileItem,
+    /// `dst` as an image path (no leading or trailing `/`).
+    dst: String,
+    /// Whether `dst` was written with a final `/` (a folder).
+    dst_is_dir: bool,
+    meta: Meta,
+    origin: usize,
+}
+
+impl Item<'_> {
+    fn loc(&self) -> Box<Location> {
+        Box::new(self.f.location.clone())
+    }
+}
+
 fn expand_file(
     context: &Path,
     defaults: &LayerDefaults,
@@ -217,119 +234,151 @@ fn expand_file(
     origin: usize,
     c: &mut Collector,
 ) -> Result<(), PlanError> {
-    let loc = || Box::new(f.location.clone());
-    let owner = f
-        .owner
-        .or(defaults.owner)
-        .unwrap_or(Owner { uid: 0, gid: 0 });
-    let file_mode = f.mode.or(defaults.mode);
-    let dir_mode = f.dir_mode.or(defaults.dir_mode).map_or(0o755, |m| m.0);
-    let dst_is_dir = f.dst.ends_with('/');
-    let dst = image_path(&f.dst, &f.location, "dst")?;
-    match (&f.src, &f.content) {
-        (Some(_), Some(_)) => return Err(PlanError::SrcAndContent { location: loc() }),
-        (None, None) => return Err(PlanError::NoSrcNorContent { location: loc() }),
-        (None, Some(content)) => {
-            if dst_is_dir || dst.is_empty() {
-                return Err(PlanError::InvalidImagePath {
-                    path: f.dst.clone(),
-                    reason: "an inline `content` needs a file path as `dst`, not a folder",
-                    location: loc(),
-                });
-            }
-            let bytes = content.clone().into_bytes();
-            let size = bytes.len() as u64;
-            let e = entry(
-                dst,
-                EntryKind::File {
-                    source: FileSource::Inline(bytes),
-                    size,
-                },
-                file_mode.map_or(0o644, |m| m.0),
-                owner,
-            );
-            return c.add(e, origin);
-        }
-        (Some(_), None) => {}
-    }
-    let src = f.src.clone().unwrap_or_default();
-    let rel = context_relative(&src).ok_or_else(|| PlanError::SrcOutsideContext {
-        src: src.clone(),
-        location: loc(),
-    })?;
-    let excludes = build_globset(&f.exclude, &f.location)?;
-    let meta = Meta {
-        owner,
-        file_mode,
-        dir_mode,
+    let item = Item {
+        dst: image_path(&f.dst, &f.location, "dst")?,
+        dst_is_dir: f.dst.ends_with('/'),
+        meta: Meta {
+            owner: f
+                .owner
+                .or(defaults.owner)
+                .unwrap_or(Owner { uid: 0, gid: 0 }),
+            file_mode: f.mode.or(defaults.mode),
+            dir_mode: f.dir_mode.or(defaults.dir_mode).map_or(0o755, |m| m.0),
+        },
+        origin,
+        f: &f,
     };
-    let is_glob = src.contains(['*', '?', '[', '{']);
-    if !is_glob {
-        check_no_symlink_ancestors(context, &rel, &src, &f.location)?;
-        let path = context.join(&rel);
-        let md = match std::fs::symlink_metadata(&path) {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if f.optional {
-                    return Ok(());
-                }
-                return Err(PlanError::SrcNotFound {
-                    src,
-                    location: loc(),
-                });
+    match (&f.src, &f.content) {
+        (Some(_), Some(_)) => Err(PlanError::SrcAndContent {
+            location: item.loc(),
+        }),
+        (None, None) => Err(PlanError::NoSrcNorContent {
+            location: item.loc(),
+        }),
+        (None, Some(content)) => add_inline(&item, content, c),
+        (Some(src), None) => {
+            let rel = context_relative(src).ok_or_else(|| PlanError::SrcOutsideContext {
+                src: src.clone(),
+                location: item.loc(),
+            })?;
+            if src.contains(['*', '?', '[', '{']) {
+                add_glob(context, &item, src, &rel, c)
+            } else {
+                add_path(context, &item, src, &rel, c)
             }
-            Err(source) => return Err(PlanError::ReadContext { path, source }),
+        }
+    }
+}
+
+/// Inline `content`: one file at `dst`.
+fn add_inline(item: &Item, content: &str, c: &mut Collector) -> Result<(), PlanError> {
+    if item.dst_is_dir || item.dst.is_empty() {
+        return Err(PlanError::InvalidImagePath {
+            path: item.f.dst.clone(),
+            reason: "an inline `content` needs a file path as `dst`, not a folder",
+            location: item.loc(),
+        });
+    }
+    let bytes = content.as_bytes().to_vec();
+    let size = bytes.len() as u64;
+    let e = entry(
+        item.dst.clone(),
+        EntryKind::File {
+            source: FileSource::Inline(bytes),
+            size,
+        },
+        item.meta.file_mode.map_or(0o644, |m| m.0),
+        item.meta.owner,
+    );
+    c.add(e, item.origin)
+}
+
+/// A `src` naming one path: a file (or symlink) at `dst`, or a folder
+/// copied recursively to `dst`.
+fn add_path(
+    context: &Path,
+    item: &Item,
+    src: &str,
+    rel: &Path,
+    c: &mut Collector,
+) -> Result<(), PlanError> {
+    let f = item.f;
+    let excludes = build_globset(&f.exclude, &f.location)?;
+    check_no_symlink_ancestors(context, rel, src, &f.location)?;
+    let path = context.join(rel);
+    let md = match std::fs::symlink_metadata(&path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && f.optional => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PlanError::SrcNotFound {
+                src: src.to_string(),
+                location: item.loc(),
+            })
+        }
+        Err(source) => return Err(PlanError::ReadContext { path, source }),
+    };
+    let dst = &item.dst;
+    if md.is_dir() {
+        // A folder is copied recursively to `dst`, which names the folder itself.
+        if !dst.is_empty() {
+            let e = entry(
+                dst.clone(),
+                EntryKind::Dir,
+                item.meta.dir_mode,
+                item.meta.owner,
+            );
+            c.add(e, item.origin)?;
+        }
+        let walk = Walk {
+            context,
+            dst,
+            select: None,
+            excludes: &excludes,
+            meta: &item.meta,
+            origin: item.origin,
+            location: &f.location,
         };
+        walk.add_below(&path, c)?;
+        return Ok(());
+    }
+    if dst.is_empty() && !item.dst_is_dir {
+        return Err(PlanError::InvalidImagePath {
+            path: f.dst.clone(),
+            reason: "a file cannot replace the root folder",
+            location: item.loc(),
+        });
+    }
+    let target = if item.dst_is_dir || dst.is_empty() {
         let name = rel
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if md.is_dir() {
-            // A folder is copied recursively to `dst`, which names the folder itself.
-            if !dst.is_empty() {
-                c.add(entry(dst.clone(), EntryKind::Dir, dir_mode, owner), origin)?;
-            }
-            walk_into(
-                context,
-                &path,
-                &dst,
-                None,
-                &excludes,
-                &meta,
-                origin,
-                c,
-                &f.location,
-            )?;
-        } else {
-            if dst.is_empty() && !dst_is_dir {
-                return Err(PlanError::InvalidImagePath {
-                    path: f.dst.clone(),
-                    reason: "a file cannot replace the root folder",
-                    location: loc(),
-                });
-            }
-            let target = if dst_is_dir || dst.is_empty() {
-                join_image(&dst, &name)
-            } else {
-                dst
-            };
-            c.add(
-                make_entry(context, &path, target, &md, &meta, &f.location)?,
-                origin,
-            )?;
-        }
-        return Ok(());
-    }
+        join_image(dst, &name)
+    } else {
+        dst.clone()
+    };
+    let e = make_entry(context, &path, target, &md, &item.meta, &f.location)?;
+    c.add(e, item.origin)
+}
 
-    // A glob: walk below its literal prefix, match context-relative paths.
-    if !dst_is_dir {
+/// A glob: walk below its literal prefix, match context-relative paths.
+fn add_glob(
+    context: &Path,
+    item: &Item,
+    src: &str,
+    rel: &Path,
+    c: &mut Collector,
+) -> Result<(), PlanError> {
+    let f = item.f;
+    let excludes = build_globset(&f.exclude, &f.location)?;
+    if !item.dst_is_dir {
         return Err(PlanError::GlobNeedsFolder {
-            src,
+            src: src.to_string(),
             dst: f.dst.clone(),
-            location: loc(),
+            location: item.loc(),
         });
     }
-    let rel_str = path_str(&rel);
+    let rel_str = path_str(rel);
     let prefix: PathBuf = rel_str
         .split('/')
         .take_while(|p| !p.contains(['*', '?', '[', '{']))
@@ -339,41 +388,36 @@ fn expand_file(
         .backslash_escape(true)
         .build()
         .map_err(|e| PlanError::BadGlob {
-            glob: src.clone(),
+            glob: src.to_string(),
             message: e.kind().to_string(),
-            location: loc(),
+            location: item.loc(),
         })?
         .compile_matcher();
     let root = context.join(&prefix);
     if !prefix.as_os_str().is_empty() {
-        check_no_symlink_ancestors(context, &prefix, &src, &f.location)?;
-        if std::fs::symlink_metadata(&root)
-            .map(|m| m.is_symlink())
-            .unwrap_or(false)
-        {
+        check_no_symlink_ancestors(context, &prefix, src, &f.location)?;
+        if std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_symlink()) {
             return Err(PlanError::SrcThroughSymlink {
-                src,
+                src: src.to_string(),
                 link: path_str(&prefix),
-                location: loc(),
+                location: item.loc(),
             });
         }
     }
-    let matched = root.is_dir()
-        && walk_into(
-            context,
-            &root,
-            &dst,
-            Some(&glob),
-            &excludes,
-            &meta,
-            origin,
-            c,
-            &f.location,
-        )?;
+    let walk = Walk {
+        context,
+        dst: &item.dst,
+        select: Some(&glob),
+        excludes: &excludes,
+        meta: &item.meta,
+        origin: item.origin,
+        location: &f.location,
+    };
+    let matched = root.is_dir() && walk.add_below(&root, c)?;
     if !matched && !f.optional {
         return Err(PlanError::GlobMatchedNothing {
-            src,
-            location: loc(),
+            src: src.to_string(),
+            location: item.loc(),
         });
     }
     Ok(())
@@ -385,73 +429,77 @@ struct Meta {
     dir_mode: u32,
 }
 
-/// Adds what lies below `root` (never following a symlink, never entering a
-/// skipped folder or an excluded one) at `dst` + its path below `root`.
-/// With `select`, only paths whose context path matches the glob are added,
-/// and everything below a matched folder. Returns whether anything matched.
-#[allow(clippy::too_many_arguments)]
-fn walk_into(
-    context: &Path,
-    root: &Path,
-    dst: &str,
-    select: Option<&GlobMatcher>,
-    excludes: &GlobSet,
-    meta: &Meta,
+/// A walk below a folder of the context, adding what it finds.
+struct Walk<'a> {
+    context: &'a Path,
+    /// Where what lies below the walked folder goes in the image.
+    dst: &'a str,
+    /// Only paths whose context path matches (and all below a matched
+    /// folder); `None`: everything.
+    select: Option<&'a GlobMatcher>,
+    excludes: &'a GlobSet,
+    meta: &'a Meta,
     origin: usize,
-    c: &mut Collector,
-    location: &Location,
-) -> Result<bool, PlanError> {
-    let mut matched = false;
-    // Folders matched by `select`, whose whole content is copied.
-    let mut copied: Vec<PathBuf> = Vec::new();
-    let mut walk = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .min_depth(1)
-        .sort_by_file_name()
-        .into_iter();
-    while let Some(item) = walk.next() {
-        let item = item.map_err(|e| walk_error(root, e))?;
-        let path = item.path();
-        let is_dir = item.file_type().is_dir();
-        if is_skipped(path, &c.skip) {
-            if is_dir {
-                walk.skip_current_dir();
-            }
-            continue;
-        }
-        let below = relative(root, path)?;
-        let ctx_rel = relative(context, path)?;
-        if let Some(glob) = select {
-            while copied.last().is_some_and(|d| !path.starts_with(d)) {
-                copied.pop();
-            }
-            if copied.is_empty() && !glob.is_match(&ctx_rel) {
+    location: &'a Location,
+}
+
+impl Walk<'_> {
+    /// Adds what lies below `root` (never following a symlink, never entering a
+    /// skipped folder or an excluded one) at `dst` + its path below `root`.
+    /// Returns whether anything matched.
+    fn add_below(&self, root: &Path, c: &mut Collector) -> Result<bool, PlanError> {
+        let mut matched = false;
+        // Folders matched by `select`, whose whole content is copied.
+        let mut copied: Vec<PathBuf> = Vec::new();
+        let mut walk = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .min_depth(1)
+            .sort_by_file_name()
+            .into_iter();
+        while let Some(item) = walk.next() {
+            let item = item.map_err(|e| walk_error(root, e))?;
+            let path = item.path();
+            let is_dir = item.file_type().is_dir();
+            if is_skipped(path, &c.skip) {
+                if is_dir {
+                    walk.skip_current_dir();
+                }
                 continue;
             }
-        }
-        if is_excluded(excludes, &below, &ctx_rel) {
-            if is_dir {
-                walk.skip_current_dir();
+            let below = relative(root, path)?;
+            let ctx_rel = relative(self.context, path)?;
+            if let Some(glob) = self.select {
+                while copied.last().is_some_and(|d| !path.starts_with(d)) {
+                    copied.pop();
+                }
+                if copied.is_empty() && !glob.is_match(&ctx_rel) {
+                    continue;
+                }
             }
-            continue;
+            if is_excluded(self.excludes, &below, &ctx_rel) {
+                if is_dir {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            matched = true;
+            let md = path
+                .symlink_metadata()
+                .map_err(|source| PlanError::ReadContext {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            if self.select.is_some() && md.is_dir() {
+                copied.push(path.to_path_buf());
+            }
+            let target = join_image(self.dst, &below);
+            c.add(
+                make_entry(self.context, path, target, &md, self.meta, self.location)?,
+                self.origin,
+            )?;
         }
-        matched = true;
-        let md = path
-            .symlink_metadata()
-            .map_err(|source| PlanError::ReadContext {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        if select.is_some() && md.is_dir() {
-            copied.push(path.to_path_buf());
-        }
-        let target = join_image(dst, &below);
-        c.add(
-            make_entry(context, path, target, &md, meta, location)?,
-            origin,
-        )?;
+        Ok(matched)
     }
-    Ok(matched)
 }
 
 fn make_entry(

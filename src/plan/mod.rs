@@ -13,7 +13,8 @@ use crate::base::{BaseError, BaseImage, OpenedBase};
 use crate::layers::Codec;
 use crate::oci::{self, Platform};
 use crate::spec::{
-    CompressionName, ConfigSection, LayerSpec, Location, MediaTypesName, Sp, SpecFile,
+    CompressionName, ConfigSection, LayerSpec, Location, MediaTypesName, PlatformOverride, Sp,
+    SpecFile,
 };
 use entries::{DirItem, FileItem, LayerDefaults, LinkItem};
 use serde::Serialize;
@@ -465,16 +466,65 @@ impl Renderer<'_> {
 /// Plans a build.
 pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
     let spec = &file.spec;
+    let (spec_dir, context) = resolve_dirs(file, opts)?;
+    let (codec, media_types) = encoding(spec)?;
+    let mut vars = spec.vars.clone();
+    vars.extend(opts.vars.clone());
+    let mut p = Planner {
+        file,
+        opts,
+        r: Renderer { file },
+        global: TemplateContext::new(vars),
+        spec_dir,
+        // Compare skipped folders in the context's canonical form.
+        skip: opts.skip.iter().map(|p| canonical_prefix(p)).collect(),
+        context,
+        epoch: build_epoch(opts.source_date_epoch, spec.image.epoch)?,
+        codec,
+        bases: BTreeMap::new(),
+        layers: Vec::new(),
+    };
+    let default_base = p.default_base()?;
+    let declared = p.declared_platforms(&default_base)?;
+    let selected = p.selected_platforms(&declared)?;
+    let mut images = Vec::new();
+    for platform in selected {
+        let position = declared.iter().position(|(q, _)| *q == platform);
+        let image = p.image(&platform, &default_base)?;
+        images.push(ImagePlan {
+            position: position.unwrap_or(images.len()),
+            ..image
+        });
+    }
+    let tags = p.tags()?;
+    let index_annotations = p.index_annotations()?;
+    let name = spec
+        .image
+        .name
+        .as_ref()
+        .map(|n| p.r.sp(&p.global, n, "`[image].name`"))
+        .transpose()?;
+    Ok(Plan {
+        context: p.context,
+        epoch: p.epoch,
+        codec,
+        media_types,
+        name,
+        tags,
+        index_annotations,
+        layers: p.layers,
+        images,
+    })
+}
+
+/// The spec's folder, and the build context (canonical; default: the
+/// spec's folder).
+fn resolve_dirs(file: &SpecFile, opts: &PlanOptions) -> Result<(PathBuf, PathBuf), PlanError> {
     let spec_dir = file
         .path
         .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let spec_dir = if spec_dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        spec_dir
-    };
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let context_in = opts.context.clone().unwrap_or_else(|| spec_dir.clone());
     let context = std::fs::canonicalize(&context_in).map_err(|source| PlanError::Context {
         path: context_in.clone(),
@@ -486,14 +536,11 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             source: std::io::Error::other("not a folder"),
         });
     }
-    let r = Renderer { file };
-    // Compare skipped folders in the context's canonical form.
-    let skip: Vec<PathBuf> = opts.skip.iter().map(|p| canonical_prefix(p)).collect();
-    let mut vars = spec.vars.clone();
-    vars.extend(opts.vars.clone());
-    let global = TemplateContext::new(vars);
+    Ok((spec_dir, context))
+}
 
-    let epoch = build_epoch(opts.source_date_epoch, spec.image.epoch)?;
+/// The layer codec and the media type family (Docker's takes gzip only).
+fn encoding(spec: &crate::spec::Spec) -> Result<(Codec, MediaTypesName), PlanError> {
     let codec = match spec.image.compression.unwrap_or(CompressionName::Gzip) {
         CompressionName::Gzip => Codec::Gzip,
         CompressionName::Zstd => Codec::Zstd,
@@ -505,127 +552,210 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
             compression: if codec == Codec::Zstd { "zstd" } else { "none" },
         });
     }
+    Ok((codec, media_types))
+}
 
-    // Bases are opened once per reference.
-    let mut bases: BTreeMap<String, OpenedBase> = BTreeMap::new();
-    let (default_base, default_base_loc) = match &spec.image.base {
-        Some(b) => (
-            r.sp(&global, b, "`[image].base`")?,
-            Some(Box::new(file.locate(&b.span))),
-        ),
-        None => ("scratch".to_string(), None),
-    };
+/// A platform with where the spec declares it.
+type Declared = (Platform, Option<Box<Location>>);
 
-    // Platforms: declared, else the default base's.
-    let mut platforms: Vec<(Platform, Option<Box<Location>>)> = Vec::new();
-    match &spec.image.platforms {
-        Some(list) => {
-            for p in list {
-                let loc = Some(Box::new(file.locate(&p.span)));
-                if platforms.iter().any(|(q, _)| q.matches(&p.value.0)) {
-                    return Err(PlanError::DuplicatePlatform {
-                        platform: p.value.0.to_string(),
-                        location: loc,
-                    });
-                }
-                platforms.push((p.value.0.clone(), loc));
+/// What planning works with, and what it has built up so far.
+struct Planner<'a> {
+    file: &'a SpecFile,
+    opts: &'a PlanOptions,
+    r: Renderer<'a>,
+    /// Templates without a platform.
+    global: TemplateContext,
+    spec_dir: PathBuf,
+    skip: Vec<PathBuf>,
+    context: PathBuf,
+    epoch: u64,
+    codec: Codec,
+    /// Bases opened so far, by reference (each is opened once).
+    bases: BTreeMap<String, OpenedBase>,
+    /// Distinct layers so far, in first-use order.
+    layers: Vec<LayerNode>,
+}
+
+impl Planner<'_> {
+    /// `[image].base` rendered (default `scratch`), with its place.
+    fn default_base(&self) -> Result<(String, Option<Box<Location>>), PlanError> {
+        Ok(match &self.file.spec.image.base {
+            Some(b) => (
+                self.r.sp(&self.global, b, "`[image].base`")?,
+                Some(Box::new(self.file.locate(&b.span))),
+            ),
+            None => ("scratch".to_string(), None),
+        })
+    }
+
+    /// The spec's platforms: declared, else the default base's.
+    fn declared_platforms(
+        &mut self,
+        default_base: &(String, Option<Box<Location>>),
+    ) -> Result<Vec<Declared>, PlanError> {
+        let mut platforms: Vec<Declared> = Vec::new();
+        let Some(list) = &self.file.spec.image.platforms else {
+            let (reference, loc) = default_base;
+            let opened = self.open_base(reference, loc.clone())?;
+            return match opened.platforms() {
+                v if v.is_empty() => Err(PlanError::NoPlatforms),
+                v => Ok(v.into_iter().map(|p| (p, None)).collect()),
+            };
+        };
+        for p in list {
+            let loc = Some(Box::new(self.file.locate(&p.span)));
+            if platforms.iter().any(|(q, _)| q.matches(&p.value.0)) {
+                return Err(PlanError::DuplicatePlatform {
+                    platform: p.value.0.to_string(),
+                    location: loc,
+                });
+            }
+            platforms.push((p.value.0.clone(), loc));
+        }
+        if platforms.is_empty() {
+            return Err(PlanError::NoPlatforms);
+        }
+        Ok(platforms)
+    }
+
+    /// The platforms to build (`--platform`, else all), after checking that
+    /// every override and every `--platform` names one of the spec's.
+    fn selected_platforms(&self, declared: &[Declared]) -> Result<Vec<Platform>, PlanError> {
+        let spec = &self.file.spec;
+        let available = || {
+            let names: Vec<String> = declared.iter().map(|(p, _)| p.to_string()).collect();
+            names.join(", ")
+        };
+        let keys: Vec<&Platform> = spec.platform.keys().map(|k| &k.0).collect();
+        for (i, a) in keys.iter().enumerate() {
+            if let Some(b) = keys[i + 1..].iter().find(|b| a.matches(b)) {
+                return Err(PlanError::DuplicateOverride {
+                    first: a.to_string(),
+                    second: b.to_string(),
+                });
             }
         }
-        None => {
-            let opened = open_base(
-                &mut bases,
-                &spec_dir,
-                opts.remote.as_ref(),
-                &default_base,
-                default_base_loc.clone(),
-            )?;
-            for p in opened.platforms() {
-                platforms.push((p, None));
+        for (key, ov) in &spec.platform {
+            if !declared.iter().any(|(p, _)| p.matches(&key.0)) {
+                return Err(PlanError::OverrideNotBuilt {
+                    platform: key.0.to_string(),
+                    available: available(),
+                    location: Some(Box::new(self.file.locate(&ov.span))),
+                });
             }
         }
-    }
-    if platforms.is_empty() {
-        return Err(PlanError::NoPlatforms);
-    }
-    let available = || {
-        platforms
+        let wanted = &self.opts.platforms;
+        if let Some(want) = wanted
             .iter()
-            .map(|(p, _)| p.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let keys: Vec<&Platform> = spec.platform.keys().map(|k| &k.0).collect();
-    for (i, a) in keys.iter().enumerate() {
-        if let Some(b) = keys[i + 1..].iter().find(|b| a.matches(b)) {
-            return Err(PlanError::DuplicateOverride {
-                first: a.to_string(),
-                second: b.to_string(),
-            });
-        }
-    }
-    for (key, ov) in &spec.platform {
-        if !platforms.iter().any(|(p, _)| p.matches(&key.0)) {
-            return Err(PlanError::OverrideNotBuilt {
-                platform: key.0.to_string(),
-                available: available(),
-                location: Some(Box::new(file.locate(&ov.span))),
-            });
-        }
-    }
-    for want in &opts.platforms {
-        if !platforms.iter().any(|(p, _)| p.matches(want)) {
+            .find(|w| !declared.iter().any(|(p, _)| p.matches(w)))
+        {
             return Err(PlanError::PlatformNotInSpec {
                 platform: want.to_string(),
                 available: available(),
             });
         }
-    }
-    let all_platforms: Vec<Platform> = platforms.iter().map(|(p, _)| p.clone()).collect();
-    if !opts.platforms.is_empty() {
-        platforms.retain(|(p, _)| opts.platforms.iter().any(|w| w.matches(p)));
+        Ok(declared
+            .iter()
+            .map(|(p, _)| p.clone())
+            .filter(|p| wanted.is_empty() || wanted.iter().any(|w| w.matches(p)))
+            .collect())
     }
 
-    let mut layers: Vec<LayerNode> = Vec::new();
-    let mut images = Vec::new();
-    for (platform, _) in &platforms {
-        let ctx = global.with_platform(platform);
+    /// Opens a base reference once per build.
+    fn open_base(
+        &mut self,
+        reference: &str,
+        location: Option<Box<Location>>,
+    ) -> Result<&OpenedBase, PlanError> {
+        open_base(
+            &mut self.bases,
+            &self.spec_dir,
+            self.opts.remote.as_ref(),
+            reference,
+            location,
+        )
+    }
+
+    /// One platform's image (its position is set by the caller).
+    fn image(
+        &mut self,
+        platform: &Platform,
+        default_base: &(String, Option<Box<Location>>),
+    ) -> Result<ImagePlan, PlanError> {
+        let spec = &self.file.spec;
+        let ctx = self.global.with_platform(platform);
         let ov = spec
             .platform
             .iter()
             .find(|(k, _)| k.0.matches(platform))
             .map(|(_, v)| &v.value);
+        let base = self.image_base(platform, &ctx, ov, default_base)?;
+        let layer_ids = self.image_layers(platform, &ctx, ov)?;
+        check_layer_count(platform, base.layers.len(), layer_ids.len())?;
+        let r = &self.r;
+        let config = merge_config(r, &ctx, &spec.config, ov.and_then(|o| o.config.as_ref()))?;
+        let mut annotations = r.spanned_map(&ctx, &spec.annotations, "annotations")?;
+        if let Some(o) = ov {
+            let what = format!("platform.\"{platform}\".annotations");
+            annotations.extend(r.spanned_map(&ctx, &o.annotations, &what)?);
+        }
+        annotations
+            .entry(oci::ANNOTATION_CREATED.to_string())
+            .or_insert_with(|| oci::rfc3339(self.epoch));
+        check_annotations(&annotations, "annotation")?;
+        Ok(ImagePlan {
+            position: 0,
+            platform: platform.clone(),
+            base,
+            layers: layer_ids,
+            config,
+            annotations,
+        })
+    }
+
+    /// A platform's base: its override's, else `[image].base`.
+    fn image_base(
+        &mut self,
+        platform: &Platform,
+        ctx: &TemplateContext,
+        ov: Option<&PlatformOverride>,
+        default_base: &(String, Option<Box<Location>>),
+    ) -> Result<BaseImage, PlanError> {
+        let spec = &self.file.spec;
         let (base_ref, base_loc) = match ov.and_then(|o| o.base.as_ref()) {
             Some(b) => (
-                r.sp(&ctx, b, &format!("`[platform.\"{platform}\"].base`"))?,
-                Some(Box::new(file.locate(&b.span))),
+                self.r
+                    .sp(ctx, b, &format!("`[platform.\"{platform}\"].base`"))?,
+                Some(Box::new(self.file.locate(&b.span))),
             ),
-            None => (
-                r.sp(
-                    &ctx,
-                    spec.image.base.as_ref().unwrap_or(&Sp {
-                        value: "scratch".into(),
-                        span: 0..0,
-                    }),
-                    "`[image].base`",
-                )?,
-                default_base_loc.clone(),
-            ),
+            None => {
+                let scratch = Sp {
+                    value: "scratch".into(),
+                    span: 0..0,
+                };
+                let b = spec.image.base.as_ref().unwrap_or(&scratch);
+                (self.r.sp(ctx, b, "`[image].base`")?, default_base.1.clone())
+            }
         };
-        let base = open_base(
-            &mut bases,
-            &spec_dir,
-            opts.remote.as_ref(),
-            &base_ref,
-            base_loc.clone(),
-        )?
-        .select(platform)
-        .map_err(|source| PlanError::Base {
-            reference: base_ref.clone(),
-            source,
-            location: base_loc.clone(),
-        })?;
+        self.open_base(&base_ref, base_loc.clone())?
+            .select(platform)
+            .map_err(|source| PlanError::Base {
+                reference: base_ref.clone(),
+                source,
+                location: base_loc,
+            })
+    }
 
-        let mut layer_ids = Vec::new();
+    /// A platform's layers (`[[layers]]`, then its override's), as indices
+    /// into the distinct layers: a layer equal to one planned already is
+    /// shared.
+    fn image_layers(
+        &mut self,
+        platform: &Platform,
+        ctx: &TemplateContext,
+        ov: Option<&PlatformOverride>,
+    ) -> Result<Vec<usize>, PlanError> {
+        let spec = &self.file.spec;
         let specs = spec
             .layers
             .iter()
@@ -637,101 +767,71 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
                     .enumerate()
                     .map(move |(i, l)| (format!("platform.\"{platform}\".layers[{i}]"), l))
             }));
+        let mut ids = Vec::new();
         for (what, layer) in specs {
-            if let Some(only) = &layer.value.platforms {
-                if !only.iter().any(|p| p.0.matches(platform)) {
-                    continue;
-                }
+            let only = layer.value.platforms.as_ref();
+            if only.is_some_and(|o| !o.iter().any(|p| p.0.matches(platform))) {
+                continue;
             }
-            let entries = expand_layer(&r, &ctx, &context, &skip, &layer.value, &what)?;
-            let key = layer_key(&layer.value.name, &entries, epoch, codec);
-            let id = match layers.iter().position(|l| l.key == key) {
+            let entries =
+                expand_layer(&self.r, ctx, &self.context, &self.skip, &layer.value, &what)?;
+            let key = layer_key(&layer.value.name, &entries, self.epoch, self.codec);
+            let id = match self.layers.iter().position(|l| l.key == key) {
                 Some(id) => id,
                 None => {
-                    layers.push(LayerNode {
+                    self.layers.push(LayerNode {
                         key,
                         name: layer.value.name.clone(),
                         entries,
                         platforms: Vec::new(),
                     });
-                    layers.len() - 1
+                    self.layers.len() - 1
                 }
             };
-            layers[id].platforms.push(platform.to_string());
-            layer_ids.push(id);
+            self.layers[id].platforms.push(platform.to_string());
+            ids.push(id);
         }
+        Ok(ids)
+    }
 
-        check_layer_count(platform, base.layers.len(), layer_ids.len())?;
-        let config = merge_config(&r, &ctx, &spec.config, ov.and_then(|o| o.config.as_ref()))?;
-        let mut annotations = r.spanned_map(&ctx, &spec.annotations, "annotations")?;
-        if let Some(o) = ov {
-            annotations.extend(r.spanned_map(
-                &ctx,
-                &o.annotations,
-                &format!("platform.\"{platform}\".annotations"),
-            )?);
+    /// `[image].tags` rendered, checked and deduplicated (default `latest`).
+    fn tags(&self) -> Result<Vec<String>, PlanError> {
+        let mut tags = Vec::new();
+        for t in &self.file.spec.image.tags {
+            let tag = self.r.sp(&self.global, t, "`[image].tags`")?;
+            if !valid_tag(&tag) {
+                return Err(PlanError::InvalidTag {
+                    tag,
+                    location: Some(Box::new(self.file.locate(&t.span))),
+                });
+            }
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
         }
-        annotations
+        if tags.is_empty() {
+            tags.push("latest".to_string());
+        }
+        Ok(tags)
+    }
+
+    /// The image index's annotations: `[annotations]`, then
+    /// `[index_annotations]`, and the creation time.
+    fn index_annotations(&self) -> Result<BTreeMap<String, String>, PlanError> {
+        let spec = &self.file.spec;
+        let (r, global) = (&self.r, &self.global);
+        let mut index_annotations = r.spanned_map(global, &spec.annotations, "annotations")?;
+        index_annotations.extend(r.spanned_map(
+            global,
+            &spec.index_annotations,
+            "index_annotations",
+        )?);
+        index_annotations
             .entry(oci::ANNOTATION_CREATED.to_string())
-            .or_insert_with(|| oci::rfc3339(epoch));
-        check_annotations(&annotations, "annotation")?;
-        images.push(ImagePlan {
-            position: all_platforms
-                .iter()
-                .position(|q| q == platform)
-                .unwrap_or(images.len()),
-            platform: platform.clone(),
-            base,
-            layers: layer_ids,
-            config,
-            annotations,
-        });
+            .or_insert_with(|| oci::rfc3339(self.epoch));
+        check_annotations(&index_annotations, "index annotation")?;
+        Ok(index_annotations)
     }
-
-    let mut tags = Vec::new();
-    for t in &spec.image.tags {
-        let tag = r.sp(&global, t, "`[image].tags`")?;
-        if !valid_tag(&tag) {
-            return Err(PlanError::InvalidTag {
-                tag,
-                location: Some(Box::new(file.locate(&t.span))),
-            });
-        }
-        if !tags.contains(&tag) {
-            tags.push(tag);
-        }
-    }
-    if tags.is_empty() {
-        tags.push("latest".to_string());
-    }
-    let mut index_annotations = r.spanned_map(&global, &spec.annotations, "annotations")?;
-    index_annotations.extend(r.spanned_map(
-        &global,
-        &spec.index_annotations,
-        "index_annotations",
-    )?);
-    index_annotations
-        .entry(oci::ANNOTATION_CREATED.to_string())
-        .or_insert_with(|| oci::rfc3339(epoch));
-    check_annotations(&index_annotations, "index annotation")?;
-    let name = spec
-        .image
-        .name
-        .as_ref()
-        .map(|n| r.sp(&global, n, "`[image].name`"))
-        .transpose()?;
-
-    Ok(Plan {
-        context,
-        epoch,
-        codec,
-        media_types,
-        name,
-        tags,
-        index_annotations,
-        layers,
-        images,
-    })
 }
 
 /// The canonical form of a path that may not exist yet: its longest existing
@@ -798,40 +898,11 @@ fn expand_layer(
         mode: defaults.mode,
         dir_mode: defaults.dir_mode,
     };
-    let mut file_items = Vec::new();
-    for (i, f) in files.iter().enumerate() {
-        let w = format!("{what}.files[{i}]");
-        let crate::spec::FileEntry {
-            src,
-            content,
-            dst,
-            exclude,
-            mode,
-            dir_mode,
-            owner,
-            optional,
-        } = &f.value;
-        file_items.push(FileItem {
-            src: src
-                .as_ref()
-                .map(|s| r.sp(ctx, s, &format!("{w}.src")))
-                .transpose()?,
-            content: content
-                .as_ref()
-                .map(|s| r.sp(ctx, s, &format!("{w}.content")))
-                .transpose()?,
-            dst: r.sp(ctx, dst, &format!("{w}.dst"))?,
-            exclude: exclude
-                .iter()
-                .map(|e| r.render(ctx, e, &format!("{w}.exclude"), Some(&f.span)))
-                .collect::<Result<_, _>>()?,
-            mode: *mode,
-            dir_mode: *dir_mode,
-            owner: *owner,
-            optional: *optional,
-            location: r.file.locate(&f.span),
-        });
-    }
+    let file_items = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| file_item(r, ctx, f, &format!("{what}.files[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut dir_items = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
         let crate::spec::DirEntry { path, mode, owner } = &d.value;
@@ -857,6 +928,45 @@ fn expand_layer(
         });
     }
     entries::expand(context, skip, &defaults, file_items, dir_items, link_items)
+}
+
+/// One `files` entry, rendered (`what` names it in errors).
+fn file_item(
+    r: &Renderer,
+    ctx: &TemplateContext,
+    f: &Sp<crate::spec::FileEntry>,
+    what: &str,
+) -> Result<FileItem, PlanError> {
+    // Destructured without `..`: a new key cannot be silently ignored.
+    let crate::spec::FileEntry {
+        src,
+        content,
+        dst,
+        exclude,
+        mode,
+        dir_mode,
+        owner,
+        optional,
+    } = &f.value;
+    let opt = |v: &Option<Sp<String>>, key: &str| {
+        v.as_ref()
+            .map(|s| r.sp(ctx, s, &format!("{what}.{key}")))
+            .transpose()
+    };
+    Ok(FileItem {
+        src: opt(src, "src")?,
+        content: opt(content, "content")?,
+        dst: r.sp(ctx, dst, &format!("{what}.dst"))?,
+        exclude: exclude
+            .iter()
+            .map(|e| r.render(ctx, e, &format!("{what}.exclude"), Some(&f.span)))
+            .collect::<Result<_, _>>()?,
+        mode: *mode,
+        dir_mode: *dir_mode,
+        owner: *owner,
+        optional: *optional,
+        location: r.file.locate(&f.span),
+    })
 }
 
 /// Merges `[config]` with a platform's `config` (the platform wins; `env`

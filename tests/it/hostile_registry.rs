@@ -204,13 +204,20 @@ fn a_registry_restarting_mid_push_is_survived() {
     let mut reg = Registry::start();
     let host = reg.host_port();
     let env = Env::new();
-    // An image of twelve 1 MiB layers, pushed one blob at a time.
+    // An image of twelve 16 MiB layers, pushed one blob at a time: long
+    // enough that the registry goes down with most of it still to send.
     let dir = env.path("ctx");
     fs::create_dir_all(&dir).unwrap();
     let mut spec = String::from("[image]\nplatforms = [\"linux/amd64\"]\ncompression = \"none\"\n");
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
     for i in 0..12 {
-        let bytes: Vec<u8> = (0..1 << 20)
-            .map(|j: u32| (j.wrapping_mul(2654435761) >> (i + 3)) as u8)
+        let bytes: Vec<u8> = (0..16 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
             .collect();
         fs::write(dir.join(format!("f{i}")), bytes).unwrap();
         spec.push_str(&format!(
