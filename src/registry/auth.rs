@@ -558,7 +558,6 @@ fn helper_get(
             }
         }
     }
-
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().map_err(io_err)? {
@@ -577,22 +576,32 @@ fn helper_get(
             .map_err(|_| timed_out())?
             .map_err(io_err)
     };
-    let (out, out_more) = collect(stdout)?;
+    let out = collect(stdout)?;
     let (err, _) = collect(stderr)?;
+    helper_reply(exe, status, out, &err)
+}
 
+/// What a helper's exit status and output say: a credential, none
+/// ("credentials not found"), or an error.
+fn helper_reply(
+    exe: &Path,
+    status: std::process::ExitStatus,
+    (out, out_more): (Vec<u8>, bool),
+    err: &[u8],
+) -> Result<Option<Credential>, AuthError> {
     if !status.success() {
         let not_found = |bytes: &[u8]| {
             String::from_utf8_lossy(bytes)
                 .to_ascii_lowercase()
                 .contains("credentials not found")
         };
-        if not_found(&out) || not_found(&err) {
+        if not_found(&out) || not_found(err) {
             return Ok(None);
         }
         return Err(AuthError::HelperFailed {
             helper: exe.to_path_buf(),
             status: status.to_string(),
-            stderr: excerpt(&err),
+            stderr: excerpt(err),
         });
     }
     let unusable = |detail: String| AuthError::HelperOutput {

@@ -390,28 +390,9 @@ impl Client {
         realm: &str,
         service: Option<&str>,
     ) -> Result<String, RegistryError> {
-        let err = |reason: String| RegistryError::Token {
-            registry: call.host.to_string(),
-            realm: shown(realm),
-            reason,
-        };
-        let url = reqwest::Url::parse(realm).map_err(|e| err(format!("bad realm URL: {e}")))?;
-        // Credentials go to a realm over HTTPS, or over plain HTTP only to a
-        // host:port named insecure; a realm of any other scheme is refused.
-        let may_send = match url.scheme() {
-            "https" => true,
-            "http" => self.named_insecure(&url),
-            other => {
-                return Err(err(format!(
-                    "the realm's scheme `{other}` is neither https nor http"
-                )))
-            }
-        };
-        let cred = if may_send {
-            self.credentials(call.host)?
-        } else {
-            None
-        };
+        let url = reqwest::Url::parse(realm)
+            .map_err(|e| token_error(call, realm, format!("bad realm URL: {e}")))?;
+        let cred = self.realm_credential(call, realm, &url)?;
         let http = self.http(call.host)?;
         let mut query: Vec<(&str, &str)> = Vec::new();
         if let Some(s) = service {
@@ -420,47 +401,56 @@ impl Client {
         for s in call.scopes {
             query.push(("scope", s));
         }
-        let req = match &cred {
-            Some(Credential::IdentityToken(tok)) => {
-                let mut form: Vec<(&str, &str)> = vec![
-                    ("grant_type", "refresh_token"),
-                    ("client_id", "imgc"),
-                    ("refresh_token", tok.expose()),
-                ];
-                form.extend(query.iter().copied());
-                let body = form
-                    .iter()
-                    .map(|(k, v)| format!("{k}={}", urlencode(v)))
-                    .collect::<Vec<_>>()
-                    .join("&");
-                http.post(url)
-                    .header("Content-Type", "application/x-www-form-urlencoded")
-                    .body(body)
+        let resp = token_request(&http, url, &query, cred.as_ref())
+            .send()
+            .map_err(|e| RegistryError::Connect {
+                registry: call.host.to_string(),
+                url: format!("token realm {}", shown(realm)),
+                retryable: transport_retryable(&e),
+                reason: self.describe_transport(e),
+            })?;
+        self.read_token(call, realm, resp)
+    }
+
+    /// The credential to send to a realm: over HTTPS, or over plain HTTP only
+    /// to a host:port named insecure; a realm of any other scheme is refused.
+    fn realm_credential(
+        &self,
+        call: &Call<'_>,
+        realm: &str,
+        url: &reqwest::Url,
+    ) -> Result<Option<Credential>, RegistryError> {
+        let may_send = match url.scheme() {
+            "https" => true,
+            "http" => self.named_insecure(url),
+            other => {
+                let why = format!("the realm's scheme `{other}` is neither https nor http");
+                return Err(token_error(call, realm, why));
             }
-            Some(Credential::Basic { username, password }) => http
-                .get(with_query(&url, &query))
-                .basic_auth(username, Some(password.expose())),
-            None => http.get(with_query(&url, &query)),
         };
-        let resp = req.send().map_err(|e| RegistryError::Connect {
-            registry: call.host.to_string(),
-            url: format!("token realm {}", shown(realm)),
-            retryable: transport_retryable(&e),
-            reason: self.describe_transport(e),
-        })?;
+        if may_send {
+            self.credentials(call.host)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The token from a realm's answer; its failures as errors (5xx and 429
+    /// retryable, 401/403 a refusal).
+    fn read_token(
+        &self,
+        call: &Call<'_>,
+        realm: &str,
+        resp: Response,
+    ) -> Result<String, RegistryError> {
         let status = resp.status().as_u16();
         if matches!(status, 408 | 429 | 500 | 502 | 503 | 504) {
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok());
             return Err(RegistryError::Status {
                 registry: call.host.to_string(),
                 url: format!("token realm {}", shown(realm)),
                 status,
                 detail: String::new(),
-                retry_after,
+                retry_after: retry_after(resp.headers()),
             });
         }
         if status == 401 || status == 403 {
@@ -473,20 +463,25 @@ impl Client {
         }
         let body = read_limited(resp, MAX_SMALL_BODY, call.host, "token response")?;
         if !(200..300).contains(&status) {
-            return Err(err(format!("HTTP {status}")));
+            return Err(token_error(call, realm, format!("HTTP {status}")));
         }
         #[derive(serde::Deserialize)]
         struct TokenBody {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let parsed: TokenBody = serde_json::from_slice(&body)
-            .map_err(|e| err(format!("the answer is not a token document ({e})")))?;
+        let parsed: TokenBody = serde_json::from_slice(&body).map_err(|e| {
+            token_error(
+                call,
+                realm,
+                format!("the answer is not a token document ({e})"),
+            )
+        })?;
         parsed
             .token
             .or(parsed.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| err("the answer holds no token".into()))
+            .ok_or_else(|| token_error(call, realm, "the answer holds no token".into()))
     }
 
     /// Sends a request built by `make`, answering an auth challenge once.
@@ -648,11 +643,7 @@ impl Client {
     ) -> RegistryError {
         let status = resp.status().as_u16();
         let method_url = shown(resp.url().as_str());
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let retry_after = retry_after(resp.headers());
         let body = read_limited(resp, MAX_SMALL_BODY, call.host, "error body").unwrap_or_default();
         #[derive(serde::Deserialize)]
         struct Errors {
@@ -760,6 +751,54 @@ impl Client {
             }
         }
     }
+}
+
+fn token_error(call: &Call<'_>, realm: &str, reason: String) -> RegistryError {
+    RegistryError::Token {
+        registry: call.host.to_string(),
+        realm: shown(realm),
+        reason,
+    }
+}
+
+/// A token request: a refresh-token form for an identity token, else a GET
+/// with the query (and basic auth when there are credentials).
+fn token_request(
+    http: &reqwest::blocking::Client,
+    url: reqwest::Url,
+    query: &[(&str, &str)],
+    cred: Option<&Credential>,
+) -> RequestBuilder {
+    match cred {
+        Some(Credential::IdentityToken(tok)) => {
+            let mut form: Vec<(&str, &str)> = vec![
+                ("grant_type", "refresh_token"),
+                ("client_id", "imgc"),
+                ("refresh_token", tok.expose()),
+            ];
+            form.extend(query.iter().copied());
+            let body = form
+                .iter()
+                .map(|(k, v)| format!("{k}={}", urlencode(v)))
+                .collect::<Vec<_>>()
+                .join("&");
+            http.post(url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body)
+        }
+        Some(Credential::Basic { username, password }) => http
+            .get(with_query(&url, query))
+            .basic_auth(username, Some(password.expose())),
+        None => http.get(with_query(&url, query)),
+    }
+}
+
+/// A `Retry-After` in seconds, if the answer has one.
+fn retry_after(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// `url` with `pairs` appended to its query.

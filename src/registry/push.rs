@@ -109,6 +109,70 @@ pub fn layout_entry(layout: &Path, tag: Option<&str>) -> Result<Descriptor, Regi
     })
 }
 
+/// The platform manifests of a top document: those an index lists (image
+/// manifests only), or the manifest itself.
+fn platform_manifests(layout: &Path, top: &LayoutDoc) -> Result<Vec<LayoutDoc>, RegistryError> {
+    if !oci::is_index_media_type(&top.desc.media_type) {
+        return Ok(vec![top.clone()]);
+    }
+    let digest = &top.desc.digest;
+    let index: Index = serde_json::from_slice(&top.bytes)
+        .map_err(|e| RegistryError::Layout(format!("index {digest} is invalid: {e}")))?;
+    let mut manifests = Vec::new();
+    for child in &index.manifests {
+        if !oci::is_manifest_media_type(&child.media_type) {
+            return Err(RegistryError::Layout(format!(
+                "index {digest} lists {} of media type `{}`; imgc pushes indexes of image manifests",
+                child.digest, child.media_type
+            )));
+        }
+        manifests.push(read_layout_doc(layout, child)?);
+    }
+    Ok(manifests)
+}
+
+/// Every blob of the manifests once, with a mount source when a manifest
+/// names a base in another repository of the same registry.
+fn blob_jobs(manifests: &[LayoutDoc], target: &ImageRef) -> Result<Vec<BlobJob>, RegistryError> {
+    let mut jobs: BTreeMap<Digest, BlobJob> = BTreeMap::new();
+    for m in manifests {
+        let manifest: Manifest = serde_json::from_slice(&m.bytes).map_err(|e| {
+            RegistryError::Layout(format!("manifest {} is invalid: {e}", m.desc.digest))
+        })?;
+        let mount_from = manifest
+            .annotations
+            .get(oci::ANNOTATION_BASE_NAME)
+            .and_then(|n| ImageRef::parse(n).ok())
+            .filter(|b| b.registry == target.registry && b.repository != target.repository)
+            .map(|b| b.repository);
+        jobs.entry(manifest.config.digest.clone())
+            .or_insert(BlobJob {
+                desc: manifest.config.clone(),
+                mount_from: None,
+            });
+        for l in &manifest.layers {
+            let job = jobs.entry(l.digest.clone()).or_insert(BlobJob {
+                desc: l.clone(),
+                mount_from: None,
+            });
+            if job.mount_from.is_none() {
+                job.mount_from = mount_from.clone();
+            }
+        }
+    }
+    Ok(jobs.into_values().collect())
+}
+
+/// How an upload started.
+enum Started {
+    /// Nothing to send: the registry has the blob, or mounted it.
+    Done(BlobOutcome),
+    /// The mount from this repository was refused.
+    MountRefused(String),
+    /// Send the bytes to this upload location.
+    Upload(reqwest::Url),
+}
+
 /// A blob to push, with where a mount may find it.
 struct BlobJob {
     desc: Descriptor,
@@ -150,55 +214,11 @@ impl Client {
         opts: &PushOptions,
     ) -> Result<PushOutcome, RegistryError> {
         let top_doc = read_layout_doc(layout, top)?;
-        let mut manifests: Vec<LayoutDoc> = Vec::new();
         let is_index = oci::is_index_media_type(&top.media_type);
-        if is_index {
-            let index: Index = serde_json::from_slice(&top_doc.bytes).map_err(|e| {
-                RegistryError::Layout(format!("index {} is invalid: {e}", top.digest))
-            })?;
-            for child in &index.manifests {
-                if !oci::is_manifest_media_type(&child.media_type) {
-                    return Err(RegistryError::Layout(format!(
-                        "index {} lists {} of media type `{}`; imgc pushes indexes of image manifests",
-                        top.digest, child.digest, child.media_type
-                    )));
-                }
-                manifests.push(read_layout_doc(layout, child)?);
-            }
-        } else {
-            manifests.push(top_doc.clone());
-        }
-
-        // Every blob once, with a mount source when the manifest names a base
-        // in another repository of the same registry.
-        let mut jobs: BTreeMap<Digest, BlobJob> = BTreeMap::new();
-        for m in &manifests {
-            let manifest: Manifest = serde_json::from_slice(&m.bytes).map_err(|e| {
-                RegistryError::Layout(format!("manifest {} is invalid: {e}", m.desc.digest))
-            })?;
-            let mount_from = manifest
-                .annotations
-                .get(oci::ANNOTATION_BASE_NAME)
-                .and_then(|n| ImageRef::parse(n).ok())
-                .filter(|b| b.registry == target.registry && b.repository != target.repository)
-                .map(|b| b.repository);
-            jobs.entry(manifest.config.digest.clone())
-                .or_insert(BlobJob {
-                    desc: manifest.config.clone(),
-                    mount_from: None,
-                });
-            for l in &manifest.layers {
-                let job = jobs.entry(l.digest.clone()).or_insert(BlobJob {
-                    desc: l.clone(),
-                    mount_from: None,
-                });
-                if job.mount_from.is_none() {
-                    job.mount_from = mount_from.clone();
-                }
-            }
-        }
+        let manifests = platform_manifests(layout, &top_doc)?;
+        let jobs = blob_jobs(&manifests, target)?;
         let mut outcome = PushOutcome::default();
-        self.push_blobs(layout, target, jobs.into_values().collect(), &mut outcome)?;
+        self.push_blobs(layout, target, jobs, &mut outcome)?;
 
         for m in &manifests {
             self.push_manifest(target, m.desc.digest.as_str(), &m.desc.media_type, &m.bytes)?;
@@ -351,13 +371,43 @@ impl Client {
             repository: &target.repository,
             scopes: &scopes,
         };
-        let base = self.base(&host);
+        let location = match self.start_upload(&call, target, desc, mount_from)? {
+            Started::Done(how) => return Ok(how),
+            // A mount we may not do: upload instead, and stop asking.
+            Started::MountRefused(src) => {
+                self.refuse_mount(&host, &src);
+                return self.push_blob_once(target, path, desc, None);
+            }
+            Started::Upload(location) => location,
+        };
+        let chunk = match self.options().chunk_size {
+            Some(c) => Some(c),
+            None if desc.size >= self.options().chunk_threshold => Some(64 * 1024 * 1024),
+            None => None,
+        };
+        match chunk.filter(|&c| c > 0 && desc.size > 0) {
+            Some(chunk) => self.upload_chunked(&call, location, path, desc, chunk)?,
+            None => self.upload_whole(&call, location, path, desc)?,
+        }
+        Ok(BlobOutcome::Uploaded)
+    }
+
+    /// Asks whether the registry has the blob (HEAD), then mounts it or
+    /// starts an upload session.
+    fn start_upload(
+        &self,
+        call: &Call<'_>,
+        target: &ImageRef,
+        desc: &Descriptor,
+        mount_from: Option<&str>,
+    ) -> Result<Started, RegistryError> {
+        let base = self.base(call.host);
         let head_url = format!("{base}{}/blobs/{}", target.repository, desc.digest);
-        let resp = self.send(&call, &|http| Ok(http.head(&head_url)))?;
+        let resp = self.send(call, &|http| Ok(http.head(&head_url)))?;
         match resp.status().as_u16() {
-            200 => return Ok(BlobOutcome::Existed),
+            200 => return Ok(Started::Done(BlobOutcome::Existed)),
             404 => {}
-            _ => return Err(self.status_error(&call, resp, None)),
+            _ => return Err(self.status_error(call, resp, None)),
         }
         let start_url = match mount_from {
             Some(src) => format!(
@@ -366,85 +416,87 @@ impl Client {
             ),
             None => format!("{base}{}/blobs/uploads/", target.repository),
         };
-        let resp = match self.send(&call, &|http| {
+        let refused = || Started::MountRefused(mount_from.unwrap_or_default().to_string());
+        let sent = self.send(call, &|http| {
             Ok(http.post(&start_url).header("Content-Length", "0"))
-        }) {
-            Ok(r) => r,
-            // A mount we may not do: upload instead, and stop asking.
-            Err(RegistryError::Unauthorized { .. }) if mount_from.is_some() => {
-                if let Some(src) = mount_from {
-                    self.refuse_mount(&host, src);
-                }
-                return self.push_blob_once(target, path, desc, None);
-            }
-            Err(e) => return Err(e),
+        });
+        let resp = match sent {
+            Err(RegistryError::Unauthorized { .. }) if mount_from.is_some() => return Ok(refused()),
+            other => other?,
         };
-        let status = resp.status().as_u16();
-        if status == 201 && mount_from.is_some() {
-            return Ok(BlobOutcome::Mounted);
+        match (resp.status().as_u16(), mount_from.is_some()) {
+            (201, true) => Ok(Started::Done(BlobOutcome::Mounted)),
+            (401 | 403, true) => Ok(refused()),
+            (201 | 202, _) => Ok(Started::Upload(self.location(call.host, &resp)?)),
+            _ => Err(self.status_error(call, resp, None)),
         }
-        if (status == 401 || status == 403) && mount_from.is_some() {
-            if let Some(src) = mount_from {
-                self.refuse_mount(&host, src);
-            }
-            return self.push_blob_once(target, path, desc, None);
-        }
-        if status != 202 && status != 201 {
-            return Err(self.status_error(&call, resp, None));
-        }
-        let mut location = self.location(&host, &resp)?;
-        let chunk = match self.options().chunk_size {
-            Some(c) => Some(c),
-            None if desc.size >= self.options().chunk_threshold => Some(64 * 1024 * 1024),
-            None => None,
-        };
-        if let Some(chunk) = chunk.filter(|&c| c > 0 && desc.size > 0) {
-            let mut offset = 0u64;
-            while offset < desc.size {
-                let len = chunk.min(desc.size - offset);
-                let body = self.file_body(path, offset, len, &desc.digest)?;
-                let url = location.clone();
-                let range = format!("{}-{}", offset, offset + len - 1);
-                let resp = self.send(&call, &|http| {
-                    Ok(http
-                        .patch(url.as_str())
-                        .header("Content-Type", "application/octet-stream")
-                        .header("Content-Range", range.as_str())
-                        .header("Content-Length", len.to_string())
-                        .body(body.try_clone_body()?))
-                })?;
-                if !matches!(resp.status().as_u16(), 202 | 201 | 204) {
-                    return Err(self.status_error(&call, resp, None));
-                }
-                location = self.location(&host, &resp)?;
-                offset += len;
-            }
-            let mut url = location;
-            url.query_pairs_mut()
-                .append_pair("digest", desc.digest.as_str());
-            let resp = self.send(&call, &|http| {
-                Ok(http.put(url.as_str()).header("Content-Length", "0"))
+    }
+
+    /// Sends the blob in chunks (`PATCH` with `Content-Range`), then closes
+    /// the session (`PUT ?digest=`).
+    fn upload_chunked(
+        &self,
+        call: &Call<'_>,
+        mut location: reqwest::Url,
+        path: &Path,
+        desc: &Descriptor,
+        chunk: u64,
+    ) -> Result<(), RegistryError> {
+        let mut offset = 0u64;
+        while offset < desc.size {
+            let len = chunk.min(desc.size - offset);
+            let body = self.file_body(path, offset, len, &desc.digest)?;
+            let url = location.clone();
+            let range = format!("{}-{}", offset, offset + len - 1);
+            let resp = self.send(call, &|http| {
+                Ok(http
+                    .patch(url.as_str())
+                    .header("Content-Type", "application/octet-stream")
+                    .header("Content-Range", range.as_str())
+                    .header("Content-Length", len.to_string())
+                    .body(body.try_clone_body()?))
             })?;
-            if resp.status().as_u16() != 201 {
-                return Err(self.status_error(&call, resp, None));
+            if !matches!(resp.status().as_u16(), 202 | 201 | 204) {
+                return Err(self.status_error(call, resp, None));
             }
-            return Ok(BlobOutcome::Uploaded);
+            location = self.location(call.host, &resp)?;
+            offset += len;
         }
-        let mut url = location;
-        url.query_pairs_mut()
+        location
+            .query_pairs_mut()
+            .append_pair("digest", desc.digest.as_str());
+        let resp = self.send(call, &|http| {
+            Ok(http.put(location.as_str()).header("Content-Length", "0"))
+        })?;
+        if resp.status().as_u16() != 201 {
+            return Err(self.status_error(call, resp, None));
+        }
+        Ok(())
+    }
+
+    /// Sends the blob in one `PUT ?digest=`.
+    fn upload_whole(
+        &self,
+        call: &Call<'_>,
+        mut location: reqwest::Url,
+        path: &Path,
+        desc: &Descriptor,
+    ) -> Result<(), RegistryError> {
+        location
+            .query_pairs_mut()
             .append_pair("digest", desc.digest.as_str());
         let body = self.file_body(path, 0, desc.size, &desc.digest)?;
-        let resp = self.send(&call, &|http| {
+        let resp = self.send(call, &|http| {
             Ok(http
-                .put(url.as_str())
+                .put(location.as_str())
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Length", desc.size.to_string())
                 .body(body.try_clone_body()?))
         })?;
         if resp.status().as_u16() != 201 {
-            return Err(self.status_error(&call, resp, None));
+            return Err(self.status_error(call, resp, None));
         }
-        Ok(BlobOutcome::Uploaded)
+        Ok(())
     }
 
     fn location(
