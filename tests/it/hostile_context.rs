@@ -38,17 +38,8 @@ impl Race {
         fs::write(ctx.join("sub/f"), "inside\n").unwrap();
         fs::create_dir_all(root.join("outside")).unwrap();
         fs::write(root.join("outside/f"), "SECRET\n").unwrap();
-        // 96 MiB that gzip cannot shrink much (xorshift).
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let bytes: Vec<u8> = (0..96 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
-        fs::write(ctx.join("big.bin"), bytes).unwrap();
+        // 96 MiB that gzip cannot shrink much.
+        fs::write(ctx.join("big.bin"), noise(7, 96 << 20)).unwrap();
         fs::write(ctx.join("image.toml"), SPEC).unwrap();
         Race { _t: t, root, ctx }
     }

@@ -31,18 +31,8 @@ impl Ctx {
         let t = tempdir();
         let dir = t.path().join("ctx");
         fs::create_dir_all(dir.join("data")).unwrap();
-        let mut x = 0x2545_F491_4F6C_DD1D_u64;
         for i in 0..files {
-            // xorshift: data that compression cannot make vanish.
-            let bytes: Vec<u8> = (0..size)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x >> 32) as u8
-                })
-                .collect();
-            fs::write(dir.join(format!("data/f{i}")), bytes).unwrap();
+            fs::write(dir.join(format!("data/f{i}")), noise(i as u64, size)).unwrap();
         }
         fs::write(dir.join("image.toml"), SPEC).unwrap();
         let out = dir.join("out");

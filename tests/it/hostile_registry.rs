@@ -209,17 +209,8 @@ fn a_registry_restarting_mid_push_is_survived() {
     let dir = env.path("ctx");
     fs::create_dir_all(&dir).unwrap();
     let mut spec = String::from("[image]\nplatforms = [\"linux/amd64\"]\ncompression = \"none\"\n");
-    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
     for i in 0..12 {
-        let bytes: Vec<u8> = (0..16 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
-        fs::write(dir.join(format!("f{i}")), bytes).unwrap();
+        fs::write(dir.join(format!("f{i}")), noise(i, 16 << 20)).unwrap();
         spec.push_str(&format!(
             "[[layers]]\nname = \"l{i}\"\nfiles = [{{ src = \"f{i}\", dst = \"/f{i}\" }}]\n"
         ));

@@ -191,6 +191,19 @@ pub fn measured(cmd: &mut Command, limit: Duration) -> Measured {
     }
 }
 
+/// `len` bytes that compression cannot shrink much (xorshift from `seed`).
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
 /// Makes a named pipe at `path` (replacing a file there).
 pub fn mkfifo(path: &Path) {
     let _ = fs::remove_file(path);
