@@ -359,6 +359,10 @@ fn a_corrupt_store_blob_of_the_right_size_is_fetched_again_or_named_offline() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
+        !env.path("b").join("index.json").exists(),
+        "a layout was written"
+    );
+    assert!(
         err.contains("corrupt") && err.contains("--offline"),
         "{err}"
     );
