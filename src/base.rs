@@ -187,6 +187,50 @@ impl BaseError {
     }
 }
 
+/// A base reference opened once; images are selected from it per platform.
+pub trait Base: std::fmt::Debug {
+    /// The platforms it offers (empty for `scratch`).
+    fn platforms(&self) -> Vec<Platform>;
+    /// The base image for one platform.
+    fn select(&self, platform: &Platform) -> Result<BaseImage, BaseError>;
+}
+
+/// Opens base references (`scratch`, `oci:DIR[:TAG]`, registry references).
+pub trait Bases: std::fmt::Debug {
+    /// Opens one reference, as rendered from the spec.
+    fn open(&self, reference: &str) -> Result<Arc<dyn Base>, BaseError>;
+}
+
+/// The real bases: `scratch`, local layouts (relative to the spec's
+/// folder), and registry references through a [`RemoteBases`].
+#[derive(Debug)]
+pub struct LayoutBases {
+    /// What relative `oci:` folders are relative to.
+    pub spec_dir: PathBuf,
+    /// How registry references are resolved; `None`: they are an error.
+    pub remote: Option<Arc<dyn RemoteBases>>,
+}
+
+impl Bases for LayoutBases {
+    fn open(&self, reference: &str) -> Result<Arc<dyn Base>, BaseError> {
+        Ok(Arc::new(OpenedBase::open(
+            reference,
+            &self.spec_dir,
+            self.remote.as_ref(),
+        )?))
+    }
+}
+
+impl Base for OpenedBase {
+    fn platforms(&self) -> Vec<Platform> {
+        OpenedBase::platforms(self)
+    }
+
+    fn select(&self, platform: &Platform) -> Result<BaseImage, BaseError> {
+        OpenedBase::select(self, platform)
+    }
+}
+
 /// A base image resolved for one platform.
 #[derive(Clone, Debug)]
 pub struct BaseImage {

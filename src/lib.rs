@@ -14,6 +14,7 @@ pub mod oci;
 pub mod plan;
 pub mod progress;
 pub mod registry;
+pub mod sources;
 pub mod spec;
 
 pub use build::{build, BuildOutput, Error};

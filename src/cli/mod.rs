@@ -306,17 +306,41 @@ fn make_plan(
     file: &SpecFile,
     common: &CommonArgs,
     remote: Option<std::sync::Arc<dyn imgc::base::RemoteBases>>,
+    tags: &[String],
 ) -> Result<Plan, Failure> {
-    let skip = skip_list(common.output.as_deref());
-    let opts = PlanOptions {
-        context: common.context.clone(),
+    let context = imgc::sources::DiskContext::open(
+        common.context.as_deref().unwrap_or(&spec_dir(file)),
+        &skip_list(common.output.as_deref()),
+    )?;
+    let bases = imgc::base::LayoutBases {
+        spec_dir: spec_dir(file),
+        remote,
+    };
+    let opts = plan_options(common, tags)?;
+    let sources = plan::sources::Sources {
+        context: &context,
+        bases: &bases,
+    };
+    Ok(plan::plan(file, &opts, sources)?)
+}
+
+/// What planning takes from the command line besides the sources.
+fn plan_options(common: &CommonArgs, tags: &[String]) -> Result<PlanOptions, Failure> {
+    Ok(PlanOptions {
         platforms: common.platforms.clone(),
         vars: common.vars.iter().cloned().collect::<BTreeMap<_, _>>(),
         source_date_epoch: env_epoch()?,
-        skip,
-        remote,
-    };
-    Ok(plan::plan(file, &opts)?)
+        tags: tags.to_vec(),
+    })
+}
+
+/// The spec file's folder: the default build context, and what relative
+/// `oci:` bases are relative to.
+pub(crate) fn spec_dir(file: &SpecFile) -> PathBuf {
+    file.path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// The folder default outputs go in.
@@ -385,10 +409,7 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         update: false,
     };
     let (resolver, _) = registry::bases(&args.common.spec, client.clone(), mode)?;
-    let mut plan = make_plan(&file, &args.common, Some(resolver))?;
-    if !args.tags.is_empty() {
-        plan.tags = args.tags.clone();
-    }
+    let plan = make_plan(&file, &args.common, Some(resolver), &args.tags)?;
     let target = push_target(&args, &plan, &file)?;
     let reporter = report::StderrReporter::new(args.quiet);
     let out = imgc::build(&plan, &output, threads, &reporter)?;
@@ -465,6 +486,8 @@ fn write_build_files(
         );
         m.tags = out.tags.clone();
         m.pushed = pushed;
+        m.platforms = plan.platforms.clone();
+        m.spec_digest = Some(plan.spec_digest.clone());
         registry::write_metadata(f, &m)?;
     }
     Ok(())
@@ -495,7 +518,7 @@ fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
         update: false,
     };
     let (resolver, _) = registry::bases(&args.common.spec, client, mode)?;
-    let plan = make_plan(&file, &args.common, Some(resolver))?;
+    let plan = make_plan(&file, &args.common, Some(resolver), &[])?;
     let mut stdout = std::io::stdout().lock();
     let text = match args.format {
         Format::Json => {

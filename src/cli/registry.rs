@@ -352,13 +352,17 @@ pub fn cmd_lock(args: LockArgs) -> Result<(), Failure> {
             ..ResolveMode::default()
         },
     )?;
+    // Only the bases are resolved: the build context is not read, so a lock
+    // can be made before what the image holds is built.
     let opts = imgc::plan::PlanOptions {
         vars: args.vars.iter().cloned().collect(),
-        remote: Some(resolver.clone()),
-        skip: super::skip_list(None),
         ..Default::default()
     };
-    imgc::plan::plan(&file, &opts)?;
+    let bases = imgc::base::LayoutBases {
+        spec_dir: super::spec_dir(&file),
+        remote: Some(resolver.clone()),
+    };
+    imgc::plan::resolve_bases(&file, &opts, &bases)?;
     let resolved = resolver.resolved();
     let lock = LockFile::new(resolved);
     lock.write(&lock_path)?;
@@ -458,6 +462,8 @@ pub fn cmd_index(args: IndexArgs) -> Result<(), Failure> {
             manifests: joined.manifests.clone(),
             tags: targets.iter().filter_map(|t| t.tag.clone()).collect(),
             pushed,
+            platforms: first.platforms.clone(),
+            spec_digest: first.spec_digest.clone(),
         };
         write_metadata(f, &m)?;
     }

@@ -1,12 +1,15 @@
 //! Expanding one rendered layer spec into its sorted entry list: globs over
 //! the build context (never following a symlink, never leaving the context),
-//! `dst` rules, mode and owner normalization, duplicate detection.
+//! `dst` rules, mode and owner normalization, duplicate and contradiction
+//! detection. The context is read only through the [`Context`] seam, with
+//! raw OS paths: only what an entry selects must be UTF-8.
 
+use super::sources::{Context, Kind, Stat};
 use super::{Entry, EntryKind, FileSource, PlanError};
 use crate::spec::{Location, Mode, Owner};
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
 /// A file entry after rendering.
@@ -46,14 +49,13 @@ pub(crate) struct LayerDefaults {
 }
 
 /// Collects entries by image path, remembering which spec entry made each.
-struct Collector {
+struct Collector<'a> {
+    ctx: &'a dyn Context,
     entries: BTreeMap<String, (Entry, usize)>,
     origins: Vec<Location>,
-    /// Folders never read, even when a glob covers them (the output layout).
-    skip: Vec<PathBuf>,
 }
 
-impl Collector {
+impl Collector<'_> {
     fn add(&mut self, entry: Entry, origin: usize) -> Result<(), PlanError> {
         if let Some((_, first)) = self.entries.get(&entry.path) {
             if *first == origin {
@@ -68,21 +70,48 @@ impl Collector {
         self.entries.insert(entry.path.clone(), (entry, origin));
         Ok(())
     }
+
+    /// Refuses an entry below one that is not a folder (a file `/x` and
+    /// `/x/y`; a symlink `/etc` and `/etc/passwd`): its tar would write
+    /// through, or over, the other.
+    fn check_contradictions(&self) -> Result<(), PlanError> {
+        for (path, (_, origin)) in &self.entries {
+            let mut end = path.len();
+            while let Some(i) = path[..end].rfind('/') {
+                end = i;
+                let Some((above, first)) = self.entries.get(&path[..end]) else {
+                    continue;
+                };
+                let kind = match above.kind {
+                    EntryKind::Dir => continue,
+                    EntryKind::File { .. } => "a file",
+                    EntryKind::Symlink { .. } => "a symlink",
+                };
+                return Err(PlanError::EntryBelowNonFolder {
+                    path: format!("/{path}"),
+                    above: format!("/{}", &path[..end]),
+                    kind,
+                    first: Box::new(self.origins[*first].clone()),
+                    location: Box::new(self.origins[*origin].clone()),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Expands a layer's items into sorted entries.
 pub(crate) fn expand(
-    context: &Path,
-    skip: &[PathBuf],
+    ctx: &dyn Context,
     defaults: &LayerDefaults,
     files: Vec<FileItem>,
     dirs: Vec<DirItem>,
     links: Vec<LinkItem>,
 ) -> Result<Vec<Entry>, PlanError> {
     let mut c = Collector {
+        ctx,
         entries: BTreeMap::new(),
         origins: Vec::new(),
-        skip: skip.to_vec(),
     };
     let owner_of = |o: Option<Owner>| o.or(defaults.owner).unwrap_or(Owner { uid: 0, gid: 0 });
     for d in dirs {
@@ -127,37 +156,14 @@ pub(crate) fn expand(
     for f in files {
         let origin = c.origins.len();
         c.origins.push(f.location.clone());
-        expand_file(context, defaults, f, origin, &mut c)?;
+        expand_file(defaults, f, origin, &mut c)?;
     }
+    c.check_contradictions()?;
     let mut out: Vec<Entry> = c.entries.into_values().map(|(e, _)| e).collect();
     // Bytewise by the name stored in the tar (folders end with `/`): a parent
     // is a prefix of its children, so it always comes first.
     out.sort_by_cached_key(Entry::tar_name);
     Ok(out)
-}
-
-/// Whether `path` is a skipped folder, is below one, or is a staging or
-/// temporary folder of one (`.<name>.imgc-…` beside it): a build never
-/// packs its output layout, nor what an interrupted build left beside it.
-fn is_skipped(path: &Path, skip: &[PathBuf]) -> bool {
-    skip.iter().any(|s| {
-        if path.starts_with(s) {
-            return true;
-        }
-        let (Some(name), Some(parent)) = (s.file_name(), s.parent()) else {
-            return false;
-        };
-        let litter = format!(".{}.imgc-", name.to_string_lossy());
-        path.strip_prefix(parent)
-            .ok()
-            .and_then(|rest| rest.components().next())
-            .is_some_and(|first| {
-                first
-                    .as_os_str()
-                    .to_string_lossy()
-                    .starts_with(litter.as_str())
-            })
-    })
 }
 
 fn entry(path: String, kind: EntryKind, mode: u32, owner: Owner) -> Entry {
@@ -228,7 +234,6 @@ impl Item<'_> {
 }
 
 fn expand_file(
-    context: &Path,
     defaults: &LayerDefaults,
     f: FileItem,
     origin: usize,
@@ -262,9 +267,9 @@ fn expand_file(
                 location: item.loc(),
             })?;
             if src.contains(['*', '?', '[', '{']) {
-                add_glob(context, &item, src, &rel, c)
+                add_glob(&item, src, &rel, c)
             } else {
-                add_path(context, &item, src, &rel, c)
+                add_path(&item, src, &rel, c)
             }
         }
     }
@@ -295,30 +300,22 @@ fn add_inline(item: &Item, content: &str, c: &mut Collector) -> Result<(), PlanE
 
 /// A `src` naming one path: a file (or symlink) at `dst`, or a folder
 /// copied recursively to `dst`.
-fn add_path(
-    context: &Path,
-    item: &Item,
-    src: &str,
-    rel: &Path,
-    c: &mut Collector,
-) -> Result<(), PlanError> {
+fn add_path(item: &Item, src: &str, rel: &Path, c: &mut Collector) -> Result<(), PlanError> {
     let f = item.f;
     let excludes = build_globset(&f.exclude, &f.location)?;
-    check_no_symlink_ancestors(context, rel, src, &f.location)?;
-    let path = context.join(rel);
-    let md = match std::fs::symlink_metadata(&path) {
-        Ok(md) => md,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && f.optional => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    check_no_symlink_ancestors(c.ctx, rel, src, &f.location)?;
+    let st = match stat(c.ctx, rel)? {
+        Some(st) => st,
+        None if f.optional => return Ok(()),
+        None => {
             return Err(PlanError::SrcNotFound {
                 src: src.to_string(),
                 location: item.loc(),
             })
         }
-        Err(source) => return Err(PlanError::ReadContext { path, source }),
     };
     let dst = &item.dst;
-    if md.is_dir() {
+    if st.kind == Kind::Dir {
         // A folder is copied recursively to `dst`, which names the folder itself.
         if !dst.is_empty() {
             let e = entry(
@@ -330,7 +327,6 @@ fn add_path(
             c.add(e, item.origin)?;
         }
         let walk = Walk {
-            context,
             dst,
             select: None,
             excludes: &excludes,
@@ -338,7 +334,7 @@ fn add_path(
             origin: item.origin,
             location: &f.location,
         };
-        walk.add_below(&path, c)?;
+        walk.add_below(rel, c)?;
         return Ok(());
     }
     if dst.is_empty() && !item.dst_is_dir {
@@ -349,26 +345,17 @@ fn add_path(
         });
     }
     let target = if item.dst_is_dir || dst.is_empty() {
-        let name = rel
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        join_image(dst, &name)
+        let name = rel.file_name().map(PathBuf::from).unwrap_or_default();
+        join_image(dst, &utf8(&name, &f.location)?)
     } else {
         dst.clone()
     };
-    let e = make_entry(context, &path, target, &md, &item.meta, &f.location)?;
+    let e = make_entry(c.ctx, rel, target, &st, &item.meta, &f.location)?;
     c.add(e, item.origin)
 }
 
 /// A glob: walk below its literal prefix, match context-relative paths.
-fn add_glob(
-    context: &Path,
-    item: &Item,
-    src: &str,
-    rel: &Path,
-    c: &mut Collector,
-) -> Result<(), PlanError> {
+fn add_glob(item: &Item, src: &str, rel: &Path, c: &mut Collector) -> Result<(), PlanError> {
     let f = item.f;
     let excludes = build_globset(&f.exclude, &f.location)?;
     if !item.dst_is_dir {
@@ -393,10 +380,10 @@ fn add_glob(
             location: item.loc(),
         })?
         .compile_matcher();
-    let root = context.join(&prefix);
+    let root = stat(c.ctx, &prefix)?;
     if !prefix.as_os_str().is_empty() {
-        check_no_symlink_ancestors(context, &prefix, src, &f.location)?;
-        if std::fs::symlink_metadata(&root).is_ok_and(|m| m.is_symlink()) {
+        check_no_symlink_ancestors(c.ctx, &prefix, src, &f.location)?;
+        if root.is_some_and(|st| st.kind == Kind::Symlink) {
             return Err(PlanError::SrcThroughSymlink {
                 src: src.to_string(),
                 link: path_str(&prefix),
@@ -405,7 +392,6 @@ fn add_glob(
         }
     }
     let walk = Walk {
-        context,
         dst: &item.dst,
         select: Some(&glob),
         excludes: &excludes,
@@ -413,7 +399,8 @@ fn add_glob(
         origin: item.origin,
         location: &f.location,
     };
-    let matched = root.is_dir() && walk.add_below(&root, c)?;
+    let is_dir = root.is_some_and(|st| st.kind == Kind::Dir);
+    let matched = is_dir && walk.add_below(&prefix, c)?;
     if !matched && !f.optional {
         return Err(PlanError::GlobMatchedNothing {
             src: src.to_string(),
@@ -431,7 +418,6 @@ struct Meta {
 
 /// A walk below a folder of the context, adding what it finds.
 struct Walk<'a> {
-    context: &'a Path,
     /// Where what lies below the walked folder goes in the image.
     dst: &'a str,
     /// Only paths whose context path matches (and all below a matched
@@ -443,119 +429,135 @@ struct Walk<'a> {
     location: &'a Location,
 }
 
+/// A folder being walked: its context path, the names left to visit, and
+/// whether it lies in a folder the glob matched (whose content is copied).
+type Frame = (PathBuf, std::vec::IntoIter<OsString>, bool);
+
 impl Walk<'_> {
-    /// Adds what lies below `root` (never following a symlink, never entering a
-    /// skipped folder or an excluded one) at `dst` + its path below `root`.
-    /// Returns whether anything matched.
+    /// Adds what lies below `root` (never following a symlink, never entering
+    /// an excluded folder; the context hides skipped ones) at `dst` + its path
+    /// below `root`, in bytewise order, parents first. Returns whether
+    /// anything matched.
     fn add_below(&self, root: &Path, c: &mut Collector) -> Result<bool, PlanError> {
         let mut matched = false;
-        // Folders matched by `select`, whose whole content is copied.
-        let mut copied: Vec<PathBuf> = Vec::new();
-        let mut walk = walkdir::WalkDir::new(root)
-            .follow_links(false)
-            .min_depth(1)
-            .sort_by_file_name()
-            .into_iter();
-        while let Some(item) = walk.next() {
-            let item = item.map_err(|e| walk_error(root, e))?;
-            let path = item.path();
-            let is_dir = item.file_type().is_dir();
-            if is_skipped(path, &c.skip) {
-                if is_dir {
-                    walk.skip_current_dir();
-                }
+        let mut stack: Vec<Frame> = vec![(root.to_path_buf(), list(c.ctx, root)?, false)];
+        while let Some((dir, names, copied)) = stack.last_mut() {
+            let Some(name) = names.next() else {
+                stack.pop();
+                continue;
+            };
+            let (path, copied) = (dir.join(name), *copied);
+            // Gone since it was listed: nothing to add.
+            let Some(st) = stat(c.ctx, &path)? else {
+                continue;
+            };
+            let below = path.strip_prefix(root).unwrap_or(&path);
+            if is_excluded(self.excludes, below, &path) {
                 continue;
             }
-            let below = relative(root, path)?;
-            let ctx_rel = relative(self.context, path)?;
-            if let Some(glob) = self.select {
-                while copied.last().is_some_and(|d| !path.starts_with(d)) {
-                    copied.pop();
-                }
-                if copied.is_empty() && !glob.is_match(&ctx_rel) {
-                    continue;
-                }
+            let is_dir = st.kind == Kind::Dir;
+            let selected = copied || self.select.is_none_or(|g| g.is_match(&path));
+            if selected {
+                matched = true;
+                // The whole context path is checked, so errors name it.
+                utf8(&path, self.location)?;
+                let target = join_image(self.dst, &utf8(below, self.location)?);
+                let e = make_entry(c.ctx, &path, target, &st, self.meta, self.location)?;
+                c.add(e, self.origin)?;
             }
-            if is_excluded(self.excludes, &below, &ctx_rel) {
-                if is_dir {
-                    walk.skip_current_dir();
-                }
-                continue;
+            if is_dir {
+                let names = list(c.ctx, &path)?;
+                stack.push((path, names, selected && self.select.is_some()));
             }
-            matched = true;
-            let md = path
-                .symlink_metadata()
-                .map_err(|source| PlanError::ReadContext {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            if self.select.is_some() && md.is_dir() {
-                copied.push(path.to_path_buf());
-            }
-            let target = join_image(self.dst, &below);
-            c.add(
-                make_entry(self.context, path, target, &md, self.meta, self.location)?,
-                self.origin,
-            )?;
         }
         Ok(matched)
     }
 }
 
 fn make_entry(
-    context: &Path,
-    path: &Path,
+    ctx: &dyn Context,
+    rel: &Path,
     target: String,
-    md: &std::fs::Metadata,
+    st: &Stat,
     meta: &Meta,
     location: &Location,
 ) -> Result<Entry, PlanError> {
-    let ft = md.file_type();
     let owner = meta.owner;
-    if ft.is_symlink() {
-        let link = std::fs::read_link(path).map_err(|source| PlanError::ReadContext {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let target_str = link.to_str().ok_or_else(|| PlanError::NotUtf8 {
-            path: path.to_path_buf(),
-        })?;
-        Ok(entry(
-            target,
-            EntryKind::Symlink {
-                target: target_str.to_string(),
-            },
-            0o777,
-            owner,
-        ))
-    } else if ft.is_dir() {
-        Ok(entry(target, EntryKind::Dir, meta.dir_mode, owner))
-    } else if ft.is_file() {
-        let exec = md.permissions().mode() & 0o111 != 0;
-        let mode = meta
-            .file_mode
-            .map_or(if exec { 0o755 } else { 0o644 }, |m| m.0);
-        let rel = relative(context, path)?;
-        Ok(entry(
-            target,
-            EntryKind::File {
-                source: FileSource::Context {
-                    path: path.to_path_buf(),
-                    rel,
-                    id: (md.dev(), md.ino()),
-                },
-                size: md.len(),
-            },
-            mode,
-            owner,
-        ))
-    } else {
-        Err(PlanError::UnsupportedFileType {
-            path: relative(context, path)?,
-            kind: crate::fsx::kind_name(ft),
+    match st.kind {
+        Kind::Symlink => {
+            let link = ctx
+                .read_link(rel)
+                .map_err(|source| PlanError::ReadContext {
+                    path: ctx.root().join(rel),
+                    source,
+                })?;
+            let target_str = utf8(&link, location)?;
+            Ok(entry(
+                target,
+                EntryKind::Symlink { target: target_str },
+                0o777,
+                owner,
+            ))
+        }
+        Kind::Dir => Ok(entry(target, EntryKind::Dir, meta.dir_mode, owner)),
+        Kind::File => {
+            let mode = meta
+                .file_mode
+                .map_or(if st.executable { 0o755 } else { 0o644 }, |m| m.0);
+            let source = FileSource::Context {
+                path: ctx.root().join(rel),
+                rel: utf8(rel, location)?,
+                id: st.id,
+            };
+            let kind = EntryKind::File {
+                source,
+                size: st.size,
+            };
+            Ok(entry(target, kind, mode, owner))
+        }
+        Kind::Other(kind) => Err(PlanError::UnsupportedFileType {
+            path: escaped(rel),
+            kind,
+            location: Box::new(location.clone()),
+        }),
+    }
+}
+
+/// What is at a context path.
+fn stat(ctx: &dyn Context, rel: &Path) -> Result<Option<Stat>, PlanError> {
+    ctx.stat(rel).map_err(|source| PlanError::ReadContext {
+        path: ctx.root().join(rel),
+        source,
+    })
+}
+
+/// The names in a context folder, sorted bytewise.
+fn list(ctx: &dyn Context, rel: &Path) -> Result<std::vec::IntoIter<OsString>, PlanError> {
+    let names = ctx.list(rel).map_err(|source| PlanError::ReadContext {
+        path: ctx.root().join(rel),
+        source,
+    })?;
+    Ok(names.into_iter())
+}
+
+/// A selected context path as UTF-8, which image paths must be.
+fn utf8(p: &Path, location: &Location) -> Result<String, PlanError> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| PlanError::NotUtf8 {
+            path: escaped(p),
             location: Box::new(location.clone()),
         })
-    }
+}
+
+/// A path for messages, with bytes that are not UTF-8 as `\xNN`.
+fn escaped(p: &Path) -> String {
+    let debug = format!("{:?}", p.as_os_str());
+    debug
+        .strip_prefix('"')
+        .and_then(|d| d.strip_suffix('"'))
+        .unwrap_or(&debug)
+        .to_string()
 }
 
 /// `src` as a normalized relative path, or `None` when it is absolute or
@@ -578,26 +580,21 @@ fn context_relative(src: &str) -> Option<PathBuf> {
 /// Errors when any folder between the context and `rel`'s last component is
 /// a symlink: imgc never follows symlinks in the context.
 fn check_no_symlink_ancestors(
-    context: &Path,
+    ctx: &dyn Context,
     rel: &Path,
     src: &str,
     location: &Location,
 ) -> Result<(), PlanError> {
-    let mut cur = context.to_path_buf();
-    let mut shown = PathBuf::new();
+    let mut cur = PathBuf::new();
     let parts: Vec<_> = rel.components().collect();
     for comp in parts.iter().take(parts.len().saturating_sub(1)) {
         cur.push(comp);
-        shown.push(comp);
-        match std::fs::symlink_metadata(&cur) {
-            Ok(md) if md.is_symlink() => {
-                return Err(PlanError::SrcThroughSymlink {
-                    src: src.to_string(),
-                    link: path_str(&shown),
-                    location: Box::new(location.clone()),
-                })
-            }
-            _ => {}
+        if stat(ctx, &cur)?.is_some_and(|st| st.kind == Kind::Symlink) {
+            return Err(PlanError::SrcThroughSymlink {
+                src: src.to_string(),
+                link: path_str(&cur),
+                location: Box::new(location.clone()),
+            });
         }
     }
     Ok(())
@@ -625,43 +622,20 @@ fn build_globset(patterns: &[String], location: &Location) -> Result<GlobSet, Pl
 }
 
 /// Whether a path, or any folder above it, matches an exclude pattern, either
-/// as the path below the src's root or as the context-relative path.
-fn is_excluded(excludes: &GlobSet, below: &str, ctx_rel: &str) -> bool {
+/// as the path below the src's root or as the context-relative path. Raw
+/// OS paths: a name that is not UTF-8 can be excluded.
+fn is_excluded(excludes: &GlobSet, below: &Path, ctx_rel: &Path) -> bool {
     if excludes.is_empty() {
         return false;
     }
-    let hit = |p: &str| {
-        let mut end = p.len();
-        loop {
-            if excludes.is_match(&p[..end]) {
-                return true;
-            }
-            match p[..end].rfind('/') {
-                Some(i) => end = i,
-                None => return false,
-            }
-        }
+    let hit = |p: &Path| {
+        p.ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .any(|a| excludes.is_match(a))
     };
     hit(below) || hit(ctx_rel)
 }
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().replace('\\', "/")
-}
-
-fn relative(base: &Path, path: &Path) -> Result<String, PlanError> {
-    let rel = path.strip_prefix(base).unwrap_or(path);
-    rel.to_str()
-        .map(|s| s.to_string())
-        .ok_or_else(|| PlanError::NotUtf8 {
-            path: path.to_path_buf(),
-        })
-}
-
-fn walk_error(root: &Path, e: walkdir::Error) -> PlanError {
-    let path = e.path().unwrap_or(root).to_path_buf();
-    let source = e
-        .into_io_error()
-        .unwrap_or_else(|| std::io::Error::other("filesystem loop"));
-    PlanError::ReadContext { path, source }
 }

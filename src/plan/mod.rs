@@ -4,12 +4,14 @@
 //! build epoch, per-platform overrides, and layer identity (a layer that
 //! renders the same for several platforms is one node, built once).
 //!
-//! It reads the build context and base layouts; it writes nothing.
+//! It does no I/O of its own: the build context and the bases come through
+//! the [`sources`] seam, so that it can be tested in memory.
 
 mod entries;
+pub mod sources;
 pub mod template;
 
-use crate::base::{BaseError, BaseImage, OpenedBase};
+use crate::base::{Base, BaseError, BaseImage};
 use crate::layers::Codec;
 use crate::oci::{self, Platform};
 use crate::spec::{
@@ -19,26 +21,23 @@ use crate::spec::{
 use entries::{DirItem, FileItem, LayerDefaults, LinkItem};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+use sources::Sources;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use template::{TemplateContext, TemplateFailure};
 
 /// What the caller decides besides the spec.
 #[derive(Clone, Debug, Default)]
 pub struct PlanOptions {
-    /// The build context; default: the spec file's folder.
-    pub context: Option<PathBuf>,
     /// Only these platforms (each must be one of the spec's).
     pub platforms: Vec<Platform>,
     /// `--var` overrides.
     pub vars: BTreeMap<String, String>,
     /// `SOURCE_DATE_EPOCH`, read by the caller.
     pub source_date_epoch: Option<u64>,
-    /// Folders (absolute paths) never put in a layer even when a glob covers
-    /// them: the output layout, so that a build never packs its own output.
-    pub skip: Vec<PathBuf>,
-    /// How registry bases are resolved; `None`: registry bases are an error.
-    pub remote: Option<std::sync::Arc<dyn crate::base::RemoteBases>>,
+    /// Tags replacing `[image].tags` (`--tag`); each is checked.
+    pub tags: Vec<String>,
 }
 
 /// The layer graph of one build.
@@ -62,6 +61,12 @@ pub struct Plan {
     pub layers: Vec<LayerNode>,
     /// One image per platform.
     pub images: Vec<ImagePlan>,
+    /// All the spec's platforms, in index order (also when `--platform`
+    /// picks a few): what a complete set of CI shards covers.
+    pub platforms: Vec<String>,
+    /// The sha256 of the spec file's bytes: shards from other specs are
+    /// told apart by it.
+    pub spec_digest: oci::Digest,
 }
 
 impl LayerNode {
@@ -257,8 +262,21 @@ pub enum PlanError {
         kind: &'static str,
         location: Box<Location>,
     },
-    #[error("path `{path}` is not valid UTF-8")]
-    NotUtf8 { path: PathBuf },
+    #[error("`{path}` in the build context is selected, but its name is not valid UTF-8, which image paths must be")]
+    NotUtf8 {
+        path: String,
+        location: Box<Location>,
+    },
+    #[error(
+        "`{path}` is below `{above}`, which is {kind} in the same layer (at {first}), not a folder"
+    )]
+    EntryBelowNonFolder {
+        path: String,
+        above: String,
+        kind: &'static str,
+        first: Box<Location>,
+        location: Box<Location>,
+    },
     #[error("failed to read `{path}` in the build context")]
     ReadContext {
         path: PathBuf,
@@ -336,6 +354,8 @@ impl PlanError {
             | NoSrcNorContent { location }
             | InvalidImagePath { location, .. }
             | DuplicateDst { location, .. }
+            | NotUtf8 { location, .. }
+            | EntryBelowNonFolder { location, .. }
             | UnsupportedFileType { location, .. } => Some(location),
             _ => None,
         }
@@ -364,6 +384,8 @@ impl PlanError {
             }
             SrcThroughSymlink { .. } => Some("name the folder the symlink points to instead".into()),
             DuplicateDst { .. } => Some("each path may be written once per layer; put overrides in a later layer".into()),
+            EntryBelowNonFolder { .. } => Some("remove one of the two entries, or put the one that replaces the other in a later layer".into()),
+            NotUtf8 { .. } => Some("rename it, or leave it out with `exclude`".into()),
             Base { source, .. } => source.help(),
             _ => None,
         }
@@ -463,27 +485,11 @@ impl Renderer<'_> {
     }
 }
 
-/// Plans a build.
-pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
+/// Plans a build from a spec and its sources.
+pub fn plan(file: &SpecFile, opts: &PlanOptions, sources: Sources) -> Result<Plan, PlanError> {
     let spec = &file.spec;
-    let (spec_dir, context) = resolve_dirs(file, opts)?;
     let (codec, media_types) = encoding(spec)?;
-    let mut vars = spec.vars.clone();
-    vars.extend(opts.vars.clone());
-    let mut p = Planner {
-        file,
-        opts,
-        r: Renderer { file },
-        global: TemplateContext::new(vars),
-        spec_dir,
-        // Compare skipped folders in the context's canonical form.
-        skip: opts.skip.iter().map(|p| canonical_prefix(p)).collect(),
-        context,
-        epoch: build_epoch(opts.source_date_epoch, spec.image.epoch)?,
-        codec,
-        bases: BTreeMap::new(),
-        layers: Vec::new(),
-    };
+    let mut p = Planner::new(file, opts, sources, codec)?;
     let default_base = p.default_base()?;
     let declared = p.declared_platforms(&default_base)?;
     let selected = p.selected_platforms(&declared)?;
@@ -505,7 +511,7 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
         .map(|n| p.r.sp(&p.global, n, "`[image].name`"))
         .transpose()?;
     Ok(Plan {
-        context: p.context,
+        context: sources.context.root().to_path_buf(),
         epoch: p.epoch,
         codec,
         media_types,
@@ -514,29 +520,34 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions) -> Result<Plan, PlanError> {
         index_annotations,
         layers: p.layers,
         images,
+        platforms: declared.iter().map(|(p, _)| p.to_string()).collect(),
+        spec_digest: oci::sha256_digest(file.source.as_bytes()),
     })
 }
 
-/// The spec's folder, and the build context (canonical; default: the
-/// spec's folder).
-fn resolve_dirs(file: &SpecFile, opts: &PlanOptions) -> Result<(PathBuf, PathBuf), PlanError> {
-    let spec_dir = file
-        .path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let context_in = opts.context.clone().unwrap_or_else(|| spec_dir.clone());
-    let context = std::fs::canonicalize(&context_in).map_err(|source| PlanError::Context {
-        path: context_in.clone(),
-        source,
-    })?;
-    if !context.is_dir() {
-        return Err(PlanError::Context {
-            path: context_in,
-            source: std::io::Error::other("not a folder"),
-        });
+/// Resolves the bases of the selected platforms, and nothing else: no build
+/// input is read (what `imgc lock` needs). Returns each platform's base.
+pub fn resolve_bases(
+    file: &SpecFile,
+    opts: &PlanOptions,
+    bases: &dyn sources::Bases,
+) -> Result<Vec<(Platform, BaseImage)>, PlanError> {
+    let empty = sources::MemoryContext::new();
+    let sources = Sources {
+        context: &empty,
+        bases,
+    };
+    let mut p = Planner::new(file, opts, sources, Codec::None)?;
+    let default_base = p.default_base()?;
+    let declared = p.declared_platforms(&default_base)?;
+    let mut out = Vec::new();
+    for platform in p.selected_platforms(&declared)? {
+        let ctx = p.global.with_platform(&platform);
+        let ov = p.override_for(&platform);
+        let base = p.image_base(&platform, &ctx, ov, &default_base)?;
+        out.push((platform, base));
     }
-    Ok((spec_dir, context))
+    Ok(out)
 }
 
 /// The layer codec and the media type family (Docker's takes gzip only).
@@ -565,18 +576,47 @@ struct Planner<'a> {
     r: Renderer<'a>,
     /// Templates without a platform.
     global: TemplateContext,
-    spec_dir: PathBuf,
-    skip: Vec<PathBuf>,
-    context: PathBuf,
+    sources: Sources<'a>,
     epoch: u64,
     codec: Codec,
     /// Bases opened so far, by reference (each is opened once).
-    bases: BTreeMap<String, OpenedBase>,
+    bases: BTreeMap<String, Arc<dyn Base>>,
     /// Distinct layers so far, in first-use order.
     layers: Vec<LayerNode>,
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
+    fn new(
+        file: &'a SpecFile,
+        opts: &'a PlanOptions,
+        sources: Sources<'a>,
+        codec: Codec,
+    ) -> Result<Self, PlanError> {
+        let mut vars = file.spec.vars.clone();
+        vars.extend(opts.vars.clone());
+        Ok(Planner {
+            file,
+            opts,
+            r: Renderer { file },
+            global: TemplateContext::new(vars),
+            sources,
+            epoch: build_epoch(opts.source_date_epoch, file.spec.image.epoch)?,
+            codec,
+            bases: BTreeMap::new(),
+            layers: Vec::new(),
+        })
+    }
+
+    /// The `[platform."…"]` table that applies to a platform, if any.
+    fn override_for(&self, platform: &Platform) -> Option<&'a PlatformOverride> {
+        self.file
+            .spec
+            .platform
+            .iter()
+            .find(|(k, _)| k.0.matches(platform))
+            .map(|(_, v)| &v.value)
+    }
+
     /// `[image].base` rendered (default `scratch`), with its place.
     fn default_base(&self) -> Result<(String, Option<Box<Location>>), PlanError> {
         Ok(match &self.file.spec.image.base {
@@ -666,14 +706,21 @@ impl Planner<'_> {
         &mut self,
         reference: &str,
         location: Option<Box<Location>>,
-    ) -> Result<&OpenedBase, PlanError> {
-        open_base(
-            &mut self.bases,
-            &self.spec_dir,
-            self.opts.remote.as_ref(),
-            reference,
-            location,
-        )
+    ) -> Result<Arc<dyn Base>, PlanError> {
+        if let Some(b) = self.bases.get(reference) {
+            return Ok(b.clone());
+        }
+        let opened = self
+            .sources
+            .bases
+            .open(reference)
+            .map_err(|source| PlanError::Base {
+                reference: reference.to_string(),
+                source,
+                location,
+            })?;
+        self.bases.insert(reference.to_string(), opened.clone());
+        Ok(opened)
     }
 
     /// One platform's image (its position is set by the caller).
@@ -684,11 +731,7 @@ impl Planner<'_> {
     ) -> Result<ImagePlan, PlanError> {
         let spec = &self.file.spec;
         let ctx = self.global.with_platform(platform);
-        let ov = spec
-            .platform
-            .iter()
-            .find(|(k, _)| k.0.matches(platform))
-            .map(|(_, v)| &v.value);
+        let ov = self.override_for(platform);
         let base = self.image_base(platform, &ctx, ov, default_base)?;
         let layer_ids = self.image_layers(platform, &ctx, ov)?;
         check_layer_count(platform, base.layers.len(), layer_ids.len())?;
@@ -773,8 +816,8 @@ impl Planner<'_> {
             if only.is_some_and(|o| !o.iter().any(|p| p.0.matches(platform))) {
                 continue;
             }
-            let entries =
-                expand_layer(&self.r, ctx, &self.context, &self.skip, &layer.value, &what)?;
+            let context = self.sources.context;
+            let entries = expand_layer(&self.r, ctx, context, &layer.value, &what)?;
             let key = layer_key(&layer.value.name, &entries, self.epoch, self.codec);
             let id = match self.layers.iter().position(|l| l.key == key) {
                 Some(id) => id,
@@ -797,6 +840,20 @@ impl Planner<'_> {
     /// `[image].tags` rendered, checked and deduplicated (default `latest`).
     fn tags(&self) -> Result<Vec<String>, PlanError> {
         let mut tags = Vec::new();
+        for t in &self.opts.tags {
+            if !valid_tag(t) {
+                return Err(PlanError::InvalidTag {
+                    tag: t.clone(),
+                    location: None,
+                });
+            }
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        if !tags.is_empty() {
+            return Ok(tags);
+        }
         for t in &self.file.spec.image.tags {
             let tag = self.r.sp(&self.global, t, "`[image].tags`")?;
             if !valid_tag(&tag) {
@@ -834,53 +891,10 @@ impl Planner<'_> {
     }
 }
 
-/// The canonical form of a path that may not exist yet: its longest existing
-/// ancestor canonicalized, with the rest appended.
-fn canonical_prefix(path: &Path) -> PathBuf {
-    let mut existing = path.to_path_buf();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        match (
-            existing.file_name().map(|n| n.to_os_string()),
-            existing.parent(),
-        ) {
-            (Some(name), Some(parent)) => {
-                rest.push(name);
-                existing = parent.to_path_buf();
-            }
-            _ => return path.to_path_buf(),
-        }
-    }
-    let mut out = std::fs::canonicalize(&existing).unwrap_or(existing);
-    out.extend(rest.iter().rev());
-    out
-}
-
-/// Opens a base reference once per build.
-fn open_base<'a>(
-    bases: &'a mut BTreeMap<String, OpenedBase>,
-    spec_dir: &Path,
-    remote: Option<&std::sync::Arc<dyn crate::base::RemoteBases>>,
-    reference: &str,
-    location: Option<Box<Location>>,
-) -> Result<&'a OpenedBase, PlanError> {
-    if !bases.contains_key(reference) {
-        let opened =
-            OpenedBase::open(reference, spec_dir, remote).map_err(|source| PlanError::Base {
-                reference: reference.to_string(),
-                source,
-                location,
-            })?;
-        bases.insert(reference.to_string(), opened);
-    }
-    Ok(&bases[reference])
-}
-
 fn expand_layer(
     r: &Renderer,
     ctx: &TemplateContext,
-    context: &Path,
-    skip: &[PathBuf],
+    context: &dyn sources::Context,
     layer: &LayerSpec,
     what: &str,
 ) -> Result<Vec<Entry>, PlanError> {
@@ -927,7 +941,7 @@ fn expand_layer(
             location: r.file.locate(&l.span),
         });
     }
-    entries::expand(context, skip, &defaults, file_items, dir_items, link_items)
+    entries::expand(context, &defaults, file_items, dir_items, link_items)
 }
 
 /// One `files` entry, rendered (`what` names it in errors).
@@ -1204,3 +1218,6 @@ fn layer_key(name: &str, entries: &[Entry], epoch: u64, codec: Codec) -> String 
     let bytes = oci::to_canonical_json(&doc).unwrap_or_default();
     hex::encode(Sha256::digest(&bytes))
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,9 +2,10 @@
 //! (auth challenges, retries, bounded reads, TLS), pulling bases into the
 //! local content-addressed store, the lock file, and pushing layouts.
 //!
-//! The transport is a thin blocking `reqwest` client of our own; references
-//! are parsed by `oci-client` (through its `oci-spec` re-export). The book's
-//! design chapter says why the transport is not `oci-client`'s.
+//! The transport is a thin blocking `reqwest` client of our own, and
+//! references are parsed by our own parser (`reference.rs`), checked against
+//! `oci-client`'s by a test. The book's design chapter says why neither is
+//! `oci-client`'s.
 
 pub mod auth;
 mod client;

@@ -43,6 +43,14 @@ pub struct Metadata {
     pub tags: Vec<String>,
     /// Every reference pushed.
     pub pushed: Vec<String>,
+    /// All the spec's platforms in index order, also those other shards
+    /// build: `imgc index` refuses a set of shards that misses one.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// The sha256 of the spec file built (`None` when not built from a
+    /// spec, as by `imgc push`): shards of other specs are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<Digest>,
 }
 
 impl Metadata {
@@ -81,6 +89,12 @@ impl Metadata {
                 .collect(),
             tags: Vec::new(),
             pushed: Vec::new(),
+            platforms: index
+                .manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+                .collect(),
+            spec_digest: None,
         }
     }
 
@@ -105,6 +119,37 @@ impl Metadata {
     }
 }
 
+/// Refuses a shard of another spec than the first shard's.
+fn check_same_spec(
+    name: &str,
+    m: &Metadata,
+    first_name: &str,
+    first: &Metadata,
+) -> Result<(), RegistryError> {
+    if m.platforms.is_empty() {
+        return Err(RegistryError::Layout(format!(
+            "`{name}` does not list the spec's platforms (it was written by an older imgc, or not by `imgc build`); build the shard again"
+        )));
+    }
+    let differs = if m.spec_digest != first.spec_digest {
+        Some("spec files")
+    } else if m.platforms != first.platforms {
+        Some("platform lists")
+    } else if m.index_annotations != first.index_annotations
+        || m.index_media_type != first.index_media_type
+    {
+        Some("index annotations or media types")
+    } else {
+        None
+    };
+    match differs {
+        Some(what) => Err(RegistryError::Layout(format!(
+            "`{name}` and `{first_name}` come from different specs (their {what} differ); it is a foreign shard"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The joined index: its bytes and descriptor.
 #[derive(Clone, Debug)]
 pub struct Joined {
@@ -117,8 +162,9 @@ pub struct Joined {
 }
 
 /// Joins shards' metadata into one index. Every shard must come from the
-/// same spec (same index annotations and media type); a platform built by
-/// two shards must have the same digest in both.
+/// same spec (same spec digest, platform list, index annotations and media
+/// type), each of the spec's platforms must be built by exactly one shard,
+/// and no shard may hold a platform the spec lacks.
 pub fn join(shards: &[(String, Metadata)]) -> Result<Joined, RegistryError> {
     let Some((first_name, first)) = shards.first() else {
         return Err(RegistryError::Layout(
@@ -127,26 +173,33 @@ pub fn join(shards: &[(String, Metadata)]) -> Result<Joined, RegistryError> {
     };
     let mut by_position: BTreeMap<usize, (String, ManifestEntry)> = BTreeMap::new();
     for (name, m) in shards {
-        if m.index_annotations != first.index_annotations
-            || m.index_media_type != first.index_media_type
-        {
-            return Err(RegistryError::Layout(format!(
-                "`{name}` and `{first_name}` come from different specs (their index annotations or media types differ)"
-            )));
-        }
+        check_same_spec(name, m, first_name, first)?;
         for e in &m.manifests {
-            match by_position.get(&e.position) {
-                Some((other, prev)) if prev.descriptor != e.descriptor => {
-                    return Err(RegistryError::Layout(format!(
-                        "platform {} is {} in `{other}` but {} in `{name}`; shards must build from the same inputs",
-                        e.platform, prev.digest, e.digest
-                    )))
-                }
-                _ => {
-                    by_position.insert(e.position, (name.clone(), e.clone()));
-                }
+            if first.platforms.get(e.position) != Some(&e.platform) {
+                return Err(RegistryError::Layout(format!(
+                    "`{name}` holds platform {} at position {}, which is not the spec's ({}); it is a foreign shard",
+                    e.platform,
+                    e.position,
+                    first.platforms.join(", ")
+                )));
             }
+            if let Some((other, _)) = by_position.get(&e.position) {
+                return Err(RegistryError::Layout(format!(
+                    "`{name}` and `{other}` both build platform {}; remove the extra shard",
+                    e.platform
+                )));
+            }
+            by_position.insert(e.position, (name.clone(), e.clone()));
         }
+    }
+    if let Some((i, p)) =
+        (first.platforms.iter().enumerate()).find(|(i, _)| !by_position.contains_key(i))
+    {
+        return Err(RegistryError::Layout(format!(
+            "no shard builds platform {p} (position {i} of the spec's {}: {}); its metadata file is missing",
+            first.platforms.len(),
+            first.platforms.join(", ")
+        )));
     }
     let manifests: Vec<ManifestEntry> = by_position.into_values().map(|(_, e)| e).collect();
     let index = Index {

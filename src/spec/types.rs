@@ -86,7 +86,7 @@ pub struct ImageSection {
     /// Tags (templated with `vars`); `latest` when empty.
     #[serde(default)]
     pub tags: Vec<Sp<String>>,
-    /// `scratch` (default) or `oci:DIR[:tag]`, a local OCI layout relative to the spec's folder.
+    /// `scratch` (default); `oci:DIR[:tag]`, a local OCI layout relative to the spec's folder; or a registry reference (`registry.example.com/repo:tag[@sha256:…]`), pinned by `imgc lock`.
     pub base: Option<Sp<String>>,
     /// Platforms to build, `os/arch[/variant]`. Default: the base's platforms (required on `scratch`).
     pub platforms: Option<Vec<Sp<PlatformName>>>,

@@ -371,3 +371,78 @@ fn refuses_to_write_into_a_folder_that_is_not_a_layout() {
     );
     assert_eq!(fs::read_dir(&out_dir).unwrap().count(), 1);
 }
+
+#[test]
+fn an_entry_below_a_file_or_symlink_of_the_same_layer_names_both() {
+    let c = Case::new();
+    c.fails(
+        r#"[image]
+platforms = ["linux/amd64"]
+
+[[layers]]
+name = "app"
+files = [
+  { content = "a", dst = "/x" },
+  { content = "b", dst = "/x/y" },
+]
+"#,
+        &[
+            "`/x/y` is below `/x`",
+            "a file",
+            "image.toml:7:",
+            "image.toml:8:",
+        ],
+    );
+    c.fails(
+        r#"[image]
+platforms = ["linux/amd64"]
+
+[[layers]]
+name = "etc"
+symlinks = [{ path = "/etc", target = "/usr/etc" }]
+files = [{ content = "root:x:0:0::/:/bin/sh", dst = "/etc/passwd" }]
+"#,
+        &[
+            "`/etc/passwd` is below `/etc`",
+            "a symlink",
+            "image.toml:6:",
+            "image.toml:7:",
+        ],
+    );
+}
+
+/// Names that are not UTF-8 fail a build only when an entry selects them,
+/// and the error escapes the name and points at the entry.
+#[test]
+fn a_name_that_is_not_utf8_fails_only_when_selected() {
+    use std::os::unix::ffi::OsStrExt;
+    let c = Case::new();
+    let junk = c.dir.join("junk");
+    fs::create_dir_all(&junk).unwrap();
+    fs::write(junk.join(std::ffi::OsStr::from_bytes(b"bad-\xff.txt")), "?").unwrap();
+    fs::write(c.dir.join("app/index.html"), "<p>").unwrap();
+    let spec = c.dir.join("ok.toml");
+    fs::write(
+        &spec,
+        r#"[image]
+platforms = ["linux/amd64"]
+
+[[layers]]
+name = "web"
+files = [{ src = "**/*.html", dst = "/srv/", exclude = ["junk/**"] }]
+"#,
+    )
+    .unwrap();
+    build(&spec, &c.dir.parent().unwrap().join("ok-out"), &[]);
+    let err = c.fails(
+        r#"[image]
+platforms = ["linux/amd64"]
+
+[[layers]]
+name = "junk"
+files = [{ src = "junk", dst = "/junk" }]
+"#,
+        &[r"junk/bad-\xFF.txt", "not valid UTF-8", "image.toml:6:"],
+    );
+    assert!(!err.contains('\u{FFFD}'), "{err}");
+}

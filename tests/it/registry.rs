@@ -343,6 +343,33 @@ fn a_corrupted_base_blob_is_an_error_naming_it_and_nothing_corrupt_is_kept() {
     assert!(!env.path("out").join("index.json").exists());
 }
 
+/// CI locks before it compiles: `imgc lock` resolves the bases and reads
+/// nothing of the build context, which may not exist yet.
+#[test]
+fn lock_needs_no_build_input() {
+    let env = Env::new();
+    let reg = Registry::start();
+    let host = reg.host_port();
+    push_base(&env, &host, &insecure(&host));
+    let (_t, spec) = app(&format!("{host}/base:1.0"), &format!("{host}/app"));
+    let dir = spec.parent().unwrap();
+    fs::remove_dir_all(dir.join("bin")).unwrap();
+    fs::remove_dir_all(dir.join("web")).unwrap();
+    let out = run(env.imgc().arg("lock").arg(&spec).args(insecure(&host)));
+    assert!(out.contains(&format!("{host}/base:1.0 sha256:")), "{out}");
+    let lock = fs::read_to_string(spec.with_file_name("image.lock")).unwrap();
+    assert!(lock.contains("linux/arm64/v8"), "{lock}");
+    // Building still needs them, and says which.
+    let out = run_fails(
+        env.imgc()
+            .arg("plan")
+            .arg(&spec)
+            .arg("--locked")
+            .args(insecure(&host)),
+    );
+    assert!(stderr(&out).contains("web/**"), "{}", stderr(&out));
+}
+
 #[test]
 fn lock_then_locked_offline_build_without_the_registry() {
     let env = Env::new();
@@ -541,9 +568,11 @@ fn ci_shards_joined_by_imgc_index_equal_a_one_machine_build() {
         let raw = skopeo_raw(&format!("{host}/app:{tag}"), &["--tls-verify=false"]);
         assert_eq!(sha256_digest(&raw), one);
     }
+    refuses_partial_extra_and_foreign_shards(&env, &shards, &host);
     // A shard whose manifest never reached the registry is refused.
     let lonely = env.path("lonely");
     fs::create_dir(&lonely).unwrap();
+    fs::copy(shards.join("arm64.json"), lonely.join("b.json")).unwrap();
     let mut m = read_json(&shards.join("amd64.json"));
     let fake = sha256_digest(b"never pushed");
     m["manifests"][0]["digest"] = fake.clone().into();
@@ -1056,4 +1085,56 @@ fn a_stalled_registry_is_timed_out_and_retried() {
     assert_eq!(err.matches("retry").count(), 2, "{err}");
     assert!(proxy.rules().iter().all(|r| r.times == 0));
     verify_layout(&env.path("out"), true);
+}
+
+/// `imgc index` over a folder holding these shards' metadata files fails;
+/// returns its stderr.
+fn index_fails(env: &Env, host: &str, files: &[(&str, serde_json::Value)]) -> String {
+    let dir = env.path(&format!("set-{}", files.len()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir(&dir).unwrap();
+    for (name, m) in files {
+        fs::write(dir.join(name), serde_json::to_vec(m).unwrap()).unwrap();
+    }
+    let out = run_fails(
+        env.imgc()
+            .args(["index", "--from"])
+            .arg(&dir)
+            .args(["--tag", &format!("{host}/app:partial")])
+            .args(insecure(host)),
+    );
+    stderr(&out)
+}
+
+/// A lost shard, a shard given twice and a shard of another spec are each
+/// refused, naming it; nothing is pushed.
+fn refuses_partial_extra_and_foreign_shards(env: &Env, shards: &Path, host: &str) {
+    let amd = read_json(&shards.join("amd64.json"));
+    let arm = read_json(&shards.join("arm64.json"));
+    let err = index_fails(env, host, &[("amd64.json", amd.clone())]);
+    assert!(
+        err.contains("no shard builds platform linux/arm64"),
+        "{err}"
+    );
+    let err = index_fails(
+        env,
+        host,
+        &[
+            ("a.json", amd.clone()),
+            ("b.json", arm.clone()),
+            ("c.json", amd.clone()),
+        ],
+    );
+    assert!(err.contains("a.json") && err.contains("c.json"), "{err}");
+    assert!(err.contains("linux/amd64"), "{err}");
+    let mut foreign = arm.clone();
+    foreign["spec_digest"] = sha256_digest(b"another spec").into();
+    let err = index_fails(env, host, &[("a.json", amd), ("z.json", foreign)]);
+    assert!(err.contains("z.json") && err.contains("foreign"), "{err}");
+    let out = output(
+        skopeo()
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{host}/app:partial")),
+    );
+    assert!(!out.status.success(), "a refused set pushed nothing");
 }
