@@ -2,8 +2,9 @@
 # The test command: scripts/test.sh [extra `cargo test` arguments]
 #
 # Installs the tools the integration tests use when any is missing (Debian 12:
-# docker-registry, skopeo, umoci, jq, zstd, openssl, python3-jsonschema for
-# /usr/bin/python3, and the OCI JSON schemas), then runs every test.
+# docker-registry, skopeo, umoci, jq, zstd, openssl, runc, busybox-static,
+# file, python3-jsonschema for /usr/bin/python3, and the OCI JSON schemas),
+# then runs every test.
 # Tests never skip a missing tool: they fail and point here.
 # Fast when everything is present: the checks below only look.
 set -euo pipefail
@@ -17,10 +18,14 @@ OCI_SCHEMAS=/usr/share/gocode/src/github.com/opencontainers/image-spec/schema
 
 # command (or check) -> Debian package
 missing=()
-for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci jq:jq zstd:zstd openssl:openssl mkfifo:coreutils; do
+for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci jq:jq zstd:zstd openssl:openssl mkfifo:coreutils runc:runc file:file; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
+# The runtime test builds a base from a statically linked busybox.
+if ! { [ -x /bin/busybox ] && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic'; }; then
+  missing+=(busybox-static)
+fi
 if ! /usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1; then
   missing+=(python3 python3-jsonschema)
 fi
@@ -61,7 +66,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Whatever happened above, everything must be there now.
-for cmd in docker-registry skopeo umoci jq zstd openssl mkfifo cargo; do
+for cmd in docker-registry skopeo umoci jq zstd openssl mkfifo runc file cargo; do
   command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing"
 done
 /usr/bin/python3 -c 'import jsonschema' 2>/dev/null || die "python3-jsonschema is still missing"

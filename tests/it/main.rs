@@ -13,6 +13,7 @@ mod ocispec;
 mod proxy;
 mod registry;
 mod repro;
+mod runtime;
 mod snapshots;
 mod support;
 mod tls;
