@@ -36,8 +36,7 @@ pub struct RemoteOpened {
     pub candidates: Vec<(Platform, Descriptor)>,
 }
 
-/// Largest manifest, index or config imgc reads.
-pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
+pub use crate::oci::MAX_DOCUMENT_SIZE;
 
 /// Errors resolving a base image.
 #[derive(Debug, thiserror::Error)]
@@ -90,25 +89,22 @@ pub enum BaseError {
         /// The file.
         path: PathBuf,
     },
-    /// The tag is not in the layout.
-    #[error("base layout `{dir}` has no tag `{tag}` (it has: {available})")]
-    NoSuchTag {
+    /// No entry of the layout's `index.json` could be picked.
+    #[error("no image to use in layout `{dir}`")]
+    Select {
         /// The layout folder.
         dir: PathBuf,
-        /// The tag asked for.
-        tag: String,
-        /// The tags present.
-        available: String,
+        /// Why.
+        #[source]
+        source: oci::SelectError,
     },
-    /// No tag was given and the layout holds several images.
-    #[error(
-        "base layout `{dir}` holds several images; name one with `oci:DIR:TAG` (tags: {available})"
-    )]
-    AmbiguousTag {
+    /// `@DIGEST` names no document of the layout.
+    #[error("layout `{dir}` holds no document {digest}")]
+    NoSuchDigest {
         /// The layout folder.
         dir: PathBuf,
-        /// The tags present.
-        available: String,
+        /// The digest asked for.
+        digest: Digest,
     },
     /// The base lacks a platform.
     #[error("base `{reference}` has no image for platform {platform} (it has: {available})")]
@@ -166,7 +162,7 @@ pub enum BaseError {
     },
     /// Resolving or fetching a registry base failed.
     #[error(transparent)]
-    Remote(Box<dyn std::error::Error + Send + Sync>),
+    Remote(RemoteFailure),
     /// An `oci:` reference without a folder.
     #[error("base `{reference}` names no layout folder (expected `oci:DIR` or `oci:DIR:TAG`)")]
     BadReference {
@@ -179,11 +175,31 @@ impl BaseError {
     /// A hint for the user, if there is one.
     pub fn help(&self) -> Option<String> {
         match self {
-            BaseError::Remote(e) => e
-                .downcast_ref::<crate::registry::RegistryError>()
-                .and_then(|e| e.help()),
+            BaseError::Remote(e) => e.help.clone(),
             _ => None,
         }
+    }
+}
+
+/// What a [`RemoteBases`] failed with, and its hint: shown as the error
+/// itself (its text and its causes), so no text is pasted twice.
+#[derive(Debug)]
+pub struct RemoteFailure {
+    /// The error.
+    pub error: Box<dyn std::error::Error + Send + Sync>,
+    /// A hint for the user, if there is one.
+    pub help: Option<String>,
+}
+
+impl std::fmt::Display for RemoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for RemoteFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
     }
 }
 
@@ -290,7 +306,7 @@ impl OpenedBase {
         if reference == "scratch" {
             return Ok(OpenedBase::Scratch);
         }
-        let Some(rest) = reference.strip_prefix("oci:") else {
+        if !reference.starts_with("oci:") {
             let Some(remote) = remote else {
                 return Err(BaseError::RegistryUnsupported {
                     reference: reference.to_string(),
@@ -303,46 +319,12 @@ impl OpenedBase {
                 candidates: opened.candidates,
                 remote: Some(remote.clone()),
             });
-        };
-        let (dir, tag) = split_layout_ref(rest);
-        if dir.is_empty() {
-            return Err(BaseError::BadReference {
-                reference: reference.to_string(),
-            });
         }
-        let dir = spec_dir.join(dir);
-        check_layout_marker(&dir)?;
-        let index_path = dir.join("index.json");
-        let top: Index = parse_doc(&index_path, &read_bounded(&index_path)?, "index.json")?;
-        let tagged = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
-        let tags: Vec<String> = top.manifests.iter().filter_map(tagged).collect();
-        let list = || {
-            if tags.is_empty() {
-                "no tags".to_string()
-            } else {
-                tags.join(", ")
-            }
-        };
-        let entry = match tag {
-            Some(t) => top
-                .manifests
-                .iter()
-                .find(|d| tagged(d).as_deref() == Some(t))
-                .ok_or_else(|| BaseError::NoSuchTag {
-                    dir: dir.clone(),
-                    tag: t.to_string(),
-                    available: list(),
-                })?,
-            None if top.manifests.len() == 1 => &top.manifests[0],
-            None => top
-                .manifests
-                .iter()
-                .find(|d| tagged(d).as_deref() == Some("latest"))
-                .ok_or_else(|| BaseError::AmbiguousTag {
-                    dir: dir.clone(),
-                    available: list(),
-                })?,
-        };
+        let parsed = oci::LayoutRef::parse(reference).map_err(|_| BaseError::BadReference {
+            reference: reference.to_string(),
+        })?;
+        let dir = spec_dir.join(&parsed.dir);
+        let entry = &layout_entry(&dir, &parsed)?;
         let mut walk = Walk {
             dir: &dir,
             visited: BTreeSet::new(),
@@ -443,12 +425,45 @@ fn check_layout_marker(dir: &Path) -> Result<(), BaseError> {
     })
 }
 
-/// Splits `DIR[:TAG]`: the tag is what follows the last `:` when it holds no `/`.
-fn split_layout_ref(s: &str) -> (&str, Option<&str>) {
-    match s.rsplit_once(':') {
-        Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() => (dir, Some(tag)),
-        _ => (s, None),
+/// The entry of a layout a reference names: by digest (an entry of
+/// `index.json`, or any document of the layout: its media type is read from
+/// it), else by tag (see [`oci::select_entry`]).
+pub fn layout_entry(dir: &Path, r: &oci::LayoutRef) -> Result<Descriptor, BaseError> {
+    check_layout_marker(dir)?;
+    let index_path = dir.join("index.json");
+    let top: Index = parse_doc(&index_path, &read_bounded(&index_path)?, "index.json")?;
+    let Some(digest) = &r.digest else {
+        return oci::select_entry(&top, r.tag.as_deref())
+            .cloned()
+            .map_err(|source| BaseError::Select {
+                dir: dir.to_path_buf(),
+                source,
+            });
+    };
+    if let Some(d) = top.manifests.iter().find(|d| &d.digest == digest) {
+        return Ok(d.clone());
     }
+    let path = blob_path(dir, digest);
+    if !path.is_file() {
+        return Err(BaseError::NoSuchDigest {
+            dir: dir.to_path_buf(),
+            digest: digest.clone(),
+        });
+    }
+    let bytes = read_bounded(&path)?;
+    let probe = Descriptor::new(String::new(), digest.clone(), bytes.len() as u64);
+    let bytes = read_blob(dir, &probe)?;
+    let doc: AnyDocument = parse_doc(&path, &bytes, "document")?;
+    let media_type = match (doc.media_type, &doc.manifests) {
+        (Some(m), _) => m,
+        (None, Some(_)) => oci::MEDIA_TYPE_INDEX.to_string(),
+        (None, None) => oci::MEDIA_TYPE_MANIFEST.to_string(),
+    };
+    Ok(Descriptor::new(
+        media_type,
+        digest.clone(),
+        bytes.len() as u64,
+    ))
 }
 
 /// Most documents read to resolve one base: nested indexes are walked once
@@ -600,16 +615,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_layout_references() {
-        assert_eq!(
-            split_layout_ref("../vendor/base:1.0"),
-            ("../vendor/base", Some("1.0"))
-        );
-        assert_eq!(split_layout_ref("base"), ("base", None));
-        assert_eq!(split_layout_ref("C:/x/base"), ("C:/x/base", None));
-    }
-
-    #[test]
     fn opens_the_example_base() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/multi-arch");
         let base = OpenedBase::open("oci:base:1.0", &dir, None).unwrap();
@@ -628,7 +633,14 @@ mod tests {
         let single = OpenedBase::open("oci:base:1.0-amd64", &dir, None).unwrap();
         assert_eq!(platform_names(&single.platforms()), "linux/amd64");
         let err = OpenedBase::open("oci:base:nope", &dir, None).unwrap_err();
-        assert!(err.to_string().contains("has no tag `nope`"), "{err}");
+        let cause = std::error::Error::source(&err).map(|c| c.to_string());
+        assert!(err.to_string().contains("base"), "{err}");
+        assert!(
+            cause
+                .as_deref()
+                .is_some_and(|c| c.contains("has no tag `nope`")),
+            "{cause:?}"
+        );
         let err = OpenedBase::open("oci:missing", &dir, None).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }

@@ -8,7 +8,7 @@ use super::{report, write_file, Failure};
 use clap::Args;
 use imgc::registry::lock::LockFile;
 use imgc::registry::pull::{RegistryBases, ResolveMode};
-use imgc::registry::push::{layout_entry, read_layout_doc, PushOptions, PushOutcome};
+use imgc::registry::push::{read_layout_doc, PushOptions, PushOutcome};
 use imgc::registry::shards::{self, Metadata};
 use imgc::registry::{auth::AuthEnv, Client, ImageRef, RegistryOptions};
 use std::collections::BTreeSet;
@@ -235,34 +235,17 @@ pub struct PushArgs {
 }
 
 /// `oci:DIR[:TAG]` → (dir, tag).
-fn split_oci(s: &str) -> Result<(PathBuf, Option<String>), Failure> {
-    let rest = s
-        .strip_prefix("oci:")
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| {
-            Failure::Usage(format!("`{s}` is not a layout; use oci:DIR or oci:DIR:TAG"))
-        })?;
-    Ok(match rest.rsplit_once(':') {
-        Some((dir, tag)) if !tag.contains('/') && !tag.is_empty() && !dir.is_empty() => {
-            (PathBuf::from(dir), Some(tag.to_string()))
-        }
-        _ => (PathBuf::from(rest), None),
-    })
+/// A layout named on the command line (`oci:DIR[:TAG][@DIGEST]`), and the
+/// document it names.
+fn layout_arg(s: &str) -> Result<(PathBuf, imgc::oci::Descriptor), Failure> {
+    let r = imgc::oci::LayoutRef::parse(s).map_err(|e| Failure::Usage(e.to_string()))?;
+    let top = imgc::base::layout_entry(&r.dir, &r).map_err(imgc::registry::RegistryError::from)?;
+    Ok((r.dir, top))
 }
 
 pub fn cmd_push(args: PushArgs) -> Result<(), Failure> {
-    let (dir, tag) = split_oci(&args.source)?;
+    let (dir, top) = layout_arg(&args.source)?;
     let target = parse_ref(&args.target)?;
-    if !dir.join("oci-layout").is_file() {
-        return Err(Failure::Cli(
-            format!(
-                "`{}` is not an OCI image layout (no oci-layout file)",
-                dir.display()
-            ),
-            None,
-        ));
-    }
-    let top = layout_entry(&dir, tag.as_deref())?;
     let client = client(&args.registry, args.quiet)?;
     let mut tags: Vec<String> = Vec::new();
     if target.digest.is_none() {
@@ -485,8 +468,7 @@ pub struct InspectArgs {
 
 pub fn cmd_inspect(args: InspectArgs) -> Result<(), Failure> {
     let (digest, media_type, bytes) = if args.reference.starts_with("oci:") {
-        let (dir, tag) = split_oci(&args.reference)?;
-        let top = layout_entry(&dir, tag.as_deref())?;
+        let (dir, top) = layout_arg(&args.reference)?;
         let doc = read_layout_doc(&dir, &top)?;
         (top.digest, top.media_type, doc.bytes)
     } else {

@@ -11,8 +11,8 @@
 //! files named like a sha256 digest are ever removed, and never through a
 //! symlink. It must run under the layout's lock.
 
-use crate::base::MAX_DOCUMENT_SIZE;
 use crate::fsx::{self, Links};
+use crate::oci::MAX_DOCUMENT_SIZE;
 use crate::oci::{self, Digest, Index};
 use std::collections::BTreeSet;
 use std::fs;

@@ -6,10 +6,17 @@
 //! can never depend on hash order (DETERMINISM.md rule 13).
 
 mod canonical;
+mod codec;
 mod digest;
+mod layout_ref;
 mod platform;
 
 pub use canonical::to_canonical_json;
+pub use codec::Codec;
+pub use layout_ref::{select_entry, LayoutRef, LayoutRefError, SelectError};
+
+/// Largest manifest, index or config imgc reads (4 MiB).
+pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
 pub use digest::{sha256_digest, Digest, DigestError};
 pub use platform::{Platform, PlatformError};
 

@@ -12,8 +12,7 @@ pub mod sources;
 pub mod template;
 
 use crate::base::{Base, BaseError, BaseImage};
-use crate::layers::Codec;
-use crate::oci::{self, Platform};
+use crate::oci::{self, Codec, Platform};
 use crate::spec::{
     CompressionName, ConfigSection, LayerSpec, Location, MediaTypesName, PlatformOverride, Sp,
     SpecFile,

@@ -364,7 +364,10 @@ impl std::fmt::Debug for RegistryBases {
 }
 
 fn remote_err(e: RegistryError) -> BaseError {
-    BaseError::Remote(Box::new(e))
+    BaseError::Remote(crate::base::RemoteFailure {
+        help: e.help(),
+        error: Box::new(e),
+    })
 }
 
 impl RegistryBases {

@@ -8,7 +8,7 @@
 
 use super::client::{shown, Call};
 use super::{Client, ImageRef, RegistryError};
-use crate::base::{self, blob_path, MAX_DOCUMENT_SIZE};
+use crate::base::{self, blob_path};
 use crate::oci::{self, Descriptor, Digest, Index, Manifest};
 use crate::progress::{BlobOutcome, Event, Reporter};
 use std::collections::BTreeMap;
@@ -61,52 +61,15 @@ pub fn read_layout_doc(layout: &Path, desc: &Descriptor) -> Result<LayoutDoc, Re
     })
 }
 
-/// Finds the top descriptor for `tag` (or the only one) in a layout's index.json.
+/// Finds the top descriptor for `tag` (or the only one) in a layout's
+/// index.json: the one rule of [`crate::oci::select_entry`].
 pub fn layout_entry(layout: &Path, tag: Option<&str>) -> Result<Descriptor, RegistryError> {
-    let path = layout.join("index.json");
-    let bytes = crate::fsx::read_bounded(&path, MAX_DOCUMENT_SIZE, crate::fsx::Links::Refuse)
-        .map_err(|source| RegistryError::Io {
-            action: "read",
-            path: path.clone(),
-            source,
-        })?;
-    let index: Index = serde_json::from_slice(&bytes).map_err(|e| {
-        RegistryError::Layout(format!(
-            "`{}` is not a valid image index: {e}",
-            path.display()
-        ))
-    })?;
-    let tag_of = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
-    let tags: Vec<String> = index.manifests.iter().filter_map(tag_of).collect();
-    let found = match tag {
-        Some(t) => index
-            .manifests
-            .iter()
-            .find(|d| tag_of(d).as_deref() == Some(t)),
-        None if index.manifests.len() == 1 => index.manifests.first(),
-        None => {
-            let first = index.manifests.first();
-            match first {
-                Some(f) if index.manifests.iter().all(|d| d.digest == f.digest) => first,
-                _ => None,
-            }
-        }
+    let r = crate::oci::LayoutRef {
+        dir: layout.to_path_buf(),
+        tag: tag.map(str::to_string),
+        digest: None,
     };
-    found.cloned().ok_or_else(|| {
-        RegistryError::Layout(format!(
-            "layout `{}` has {}; name one with oci:DIR:TAG (tags: {})",
-            layout.display(),
-            match tag {
-                Some(t) => format!("no tag `{t}`"),
-                None => "several images".to_string(),
-            },
-            if tags.is_empty() {
-                "none".to_string()
-            } else {
-                tags.join(", ")
-            }
-        ))
-    })
+    Ok(base::layout_entry(layout, &r)?)
 }
 
 /// The platform manifests of a top document: those an index lists (image
