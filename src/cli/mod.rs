@@ -3,6 +3,7 @@
 //! `SOURCE_DATE_EPOCH`). Errors are rendered here once, with their spec
 //! location and a hint.
 
+mod inspect;
 mod registry;
 mod render;
 mod report;
@@ -36,11 +37,23 @@ enum Command {
     /// Join per-platform builds (CI shards) into one index and push it.
     Index(registry::IndexArgs),
     /// Show an image or index, from a registry or a layout.
-    Inspect(registry::InspectArgs),
+    Inspect(inspect::InspectArgs),
     /// Show or shrink the local store of pulled blobs (du, prune, clean).
     Cache(registry::CacheArgs),
-    /// Print the JSON Schema of image.toml.
-    Schema,
+    /// Print a JSON Schema: of image.toml (default), or of `inspect --format json`.
+    Schema {
+        /// Which document.
+        #[arg(value_enum, default_value_t = SchemaOf::Spec)]
+        of: SchemaOf,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum SchemaOf {
+    /// image.toml.
+    Spec,
+    /// The output of `imgc inspect --format json`.
+    Inspect,
 }
 
 #[derive(Args, Debug)]
@@ -95,6 +108,8 @@ struct BuildArgs {
     metadata_file: Option<PathBuf>,
     #[command(flatten)]
     registry: registry::RegistryArgs,
+    #[command(flatten)]
+    transfer: registry::TransferArgs,
 }
 
 #[derive(Args, Debug)]
@@ -115,12 +130,12 @@ struct PlanArgs {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Text,
     Json,
 }
 
-fn parse_platform(s: &str) -> Result<Platform, String> {
+pub(crate) fn parse_platform(s: &str) -> Result<Platform, String> {
     s.parse()
         .map_err(|e: imgc::oci::PlatformError| e.to_string())
 }
@@ -191,10 +206,16 @@ pub fn run() -> i32 {
         Command::Lock(args) => registry::cmd_lock(args),
         Command::Push(args) => registry::cmd_push(args),
         Command::Index(args) => registry::cmd_index(args),
-        Command::Inspect(args) => registry::cmd_inspect(args),
+        Command::Inspect(args) => inspect::cmd_inspect(args),
         Command::Cache(args) => registry::cmd_cache(args),
-        Command::Schema => {
-            print!("{}", imgc::spec::json_schema());
+        Command::Schema { of } => {
+            print!(
+                "{}",
+                match of {
+                    SchemaOf::Spec => imgc::spec::json_schema(),
+                    SchemaOf::Inspect => imgc::inspect::json_schema(),
+                }
+            );
             Ok(())
         }
     };
@@ -216,6 +237,8 @@ pub enum Failure {
     Cli(String, Option<std::io::Error>),
     /// A usage problem found after parsing, exit 2.
     Usage(String),
+    /// Another library error (not one of `build`'s), shown with its causes.
+    Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Failure {
@@ -402,7 +425,7 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
     check_output_file("--digest-file", args.digest_file.as_deref())?;
     check_output_file("--metadata-file", args.metadata_file.as_deref())?;
     check_tags(&args.tags)?;
-    let client = registry::client(&args.registry, args.quiet)?;
+    let client = registry::client(&args.registry, Some(&args.transfer), args.quiet)?;
     let mode = imgc::registry::pull::ResolveMode {
         locked: args.locked,
         offline: args.offline,
@@ -511,7 +534,7 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 
 fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
     let file = SpecFile::load(&args.common.spec)?;
-    let client = registry::client(&args.registry, true)?;
+    let client = registry::client(&args.registry, None, true)?;
     let mode = imgc::registry::pull::ResolveMode {
         locked: args.locked,
         offline: args.offline,

@@ -25,15 +25,20 @@ pub struct RegistryArgs {
     /// Trust this CA certificate (PEM) besides the system roots (repeatable).
     #[arg(long = "ca-file", value_name = "FILE")]
     pub ca_files: Vec<PathBuf>,
+    /// Retry a registry request that gets no answer, or no data, for this long (default 300).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub timeout: Option<u64>,
+}
+
+/// Flags of the commands that move blobs (`build --push`, `push`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TransferArgs {
     /// Concurrent blob transfers (default 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub transfers: Option<u16>,
     /// Upload blobs in chunks of this many bytes instead of one request each.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..))]
     pub chunk_size: Option<u64>,
-    /// Retry a registry request that gets no answer, or no data, for this long (default 300).
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
-    pub timeout: Option<u64>,
 }
 
 /// The optional config file: `$IMGC_CONFIG`, else `$XDG_CONFIG_HOME/imgc/config.toml`,
@@ -119,7 +124,11 @@ pub fn store_dir() -> Option<PathBuf> {
 }
 
 /// A client configured from the flags, the config file and the environment.
-pub fn client(args: &RegistryArgs, quiet: bool) -> Result<Arc<Client>, Failure> {
+pub fn client(
+    args: &RegistryArgs,
+    transfer: Option<&TransferArgs>,
+    quiet: bool,
+) -> Result<Arc<Client>, Failure> {
     let cfg = config_file()?;
     let mut insecure: BTreeSet<String> = cfg.insecure_registries.into_iter().collect();
     for h in &args.insecure {
@@ -144,10 +153,10 @@ pub fn client(args: &RegistryArgs, quiet: bool) -> Result<Arc<Client>, Failure> 
         ca_files,
         certs_dirs,
         auth_env: AuthEnv::from_process(),
-        chunk_size: args.chunk_size,
+        chunk_size: transfer.and_then(|t| t.chunk_size),
         ..RegistryOptions::default()
     };
-    if let Some(t) = args.transfers {
+    if let Some(t) = transfer.and_then(|t| t.transfers) {
         opts.jobs = usize::from(t);
     }
     if let Some(t) = args.timeout {
@@ -232,12 +241,14 @@ pub struct PushArgs {
     quiet: bool,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    transfer: TransferArgs,
 }
 
 /// `oci:DIR[:TAG]` → (dir, tag).
 /// A layout named on the command line (`oci:DIR[:TAG][@DIGEST]`), and the
 /// document it names.
-fn layout_arg(s: &str) -> Result<(PathBuf, imgc::oci::Descriptor), Failure> {
+pub(crate) fn layout_arg(s: &str) -> Result<(PathBuf, imgc::oci::Descriptor), Failure> {
     let r = imgc::oci::LayoutRef::parse(s).map_err(|e| Failure::Usage(e.to_string()))?;
     let top = imgc::base::layout_entry(&r.dir, &r).map_err(imgc::registry::RegistryError::from)?;
     Ok((r.dir, top))
@@ -246,7 +257,7 @@ fn layout_arg(s: &str) -> Result<(PathBuf, imgc::oci::Descriptor), Failure> {
 pub fn cmd_push(args: PushArgs) -> Result<(), Failure> {
     let (dir, top) = layout_arg(&args.source)?;
     let target = parse_ref(&args.target)?;
-    let client = client(&args.registry, args.quiet)?;
+    let client = client(&args.registry, Some(&args.transfer), args.quiet)?;
     let mut tags: Vec<String> = Vec::new();
     if target.digest.is_none() {
         if let Some(t) = &target.tag {
@@ -324,7 +335,7 @@ pub struct LockArgs {
 
 pub fn cmd_lock(args: LockArgs) -> Result<(), Failure> {
     let file = imgc::spec::SpecFile::load(&args.spec)?;
-    let client = client(&args.registry, false)?;
+    let client = client(&args.registry, None, false)?;
     // Bases the lock already pins stay pinned (their documents are read by
     // digest); the others are resolved. --update resolves every tag again.
     let (resolver, lock_path) = bases(
@@ -394,7 +405,7 @@ pub fn cmd_index(args: IndexArgs) -> Result<(), Failure> {
         shards_meta.push((f.display().to_string(), Metadata::read(f)?));
     }
     let joined = shards::join(&shards_meta)?;
-    let client = client(&args.registry, false)?;
+    let client = client(&args.registry, None, false)?;
     let targets: Vec<ImageRef> = args
         .tags
         .iter()
@@ -451,64 +462,6 @@ pub fn cmd_index(args: IndexArgs) -> Result<(), Failure> {
         write_metadata(f, &m)?;
     }
     let _ = writeln!(std::io::stdout().lock(), "{digest}");
-    Ok(())
-}
-
-#[derive(Args, Debug)]
-pub struct InspectArgs {
-    /// REGISTRY/REPO[:TAG|@DIGEST] or oci:DIR[:TAG].
-    #[arg(value_name = "REF")]
-    reference: String,
-    /// Print the document's exact bytes instead of a summary.
-    #[arg(long)]
-    raw: bool,
-    #[command(flatten)]
-    registry: RegistryArgs,
-}
-
-pub fn cmd_inspect(args: InspectArgs) -> Result<(), Failure> {
-    let (digest, media_type, bytes) = if args.reference.starts_with("oci:") {
-        let (dir, top) = layout_arg(&args.reference)?;
-        let doc = read_layout_doc(&dir, &top)?;
-        (top.digest, top.media_type, doc.bytes)
-    } else {
-        let r = parse_ref(&args.reference)?;
-        let client = client(&args.registry, true)?;
-        let m = client.get_manifest(&r)?;
-        (m.digest, m.media_type, m.bytes)
-    };
-    let mut out = std::io::stdout().lock();
-    if args.raw {
-        let _ = out.write_all(&bytes);
-        return Ok(());
-    }
-    let _ = writeln!(out, "digest:     {digest}");
-    let _ = writeln!(out, "media type: {media_type}");
-    let _ = writeln!(out, "size:       {}", bytes.len());
-    if imgc::oci::is_index_media_type(&media_type) {
-        if let Ok(index) = serde_json::from_slice::<imgc::oci::Index>(&bytes) {
-            let _ = writeln!(out, "manifests:");
-            for m in index.manifests {
-                let p = m
-                    .platform
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| "-".into());
-                let _ = writeln!(out, "  {p:<20} {} {}", m.digest, m.size);
-            }
-            for (k, v) in index.annotations {
-                let _ = writeln!(out, "annotation: {k}={v}");
-            }
-        }
-    } else if let Ok(m) = serde_json::from_slice::<imgc::oci::Manifest>(&bytes) {
-        let _ = writeln!(out, "config:     {} {}", m.config.digest, m.config.size);
-        let _ = writeln!(out, "layers:");
-        for l in m.layers {
-            let _ = writeln!(out, "  {} {:>10} {}", l.digest, l.size, l.media_type);
-        }
-        for (k, v) in m.annotations {
-            let _ = writeln!(out, "annotation: {k}={v}");
-        }
-    }
     Ok(())
 }
 

@@ -5,7 +5,6 @@
 //! huge message is cut, so an error always fits on a screen.
 
 use super::Failure;
-use std::error::Error as _;
 use std::fmt::Write;
 
 /// The full text printed on stderr for a failure.
@@ -21,19 +20,9 @@ pub fn render(failure: &Failure) -> String {
                 let _ = writeln!(out, "  caused by: {}", clean(&c.to_string()));
             }
         }
+        Failure::Other(err) => chain(&mut out, err.as_ref()),
         Failure::Lib(err) => {
-            let _ = writeln!(out, "error: {}", clean(&err.to_string()));
-            let mut source = err.source();
-            // `#[error(transparent)]` wrappers repeat their inner message: skip it.
-            if let Some(s) = source {
-                if s.to_string() == err.to_string() {
-                    source = s.source();
-                }
-            }
-            while let Some(s) = source {
-                let _ = writeln!(out, "  caused by: {}", clean(&s.to_string()));
-                source = s.source();
-            }
+            chain(&mut out, err);
             if let Some(loc) = err.location() {
                 let num = loc.line.to_string();
                 let pad = " ".repeat(num.len());
@@ -62,6 +51,22 @@ pub fn render(failure: &Failure) -> String {
         }
     }
     out
+}
+
+/// An error and its causes, one per line.
+fn chain(out: &mut String, err: &(dyn std::error::Error + 'static)) {
+    let _ = writeln!(out, "error: {}", clean(&err.to_string()));
+    let mut source = err.source();
+    // `#[error(transparent)]` wrappers repeat their inner message: skip it.
+    if let Some(s) = source {
+        if s.to_string() == err.to_string() {
+            source = s.source();
+        }
+    }
+    while let Some(s) = source {
+        let _ = writeln!(out, "  caused by: {}", clean(&s.to_string()));
+        source = s.source();
+    }
 }
 
 /// Longest message shown (in characters); the rest is cut.

@@ -195,6 +195,48 @@ impl Client {
         })
     }
 
+    /// Fetches a small blob (a config) into memory: at most
+    /// [`MAX_DOCUMENT_SIZE`] bytes, checked against its size and digest.
+    pub fn get_document_blob(
+        &self,
+        r: &ImageRef,
+        desc: &Descriptor,
+    ) -> Result<Vec<u8>, RegistryError> {
+        let host = r.api_host().to_string();
+        if desc.size > MAX_DOCUMENT_SIZE {
+            return Err(RegistryError::Layout(format!(
+                "blob {} of {host}/{} declares {} bytes, more than the {MAX_DOCUMENT_SIZE} imgc reads for a document",
+                desc.digest, r.repository, desc.size
+            )));
+        }
+        let scopes = pull_scope(r);
+        let call = Call {
+            host: &host,
+            repository: &r.repository,
+            scopes: &scopes,
+        };
+        let url = format!("{}{}/blobs/{}", self.base(&host), r.repository, desc.digest);
+        self.retrying(&format!("fetching {}", desc.digest), || {
+            let resp = self.send(&call, &|http| Ok(http.get(&url)))?;
+            if !resp.status().is_success() {
+                return Err(self.status_error(&call, resp, None));
+            }
+            let what = format!("blob {}", desc.digest);
+            let bytes = read_limited(resp, desc.size, &host, &what)?;
+            let digest = oci::sha256_digest(&bytes);
+            if digest != desc.digest || bytes.len() as u64 != desc.size {
+                return Err(RegistryError::DigestMismatch {
+                    registry: host.clone(),
+                    what: "blob",
+                    expected: desc.digest.clone(),
+                    actual: digest,
+                    actual_size: bytes.len() as u64,
+                });
+            }
+            Ok(bytes)
+        })
+    }
+
     /// The repository's tags (the first page; bounded).
     pub fn list_tags(&self, r: &ImageRef) -> Result<Vec<String>, RegistryError> {
         let host = r.api_host().to_string();
@@ -700,5 +742,38 @@ mod tests {
             check_document("h", "x", idx, Some(oci::MEDIA_TYPE_INDEX)).unwrap(),
             oci::MEDIA_TYPE_INDEX
         );
+    }
+}
+
+/// The documents of an image in a registry, for `imgc inspect`: manifests
+/// and indexes by digest, configs as bounded, digest-checked blobs.
+#[derive(Debug)]
+pub struct RegistryDocuments<'a> {
+    /// The client.
+    pub client: &'a Client,
+    /// The repository (its tag or digest is not used).
+    pub reference: &'a ImageRef,
+}
+
+impl crate::inspect::Fetch for RegistryDocuments<'_> {
+    fn fetch(&self, desc: &Descriptor) -> Result<Vec<u8>, crate::inspect::InspectError> {
+        let wrap = |e: RegistryError| crate::inspect::InspectError::Fetch {
+            what: "document",
+            digest: desc.digest.clone(),
+            source: Box::new(e),
+        };
+        let is_document =
+            desc.media_type.contains("manifest") || oci::is_index_media_type(&desc.media_type);
+        if !is_document {
+            return self
+                .client
+                .get_document_blob(self.reference, desc)
+                .map_err(wrap);
+        }
+        let m = self
+            .client
+            .get_manifest(&self.reference.with_digest(&desc.digest))
+            .map_err(wrap)?;
+        Ok(m.bytes)
     }
 }

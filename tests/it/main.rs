@@ -9,6 +9,7 @@ mod hostile_output;
 mod hostile_registry;
 mod hostile_spec;
 mod independent;
+mod inspect;
 mod ocispec;
 mod proxy;
 mod registry;
