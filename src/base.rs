@@ -519,11 +519,8 @@ impl Walk<'_> {
             for child in &index.manifests {
                 if oci::is_index_media_type(&child.media_type) {
                     self.collect(child, depth + 1)?;
-                } else if oci::is_manifest_media_type(&child.media_type) {
-                    // Attestations and other artifacts are listed as unknown/unknown.
-                    let known = child.platform.as_ref().filter(|p| p.os != "unknown");
-                    let seen = self.out.iter().any(|(_, d)| d.digest == child.digest);
-                    if let (Some(p), false) = (known, seen) {
+                } else if let Some(p) = oci::listed_platform(child) {
+                    if !self.out.iter().any(|(_, d)| d.digest == child.digest) {
                         self.out.push((p.clone(), child.clone()));
                     }
                 }
@@ -549,10 +546,7 @@ fn read_config(dir: &Path, manifest: &Manifest) -> Result<ImageConfig, BaseError
     parse_doc(&path, &read_blob(dir, &manifest.config)?, "image config")
 }
 
-/// The path of a blob in a layout.
-pub fn blob_path(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs").join("sha256").join(digest.hex())
-}
+pub use crate::oci::blob_path;
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, BaseError> {
     fsx::read_bounded(path, MAX_DOCUMENT_SIZE, Links::Refuse).map_err(|source| {

@@ -126,22 +126,32 @@ pub fn open_regular(path: &Path, links: Links) -> io::Result<File> {
 /// error of kind `FileTooLarge` (checked with `fstat` first, and again while
 /// reading, since a file may grow).
 pub fn read_to_end_bounded(file: File, limit: u64) -> io::Result<Vec<u8>> {
-    let too_large = || {
-        io::Error::new(
-            io::ErrorKind::FileTooLarge,
-            format!("the file is larger than {limit} bytes"),
-        )
-    };
     let len = file.metadata()?.len();
     if len > limit {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
-    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
-    file.take(limit + 1).read_to_end(&mut bytes)?;
+    read_stream_bounded(file, limit, usize::try_from(len).unwrap_or(0))
+}
+
+/// Reads a stream to its end, at most `limit` bytes: the one bounded read of
+/// imgc (files, HTTP bodies). More is an error of kind `FileTooLarge`, found
+/// after reading `limit + 1` bytes at most; `hint` sizes the buffer.
+pub fn read_stream_bounded(reader: impl Read, limit: u64, hint: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(hint.min(usize::try_from(limit).unwrap_or(usize::MAX)));
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     Ok(bytes)
+}
+
+fn too_large(limit: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        format!("it is larger than {limit} bytes"),
+    )
 }
 
 /// Reads a whole regular file of at most `limit` bytes (see [`open_regular`]).

@@ -3,6 +3,7 @@
 //! `SOURCE_DATE_EPOCH`). Errors are rendered here once, with their spec
 //! location and a hint.
 
+mod env;
 mod inspect;
 mod registry;
 mod render;
@@ -257,14 +258,16 @@ impl<E: Into<imgc::Error>> From<E> for Failure {
 }
 
 fn env_epoch() -> Result<Option<u64>, Failure> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if v.trim().is_empty() => Ok(None),
-        Ok(v) => v.trim().parse().map(Some).map_err(|_| {
-            Failure::Usage(format!(
-                "SOURCE_DATE_EPOCH `{v}` is not a whole number of seconds since 1970"
-            ))
-        }),
-        Err(_) => Ok(None),
+    let bad = |v: &str| {
+        Failure::Usage(format!(
+            "SOURCE_DATE_EPOCH `{v}` is not a whole number of seconds since 1970"
+        ))
+    };
+    match env::text(env::SOURCE_DATE_EPOCH) {
+        Some(Ok(v)) if v.trim().is_empty() => Ok(None),
+        Some(Ok(v)) => v.trim().parse().map(Some).map_err(|_| bad(&v)),
+        Some(Err(raw)) => Err(bad(&raw.to_string_lossy())),
+        None => Ok(None),
     }
 }
 
@@ -272,8 +275,10 @@ fn threads(jobs: Option<u16>) -> Result<usize, Failure> {
     if let Some(j) = jobs {
         return Ok(usize::from(j));
     }
-    match std::env::var("IMGC_THREADS") {
-        Ok(v) if !v.trim().is_empty() => match v.trim().parse::<usize>() {
+    let value = env::text(env::IMGC_THREADS)
+        .map(|v| v.unwrap_or_else(|raw| raw.to_string_lossy().into_owned()));
+    match value {
+        Some(v) if !v.trim().is_empty() => match v.trim().parse::<usize>() {
             Ok(n) if (1..=1024).contains(&n) => Ok(n),
             _ => Err(Failure::Usage(format!(
                 "IMGC_THREADS `{v}` is not a number of threads from 1 to 1024"
@@ -285,7 +290,7 @@ fn threads(jobs: Option<u16>) -> Result<usize, Failure> {
 
 /// What a build never packs, whatever the globs say: `./imgc-out` and the
 /// `--output` layout (each with the staging folders beside it). `plan`,
-/// `build` and `lock` use this same list.
+/// `build` use this same list.
 pub(crate) fn skip_list(output: Option<&Path>) -> Vec<PathBuf> {
     let mut skip = vec![PathBuf::from(DEFAULT_OUTPUT_ROOT)];
     skip.extend(output.map(Path::to_path_buf));

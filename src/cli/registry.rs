@@ -10,7 +10,7 @@ use imgc::registry::lock::LockFile;
 use imgc::registry::pull::{RegistryBases, ResolveMode};
 use imgc::registry::push::{read_layout_doc, PushOptions, PushOutcome};
 use imgc::registry::shards::{self, Metadata};
-use imgc::registry::{auth::AuthEnv, Client, ImageRef, RegistryOptions};
+use imgc::registry::{Client, ImageRef, RegistryOptions};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,17 +52,13 @@ struct ConfigFile {
     ca_files: Vec<PathBuf>,
 }
 
-fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-}
+use super::env::{self, path as env_path};
 
 fn config_file() -> Result<ConfigFile, Failure> {
-    let (path, explicit) = match env_path("IMGC_CONFIG") {
+    let (path, explicit) = match env_path(env::IMGC_CONFIG) {
         Some(p) => (p, true),
-        None => match env_path("XDG_CONFIG_HOME")
-            .or_else(|| env_path("HOME").map(|h| h.join(".config")))
+        None => match env_path(env::XDG_CONFIG_HOME)
+            .or_else(|| env_path(env::HOME).map(|h| h.join(".config")))
         {
             Some(d) => (d.join("imgc").join("config.toml"), false),
             None => return Ok(ConfigFile::default()),
@@ -85,16 +81,8 @@ fn config_file() -> Result<ConfigFile, Failure> {
         }
     };
     toml::from_str(&text).map_err(|e| {
-        let (line, col) = e
-            .span()
-            .map(|s| {
-                let before = &text[..s.start.min(text.len())];
-                (
-                    before.matches('\n').count() + 1,
-                    before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
-                )
-            })
-            .unwrap_or((1, 1));
+        let at = imgc::spec::locate_in(&path, &text, e.span());
+        let (line, col) = (at.line, at.column);
         Failure::Cli(
             format!(
                 "config file `{}` is invalid at line {line}, column {col}: {}",
@@ -108,9 +96,9 @@ fn config_file() -> Result<ConfigFile, Failure> {
 
 /// Where pulled blobs are kept: `$IMGC_CACHE_DIR`, else `$XDG_CACHE_HOME/imgc`, else `~/.cache/imgc`.
 pub fn cache_dir() -> Result<PathBuf, Failure> {
-    env_path("IMGC_CACHE_DIR")
-        .or_else(|| env_path("XDG_CACHE_HOME").map(|d| d.join("imgc")))
-        .or_else(|| env_path("HOME").map(|h| h.join(".cache").join("imgc")))
+    env_path(env::IMGC_CACHE_DIR)
+        .or_else(|| env_path(env::XDG_CACHE_HOME).map(|d| d.join("imgc")))
+        .or_else(|| env_path(env::HOME).map(|h| h.join(".cache").join("imgc")))
         .ok_or_else(|| {
             Failure::Usage(
                 "set IMGC_CACHE_DIR (or HOME) so imgc has a cache folder for pulled blobs".into(),
@@ -142,17 +130,17 @@ pub fn client(
     let mut ca_files = cfg.ca_files;
     ca_files.extend(args.ca_files.iter().cloned());
     // IMGC_CERTS_DIRS (a `:`-separated list) replaces the usual roots.
-    let certs_dirs = match std::env::var_os("IMGC_CERTS_DIRS") {
+    let certs_dirs = match env::var(env::IMGC_CERTS_DIRS) {
         Some(v) => std::env::split_paths(&v)
             .filter(|p| !p.as_os_str().is_empty())
             .collect(),
-        None => imgc::registry::tls::default_certs_dirs(env_path("HOME").as_deref()),
+        None => imgc::registry::tls::default_certs_dirs(env_path(env::HOME).as_deref()),
     };
     let mut opts = RegistryOptions {
         insecure,
         ca_files,
         certs_dirs,
-        auth_env: AuthEnv::from_process(),
+        auth_env: env::auth(),
         chunk_size: transfer.and_then(|t| t.chunk_size),
         ..RegistryOptions::default()
     };

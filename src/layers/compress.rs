@@ -34,7 +34,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use flate2::{Compress, Compression, FlushCompress, Status};
-use sha2::{Digest, Sha256};
 
 pub use crate::oci::Codec;
 
@@ -150,8 +149,8 @@ impl<W: Write + Send + 'static> Compressor<W> {
             Inner::Zstd(encoder) => encoder.finish()?,
             Inner::None(hashed) => hashed,
         };
-        hashed.inner.flush()?;
-        Ok(hashed.into_compressed())
+        hashed.get_mut().flush()?;
+        Ok(into_compressed(hashed))
     }
 }
 
@@ -183,49 +182,20 @@ impl<W: Write + Send + 'static> Write for Compressor<W> {
         match &mut self.inner {
             Inner::Gzip(pipeline) => pipeline.check(),
             Inner::Zstd(_) => Ok(()),
-            Inner::None(hashed) => hashed.inner.flush(),
+            Inner::None(hashed) => hashed.get_mut().flush(),
         }
     }
 }
 
-/// A writer that hashes and counts what its inner writer accepted.
-struct HashingWriter<W> {
-    inner: W,
-    sha: Sha256,
-    size: u64,
-}
+use crate::oci::HashingWriter;
 
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            sha: Sha256::new(),
-            size: 0,
-        }
-    }
-
-    fn into_compressed(self) -> Compressed<W> {
-        Compressed {
-            inner: self.inner,
-            sha256_hex: hex::encode(self.sha.finalize()),
-            size: self.size,
-        }
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        let written = buf.get(..n).ok_or_else(|| {
-            io::Error::other("output writer reported more bytes written than it was given")
-        })?;
-        self.sha.update(written);
-        self.size += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+/// What a hashing writer saw, as [`Compressed`].
+fn into_compressed<W: Write>(hashed: HashingWriter<W>) -> Compressed<W> {
+    let (inner, digest, size) = hashed.finish();
+    Compressed {
+        inner,
+        sha256_hex: digest.hex().to_string(),
+        size,
     }
 }
 
@@ -717,7 +687,7 @@ mod tests {
     }
 
     fn sha256_hex(bytes: &[u8]) -> String {
-        hex::encode(Sha256::digest(bytes))
+        crate::oci::sha256_digest(bytes).hex().to_string()
     }
 
     fn sizes() -> Vec<usize> {

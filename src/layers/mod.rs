@@ -13,9 +13,9 @@ pub use compress::Codec;
 
 use crate::fsx::ContextDir;
 use crate::oci::Digest;
+use crate::oci::HashingWriter;
 use crate::plan::{Entry, EntryKind, FileSource, LayerNode};
 use compress::Compressor;
-use sha2::{Digest as _, Sha256};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -67,25 +67,6 @@ pub struct BuiltLayer {
     pub size: u64,
     /// Size of the uncompressed tar.
     pub tar_size: u64,
-}
-
-/// Hashes and counts what passes through.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    count: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// A file writer that asks the kernel to start writing each 8 MiB back to
@@ -174,11 +155,7 @@ pub fn build_layer(
     )
     .map_err(write_err)?;
     let mut w = EntryWriter {
-        tar: TarWriter::new(HashingWriter {
-            inner: compressor,
-            hasher: Sha256::new(),
-            count: 0,
-        }),
+        tar: TarWriter::new(HashingWriter::new(compressor)),
         epoch: settings.epoch,
         layer: &node.name,
         buf: vec![0u8; 256 * 1024],
@@ -188,11 +165,8 @@ pub fn build_layer(
     for entry in &node.entries {
         w.write_entry(entry)?;
     }
-    let hashing = w.tar.finish().map_err(write_err)?;
-    let diff_id = Digest::from_hex(&hex::encode(hashing.hasher.finalize()))
-        .map_err(|e| write_err(io::Error::other(e)))?;
-    let tar_size = hashing.count;
-    let compressed = hashing.inner.finish().map_err(write_err)?;
+    let (compressor, diff_id, tar_size) = w.tar.finish().map_err(write_err)?.finish();
+    let compressed = compressor.finish().map_err(write_err)?;
     let file = compressed
         .inner
         .into_inner()

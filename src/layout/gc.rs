@@ -81,7 +81,7 @@ fn listed(doc: &serde_json::Value) -> Result<Vec<(String, Digest, u64)>, ()> {
 
 /// The digests `index` reaches in the layout at `dir`.
 fn reachable(dir: &Path, index: &Index) -> Result<BTreeSet<Digest>, Skipped> {
-    let blobs = dir.join("blobs").join("sha256");
+    let blobs = crate::oci::blobs_dir(dir);
     let mut seen = BTreeSet::new();
     let mut todo: Vec<(String, Digest, u64)> = index
         .manifests
@@ -114,7 +114,7 @@ pub fn collect(dir: &Path, index: &Index) -> Result<usize, Skipped> {
         return Err(Skipped::Symlinked(link.display().to_string()));
     }
     let keep = reachable(dir, index)?;
-    let blobs = dir.join("blobs").join("sha256");
+    let blobs = crate::oci::blobs_dir(dir);
     let Ok(entries) = fs::read_dir(&blobs) else {
         return Ok(0);
     };

@@ -18,7 +18,6 @@ pub mod staging;
 pub use gc::{collect as collect_garbage, Skipped as GcSkipped};
 
 use crate::oci::{self, Descriptor, Digest, Index};
-use sha2::{Digest as _, Sha256};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -150,7 +149,7 @@ impl LayoutWriter {
         let made = staging::Staging::create(&parent, &name)
             .map_err(io_err("create staging folder in", &parent))?;
         let staging = made.path.clone();
-        let blobs = staging.join("blobs").join("sha256");
+        let blobs = crate::oci::blobs_dir(&staging);
         fs::create_dir_all(&blobs).map_err(io_err("create folder", &blobs))?;
         Ok(LayoutWriter {
             target: target.to_path_buf(),
@@ -175,11 +174,11 @@ impl LayoutWriter {
     }
 
     fn staged(&self, digest: &Digest) -> PathBuf {
-        self.staging.join("blobs").join("sha256").join(digest.hex())
+        crate::oci::blob_path(&self.staging, digest)
     }
 
     fn in_target(&self, digest: &Digest) -> PathBuf {
-        self.target.join("blobs").join("sha256").join(digest.hex())
+        crate::oci::blob_path(&self.target, digest)
     }
 
     /// Moves a finished (synced) temporary file into place as blob `digest`.
@@ -228,7 +227,7 @@ impl LayoutWriter {
     /// Copies blob `desc` from `src_dir` into staging: at most its declared
     /// size is read, and size and digest are checked while copying.
     fn stage_copy(&mut self, src_dir: &Path, desc: &Descriptor) -> Result<(), LayoutError> {
-        let src = src_dir.join("blobs").join("sha256").join(desc.digest.hex());
+        let src = crate::oci::blob_path(src_dir, &desc.digest);
         let input = fsx::open_regular(&src, Links::Refuse).map_err(io_err("open", &src))?;
         let (mut out, tmp) = self.temp_file()?;
         let copied = hash_copy(input, desc.size, &mut out);
@@ -317,9 +316,9 @@ impl LayoutWriter {
     /// Renames every staged blob into the target (one already there and
     /// verified is left as it is).
     fn move_blobs_in(&self) -> Result<(), LayoutError> {
-        let blobs = self.target.join("blobs").join("sha256");
+        let blobs = crate::oci::blobs_dir(&self.target);
         fs::create_dir_all(&blobs).map_err(io_err("create folder", &blobs))?;
-        let staged_dir = self.staging.join("blobs").join("sha256");
+        let staged_dir = crate::oci::blobs_dir(&self.staging);
         let mut staged: Vec<_> = fs::read_dir(&staged_dir)
             .map_err(io_err("read folder", &staged_dir))?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
@@ -408,20 +407,16 @@ enum CopyError {
 /// digest and size of what was read (more than `limit` means too large).
 fn hash_copy(input: File, limit: u64, out: &mut impl Write) -> Result<(Digest, u64), CopyError> {
     let mut input = input.take(limit.saturating_add(1));
-    let mut hasher = Sha256::new();
+    let mut out = crate::oci::HashingWriter::new(out);
     let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
     loop {
         let n = input.read(&mut buf).map_err(CopyError::Read)?;
         if n == 0 {
             break;
         }
-        total += n as u64;
-        hasher.update(&buf[..n]);
         out.write_all(&buf[..n]).map_err(CopyError::Write)?;
     }
-    let digest = Digest::from_hex(&hex::encode(hasher.finalize()))
-        .map_err(|e| CopyError::Read(io::Error::other(e)))?;
+    let (_, digest, total) = out.finish();
     Ok((digest, total))
 }
 
@@ -463,7 +458,7 @@ mod tests {
     use super::*;
 
     fn layout_with(dir: &Path, bytes: &[u8]) -> Descriptor {
-        let blobs = dir.join("blobs").join("sha256");
+        let blobs = crate::oci::blobs_dir(dir);
         fs::create_dir_all(&blobs).unwrap();
         fs::write(dir.join("oci-layout"), OCI_LAYOUT).unwrap();
         let digest = oci::sha256_digest(bytes);

@@ -37,6 +37,53 @@ pub fn sha256_digest(bytes: &[u8]) -> Digest {
     Digest(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
 }
 
+/// A writer that hashes (sha256) and counts what its inner writer accepted:
+/// the one way imgc digests a stream as it writes it.
+#[derive(Debug)]
+pub struct HashingWriter<W> {
+    inner: W,
+    sha: Sha256,
+    size: u64,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            sha: Sha256::new(),
+            size: 0,
+        }
+    }
+
+    /// The inner writer, the digest and the size of all it accepted.
+    pub fn finish(self) -> (W, Digest, u64) {
+        let digest = Digest(format!("sha256:{}", hex::encode(self.sha.finalize())));
+        (self.inner, digest, self.size)
+    }
+
+    /// The inner writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let written = buf.get(..n).ok_or_else(|| {
+            std::io::Error::other("a writer reported more bytes written than it was given")
+        })?;
+        self.sha.update(written);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 impl FromStr for Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -15,9 +15,41 @@ pub use canonical::to_canonical_json;
 pub use codec::Codec;
 pub use layout_ref::{select_entry, LayoutRef, LayoutRefError, SelectError};
 
+/// The tag grammar of the distribution spec:
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// Where a blob lives in an OCI image layout (or the store, laid out as
+/// one): `DIR/blobs/sha256/<hex>`.
+pub fn blob_path(dir: &std::path::Path, digest: &Digest) -> std::path::PathBuf {
+    blobs_dir(dir).join(digest.hex())
+}
+
+/// The folder of a layout's sha256 blobs: `DIR/blobs/sha256`.
+pub fn blobs_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("blobs").join("sha256")
+}
+
+/// The platform of an index entry that is a platform's image: an image
+/// manifest whose platform is given and known. Attestations and other
+/// artifacts, listed as `unknown/unknown`, are not.
+pub fn listed_platform(entry: &Descriptor) -> Option<&Platform> {
+    if !is_manifest_media_type(&entry.media_type) {
+        return None;
+    }
+    entry.platform.as_ref().filter(|p| p.os != "unknown")
+}
+
 /// Largest manifest, index or config imgc reads (4 MiB).
 pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
-pub use digest::{sha256_digest, Digest, DigestError};
+pub use digest::{sha256_digest, Digest, DigestError, HashingWriter};
 pub use platform::{Platform, PlatformError};
 
 use serde::{Deserialize, Serialize};

@@ -1158,15 +1158,7 @@ pub const MAX_EPOCH: u64 = 253_402_300_799;
 /// overlay filesystems' lower directories that runtimes are built around.
 pub const MAX_LAYERS: usize = 127;
 
-/// Tag grammar of the distribution spec: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-pub fn valid_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
+pub use oci::valid_tag;
 
 #[derive(Serialize)]
 struct KeyEntry<'a> {

@@ -85,20 +85,6 @@ pub struct AuthEnv {
     pub path: Option<OsString>,
 }
 
-impl AuthEnv {
-    /// Reads the variables from the process; an empty variable counts as unset.
-    pub fn from_process() -> AuthEnv {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        AuthEnv {
-            docker_config: var("DOCKER_CONFIG").map(PathBuf::from),
-            home: var("HOME").map(PathBuf::from),
-            registry_auth_file: var("REGISTRY_AUTH_FILE").map(PathBuf::from),
-            xdg_runtime_dir: var("XDG_RUNTIME_DIR").map(PathBuf::from),
-            path: var("PATH"),
-        }
-    }
-}
-
 /// The result of a search: the credential, if any, and where we looked.
 #[derive(Debug, Clone)]
 pub struct Lookup {

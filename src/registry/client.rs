@@ -15,7 +15,6 @@ use base64::Engine as _;
 use reqwest::blocking::{RequestBuilder, Response};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, WWW_AUTHENTICATE};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
@@ -894,19 +893,15 @@ pub(crate) fn read_limited(
             return Err(too_large());
         }
     }
-    let mut bytes = Vec::new();
-    resp.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| RegistryError::Connect {
+    crate::fsx::read_stream_bounded(resp, limit, 0).map_err(|e| match e.kind() {
+        std::io::ErrorKind::FileTooLarge => too_large(),
+        _ => RegistryError::Connect {
             registry: host.to_string(),
             url: what.to_string(),
             reason: flatten(&e),
             retryable: true,
-        })?;
-    if bytes.len() as u64 > limit {
-        return Err(too_large());
-    }
-    Ok(bytes)
+        },
+    })
 }
 
 #[cfg(test)]

@@ -106,19 +106,11 @@ impl LockFile {
             }
         };
         let lock: LockFile = toml::from_str(&text).map_err(|e| {
-            let (line, column) = match e.span() {
-                Some(span) => {
-                    let before = &text[..span.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                    (line, column)
-                }
-                None => (1, 1),
-            };
+            let at = crate::spec::locate_in(path, &text, e.span());
             LockError::Parse {
                 path: path.to_path_buf(),
-                line,
-                column,
+                line: at.line,
+                column: at.column,
                 message: e.message().to_string(),
             }
         })?;
@@ -162,7 +154,7 @@ impl LockFile {
 fn read_bounded(path: &Path) -> std::io::Result<String> {
     let bytes = crate::fsx::read_bounded(
         path,
-        crate::base::MAX_DOCUMENT_SIZE,
+        crate::oci::MAX_DOCUMENT_SIZE,
         crate::fsx::Links::Follow,
     )?;
     String::from_utf8(bytes).map_err(|_| std::io::Error::other("the file is not UTF-8 text"))

@@ -11,7 +11,6 @@ use super::{Client, ImageRef, RegistryError};
 use crate::base::{BaseError, RemoteBases, RemoteOpened, MAX_DOCUMENT_SIZE};
 use crate::oci::{self, AnyDocument, Descriptor, Digest, ImageConfig, Index, Manifest, Platform};
 use crate::progress::Event;
-use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -204,25 +203,14 @@ impl Client {
     ) -> Result<Vec<u8>, RegistryError> {
         let host = r.api_host().to_string();
         if desc.size > MAX_DOCUMENT_SIZE {
-            return Err(RegistryError::Layout(format!(
-                "blob {} of {host}/{} declares {} bytes, more than the {MAX_DOCUMENT_SIZE} imgc reads for a document",
-                desc.digest, r.repository, desc.size
-            )));
+            return Err(RegistryError::TooLarge {
+                registry: host,
+                what: format!("blob {} (declared {} bytes)", desc.digest, desc.size),
+                limit: MAX_DOCUMENT_SIZE,
+            });
         }
-        let scopes = pull_scope(r);
-        let call = Call {
-            host: &host,
-            repository: &r.repository,
-            scopes: &scopes,
-        };
-        let url = format!("{}{}/blobs/{}", self.base(&host), r.repository, desc.digest);
-        self.retrying(&format!("fetching {}", desc.digest), || {
-            let resp = self.send(&call, &|http| Ok(http.get(&url)))?;
-            if !resp.status().is_success() {
-                return Err(self.status_error(&call, resp, None));
-            }
-            let what = format!("blob {}", desc.digest);
-            let bytes = read_limited(resp, desc.size, &host, &what)?;
+        self.blob_request(r, desc, "fetching", |resp, _url| {
+            let bytes = read_limited(resp, desc.size, &host, &format!("blob {}", desc.digest))?;
             let digest = oci::sha256_digest(&bytes);
             if digest != desc.digest || bytes.len() as u64 != desc.size {
                 return Err(RegistryError::DigestMismatch {
@@ -234,6 +222,39 @@ impl Client {
                 });
             }
             Ok(bytes)
+        })
+    }
+
+    /// GETs a blob, retrying as the client does; a 404 is `BlobUnknown`.
+    /// `take` reads the answer (given with the URL, for errors).
+    fn blob_request<T>(
+        &self,
+        r: &ImageRef,
+        desc: &Descriptor,
+        verb: &str,
+        take: impl Fn(reqwest::blocking::Response, &str) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let host = r.api_host().to_string();
+        let scopes = pull_scope(r);
+        let call = Call {
+            host: &host,
+            repository: &r.repository,
+            scopes: &scopes,
+        };
+        let url = format!("{}{}/blobs/{}", self.base(&host), r.repository, desc.digest);
+        self.retrying(&format!("{verb} {}", desc.digest), || {
+            let resp = self.send(&call, &|http| Ok(http.get(&url)))?;
+            if resp.status().is_success() {
+                return take(resp, &url);
+            }
+            Err(match self.status_error(&call, resp, None) {
+                RegistryError::Status { status: 404, .. } => RegistryError::BlobUnknown {
+                    registry: host.clone(),
+                    repository: r.repository.clone(),
+                    digest: desc.digest.clone(),
+                },
+                e => e,
+            })
         })
     }
 
@@ -302,52 +323,29 @@ impl Client {
             return Ok(store.path(&desc.digest));
         }
         let host = r.api_host().to_string();
-        let scopes = pull_scope(r);
-        let call = Call {
-            host: &host,
-            repository: &r.repository,
-            scopes: &scopes,
-        };
-        let url = format!("{}{}/blobs/{}", self.base(&host), r.repository, desc.digest);
-        let path = self.retrying(&format!("downloading {}", desc.digest), || {
-            let resp = self.send(&call, &|http| Ok(http.get(&url)))?;
-            if !resp.status().is_success() {
-                let err = self.status_error(&call, resp, None);
-                return Err(match err {
-                    RegistryError::Status { status: 404, .. } => RegistryError::BlobUnknown {
-                        registry: host.clone(),
-                        repository: r.repository.clone(),
-                        digest: desc.digest.clone(),
-                    },
-                    e => e,
-                });
-            }
-            let (mut file, tmp) = store.temp_file()?;
-            let mut hasher = Sha256::new();
+        let path = self.blob_request(r, desc, "downloading", |resp, url| {
+            let (file, tmp) = store.temp_file()?;
+            let mut out = oci::HashingWriter::new(file);
             let mut body = resp.take(desc.size + 1);
             let mut buf = vec![0u8; 256 * 1024];
-            let mut total = 0u64;
             loop {
                 let n = body.read(&mut buf).map_err(|e| RegistryError::Connect {
                     registry: host.clone(),
-                    url: format!("GET {}", super::client::shown(&url)),
+                    url: format!("GET {}", super::client::shown(url)),
                     reason: self.describe_read(&e),
                     retryable: true,
                 })?;
                 if n == 0 {
                     break;
                 }
-                total += n as u64;
-                hasher.update(&buf[..n]);
-                file.write_all(&buf[..n])
+                out.write_all(&buf[..n])
                     .map_err(|source| RegistryError::Io {
                         action: "write",
                         path: tmp.path().to_path_buf(),
                         source,
                     })?;
             }
-            let actual = Digest::from_hex(&hex::encode(hasher.finalize()))
-                .map_err(|e| RegistryError::Setup(e.to_string()))?;
+            let (file, actual, total) = out.finish();
             if actual != desc.digest || total != desc.size {
                 // `tmp` is deleted when dropped here.
                 return Err(RegistryError::DigestMismatch {
@@ -675,12 +673,8 @@ fn index_candidates(
         .map_err(|e| bad_document(r, &format!("index of base `{reference}`"), e))?;
     Ok(index
         .manifests
-        .into_iter()
-        .filter(|c| oci::is_manifest_media_type(&c.media_type))
-        .filter_map(|c| {
-            let p = c.platform.clone().filter(|p| p.os != "unknown")?;
-            Some((p, c))
-        })
+        .iter()
+        .filter_map(|c| Some((oci::listed_platform(c)?.clone(), c.clone())))
         .collect())
 }
 

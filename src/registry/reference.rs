@@ -154,15 +154,7 @@ impl ImageRef {
     }
 }
 
-/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn valid_tag(t: &str) -> bool {
-    let b = t.as_bytes();
-    !b.is_empty()
-        && b.len() <= 128
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
-}
+use crate::oci::valid_tag;
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
 fn valid_component(c: &str) -> bool {

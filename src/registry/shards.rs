@@ -102,7 +102,7 @@ impl Metadata {
     pub fn read(path: &Path) -> Result<Metadata, RegistryError> {
         let bytes = crate::fsx::read_bounded(
             path,
-            crate::base::MAX_DOCUMENT_SIZE,
+            crate::oci::MAX_DOCUMENT_SIZE,
             crate::fsx::Links::Follow,
         )
         .map_err(|source| RegistryError::Io {

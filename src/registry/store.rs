@@ -81,7 +81,7 @@ impl Store {
     }
 
     fn open_locked(root: &Path, exclusive: bool) -> Result<File, RegistryError> {
-        for dir in [root.join("blobs").join("sha256"), root.join("tmp")] {
+        for dir in [crate::oci::blobs_dir(root), root.join("tmp")] {
             fs::create_dir_all(&dir).map_err(io("create the store folder", &dir))?;
         }
         let marker = root.join("oci-layout");
@@ -144,7 +144,7 @@ impl Store {
 
     /// Where a blob lives.
     pub fn path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join("sha256").join(digest.hex())
+        crate::oci::blob_path(&self.root, digest)
     }
 
     /// Whether the store holds a blob of this size (a regular file; its
@@ -213,7 +213,7 @@ impl Store {
 
     /// The blobs as `(path, size, last used)`.
     fn blobs(&self) -> Vec<(PathBuf, u64, SystemTime)> {
-        let Ok(entries) = fs::read_dir(self.root.join("blobs").join("sha256")) else {
+        let Ok(entries) = fs::read_dir(crate::oci::blobs_dir(&self.root)) else {
             return Vec::new();
         };
         entries

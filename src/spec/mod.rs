@@ -190,6 +190,13 @@ impl SpecFile {
     }
 }
 
+/// The location of a byte span in any TOML text imgc reads (the spec, the
+/// lock file, the config file): the one locator, so every file's errors
+/// count lines and columns (in characters) alike. `None` spans are 1:1.
+pub fn locate_in(path: &Path, source: &str, span: Option<Range<usize>>) -> Location {
+    locate(path, source, &line_starts(source), &span.unwrap_or(0..0))
+}
+
 fn line_starts(source: &str) -> Vec<usize> {
     std::iter::once(0)
         .chain(source.match_indices('\n').map(|(i, _)| i + 1))

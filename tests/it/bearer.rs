@@ -193,7 +193,7 @@ fn push_and_inspect_through_a_bearer_gate_with_basic_credentials() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains(&format!("digest:     {digest}")),
+        stdout(&out).contains(&format!("digest      {digest}")),
         "{}",
         stdout(&out)
     );
