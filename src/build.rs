@@ -8,21 +8,15 @@ use crate::layout::{GcSkipped, LayoutError, LayoutWriter};
 use crate::oci::{
     self, ContainerConfig, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform,
 };
-use crate::plan::{ImagePlan, Plan, PlanError};
+use crate::plan::{ImagePlan, Plan};
 use crate::progress::{Event, Reporter};
-use crate::spec::{Location, MediaTypesName, SpecError};
+use crate::spec::MediaTypesName;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Any error of the library, as the CLI receives it.
+/// What [`build`] fails with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The spec file.
-    #[error(transparent)]
-    Spec(#[from] SpecError),
-    /// Planning.
-    #[error(transparent)]
-    Plan(#[from] PlanError),
     /// Building a layer.
     #[error(transparent)]
     Layer(#[from] LayerError),
@@ -40,12 +34,6 @@ pub enum Error {
         #[source]
         source: Box<BaseError>,
     },
-    /// Talking to a registry.
-    #[error(transparent)]
-    Registry(Box<crate::registry::RegistryError>),
-    /// The lock file.
-    #[error(transparent)]
-    Lock(#[from] crate::registry::lock::LockError),
     /// A document larger than registries and imgc itself read.
     #[error("the {what} would be {size} bytes, more than the {MAX_DOCUMENT_SIZE} bytes registries and imgc read; nothing was written")]
     DocumentTooLarge {
@@ -65,28 +53,10 @@ pub enum Error {
     },
 }
 
-impl From<crate::registry::RegistryError> for Error {
-    fn from(e: crate::registry::RegistryError) -> Self {
-        Error::Registry(Box::new(e))
-    }
-}
-
 impl Error {
-    /// Where in the spec the error is, if known.
-    pub fn location(&self) -> Option<&Location> {
-        match self {
-            Error::Spec(e) => e.location(),
-            Error::Plan(e) => e.location(),
-            _ => None,
-        }
-    }
-
     /// A hint for the user, if there is one.
     pub fn help(&self) -> Option<String> {
         match self {
-            Error::Spec(e) => e.help(),
-            Error::Plan(e) => e.help(),
-            Error::Registry(e) => e.help(),
             Error::Base { source, .. } => source.help(),
             _ => None,
         }

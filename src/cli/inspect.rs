@@ -31,7 +31,7 @@ pub fn cmd_inspect(args: InspectArgs) -> Result<(), Failure> {
     let inspected = if args.reference.starts_with("oci:") {
         let (dir, top) = layout_arg(&args.reference)?;
         let docs = LayoutDocuments { dir: &dir };
-        let bytes = imgc::inspect::Fetch::fetch(&docs, &top).map_err(other)?;
+        let bytes = imgc::inspect::Fetch::fetch(&docs, &top).map_err(Failure::from)?;
         if args.raw {
             return raw(&bytes);
         }
@@ -50,7 +50,7 @@ pub fn cmd_inspect(args: InspectArgs) -> Result<(), Failure> {
         };
         imgc::inspect::inspect(&args.reference, &top, &m.bytes, &docs, &args.platforms)
     };
-    let inspection = inspected.map_err(other)?;
+    let inspection = inspected.map_err(Failure::from)?;
     let text = match args.format {
         Format::Json => {
             let mut s = serde_json::to_string_pretty(&inspection).unwrap_or_default();
@@ -61,10 +61,6 @@ pub fn cmd_inspect(args: InspectArgs) -> Result<(), Failure> {
     };
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(())
-}
-
-fn other(e: imgc::inspect::InspectError) -> Failure {
-    Failure::Other(Box::new(e))
 }
 
 fn raw(bytes: &[u8]) -> Result<(), Failure> {

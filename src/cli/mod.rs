@@ -229,17 +229,68 @@ pub fn run() -> i32 {
     }
 }
 
+/// A library error as the CLI shows it: its text and causes, and where
+/// the library knows them, a spec location and a hint.
+pub trait Diagnostic: std::error::Error + Send + Sync + 'static {
+    /// Where in a spec file the error is.
+    fn location(&self) -> Option<&imgc::spec::Location> {
+        None
+    }
+    /// A hint for the user.
+    fn help(&self) -> Option<String> {
+        None
+    }
+}
+
+impl Diagnostic for imgc::Error {
+    fn help(&self) -> Option<String> {
+        imgc::Error::help(self)
+    }
+}
+
+impl Diagnostic for imgc::spec::SpecError {
+    fn location(&self) -> Option<&imgc::spec::Location> {
+        imgc::spec::SpecError::location(self)
+    }
+    fn help(&self) -> Option<String> {
+        imgc::spec::SpecError::help(self)
+    }
+}
+
+impl Diagnostic for imgc::plan::PlanError {
+    fn location(&self) -> Option<&imgc::spec::Location> {
+        imgc::plan::PlanError::location(self)
+    }
+    fn help(&self) -> Option<String> {
+        imgc::plan::PlanError::help(self)
+    }
+}
+
+impl Diagnostic for imgc::registry::RegistryError {
+    fn help(&self) -> Option<String> {
+        imgc::registry::RegistryError::help(self)
+    }
+}
+
+impl Diagnostic for imgc::base::BaseError {
+    fn help(&self) -> Option<String> {
+        imgc::base::BaseError::help(self)
+    }
+}
+
+impl Diagnostic for imgc::registry::lock::LockError {}
+impl Diagnostic for imgc::registry::shards::ShardError {}
+impl Diagnostic for imgc::inspect::InspectError {}
+
 /// A failure of a command: a library error or a CLI-level one.
 #[derive(Debug)]
 pub enum Failure {
     /// From the library.
-    Lib(imgc::Error),
+    Lib(Box<dyn Diagnostic>),
     /// From the CLI itself (environment, output files), exit 1.
     Cli(String, Option<std::io::Error>),
     /// A usage problem found after parsing, exit 2.
     Usage(String),
-    /// Another library error (not one of `build`'s), shown with its causes.
-    Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Failure {
@@ -251,9 +302,9 @@ impl Failure {
     }
 }
 
-impl<E: Into<imgc::Error>> From<E> for Failure {
+impl<E: Diagnostic> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure::Lib(e.into())
+        Failure::Lib(Box::new(e))
     }
 }
 

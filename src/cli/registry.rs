@@ -181,7 +181,7 @@ pub fn bases(
 
 /// Parses a reference given on the command line.
 pub fn parse_ref(s: &str) -> Result<ImageRef, Failure> {
-    ImageRef::parse(s).map_err(|e| Failure::Lib(imgc::registry::RegistryError::from(e).into()))
+    ImageRef::parse(s).map_err(|e| Failure::from(imgc::registry::RegistryError::from(e)))
 }
 
 /// Writes the metadata file.
@@ -238,7 +238,7 @@ pub struct PushArgs {
 /// document it names.
 pub(crate) fn layout_arg(s: &str) -> Result<(PathBuf, imgc::oci::Descriptor), Failure> {
     let r = imgc::oci::LayoutRef::parse(s).map_err(|e| Failure::Usage(e.to_string()))?;
-    let top = imgc::base::layout_entry(&r.dir, &r).map_err(imgc::registry::RegistryError::from)?;
+    let top = imgc::base::layout_entry(&r.dir, &r)?;
     Ok((r.dir, top))
 }
 

@@ -20,9 +20,8 @@ pub fn render(failure: &Failure) -> String {
                 let _ = writeln!(out, "  caused by: {}", clean(&c.to_string()));
             }
         }
-        Failure::Other(err) => chain(&mut out, err.as_ref()),
         Failure::Lib(err) => {
-            chain(&mut out, err);
+            chain(&mut out, err.as_ref());
             if let Some(loc) = err.location() {
                 let num = loc.line.to_string();
                 let pad = " ".repeat(num.len());

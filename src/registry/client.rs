@@ -273,12 +273,14 @@ impl Client {
         let folders = super::tls::host_certs(&self.opts.certs_dirs, host)?;
         let mut trusted = self.ca_certs.clone();
         trusted.extend(folders.cas);
-        let tls =
-            super::tls::client_config(trusted, folders.identity).map_err(RegistryError::Setup)?;
+        let tls = super::tls::client_config(trusted, folders.identity)?;
         let client = http_builder(self.opts.stall_timeout)
             .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| RegistryError::Setup(flatten(&e)))?;
+            .map_err(|e| RegistryError::Setup {
+                what: "the HTTP client",
+                source: Box::new(e),
+            })?;
         clients.insert(host.to_string(), client.clone());
         Ok(client)
     }
@@ -406,7 +408,7 @@ impl Client {
                 registry: call.host.to_string(),
                 url: format!("token realm {}", shown(realm)),
                 retryable: transport_retryable(&e),
-                reason: self.describe_transport(e),
+                cause: self.describe_transport(e),
             })?;
         self.read_token(call, realm, resp)
     }
@@ -493,17 +495,22 @@ impl Client {
         let mut answered = false;
         loop {
             let http = self.http(call.host)?;
-            let mut req = make(&http)?
-                .build()
-                .map_err(|e| RegistryError::Setup(flatten(&e)))?;
+            let mut req = make(&http)?.build().map_err(|e| RegistryError::Setup {
+                what: "a request",
+                source: Box::new(e),
+            })?;
             // Credentials and tokens go only to the origin they were issued
             // for (scheme, host and port): an upload `Location` on another
             // host is followed without them.
             let own = self.is_registry_origin(call.host, req.url());
             let sent_auth = if own { self.authorization(call)? } else { None };
             if let Some(a) = &sent_auth {
-                let mut value = reqwest::header::HeaderValue::from_str(a)
-                    .map_err(|e| RegistryError::Setup(e.to_string()))?;
+                let mut value = reqwest::header::HeaderValue::from_str(a).map_err(|e| {
+                    RegistryError::Setup {
+                        what: "the Authorization header",
+                        source: Box::new(e),
+                    }
+                })?;
                 value.set_sensitive(true);
                 req.headers_mut().insert(AUTHORIZATION, value);
             }
@@ -520,7 +527,7 @@ impl Client {
                 registry: call.host.to_string(),
                 url: format!("{method} {url}"),
                 retryable: transport_retryable(&e),
-                reason: self.describe_transport(e),
+                cause: self.describe_transport(e),
             })?;
             self.note_warnings(call.host, resp.headers());
             if resp.status().as_u16() != 401 || !own {
@@ -581,31 +588,25 @@ impl Client {
 
     /// A failed read of a response body as a sentence; a stall names the
     /// timeout.
-    pub(crate) fn describe_read(&self, e: &std::io::Error) -> String {
+    pub(crate) fn describe_read(&self, e: std::io::Error) -> super::Transport {
         // reqwest wraps its own error in the `io::Error` (`source()` skips it).
         let timed_out = e.kind() == std::io::ErrorKind::TimedOut
             || e.get_ref()
                 .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
                 .is_some_and(reqwest::Error::is_timeout);
         if timed_out {
-            format!(
-                "no data for {} s (the --timeout)",
-                self.opts.stall_timeout.as_secs()
-            )
+            super::Transport::Stalled(self.opts.stall_timeout.as_secs())
         } else {
-            flatten(e)
+            super::Transport::Io(e)
         }
     }
 
-    /// A transport error as a sentence; a timeout names the stall timeout.
-    pub(crate) fn describe_transport(&self, e: reqwest::Error) -> String {
+    /// A transport error; a timeout is a stall of the stall timeout.
+    pub(crate) fn describe_transport(&self, e: reqwest::Error) -> super::Transport {
         if e.is_timeout() {
-            return format!(
-                "no answer or data for {} s (the --timeout)",
-                self.opts.stall_timeout.as_secs()
-            );
+            return super::Transport::Stalled(self.opts.stall_timeout.as_secs());
         }
-        flatten(&e.without_url())
+        super::Transport::Http(e.without_url())
     }
 
     /// Whether mounting from `source` on `host` was refused before.
@@ -741,7 +742,7 @@ impl Client {
                         what,
                         attempt,
                         wait,
-                        reason: &e.to_string(),
+                        reason: &flatten(&e),
                     });
                     std::thread::sleep(wait);
                     attempt += 1;
@@ -898,7 +899,7 @@ pub(crate) fn read_limited(
         _ => RegistryError::Connect {
             registry: host.to_string(),
             url: what.to_string(),
-            reason: flatten(&e),
+            cause: super::Transport::Io(e),
             retryable: true,
         },
     })

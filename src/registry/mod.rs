@@ -22,15 +22,37 @@ pub use reference::{ImageRef, ReferenceError};
 
 use crate::oci::Digest;
 
+/// What went wrong on the wire: a stall past `--timeout`, or the HTTP
+/// client's or the socket's own error (with its causes).
+#[derive(Debug, thiserror::Error)]
+pub enum Transport {
+    /// No answer, or no data, for the stall timeout.
+    #[error("no answer or data for {0} s (the --timeout)")]
+    Stalled(u64),
+    /// The HTTP client's error (its URL left out).
+    #[error(transparent)]
+    Http(reqwest::Error),
+    /// Reading a body failed.
+    #[error(transparent)]
+    Io(std::io::Error),
+}
+
 /// Errors talking to a registry. Each names the registry and what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// The reference does not parse.
     #[error(transparent)]
     Reference(#[from] ReferenceError),
-    /// The HTTP client could not be set up (bad CA file, TLS setup).
-    #[error("failed to set up the HTTP client: {0}")]
-    Setup(String),
+    /// The HTTP client could not be set up (TLS setup, a request that
+    /// cannot be built).
+    #[error("failed to set up the HTTP client: {what}")]
+    Setup {
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A CA file could not be read or parsed.
     #[error("failed to read CA certificate file `{path}`: {reason}")]
     CaFile {
@@ -40,14 +62,15 @@ pub enum RegistryError {
         reason: String,
     },
     /// The registry could not be reached (DNS, refused, TLS, reset).
-    #[error("cannot reach registry {registry} ({url}): {reason}")]
+    #[error("cannot reach registry {registry} ({url})")]
     Connect {
         /// host[:port].
         registry: String,
         /// The URL asked for (no query string).
         url: String,
-        /// The cause, flattened into a sentence.
-        reason: String,
+        /// What went wrong on the wire.
+        #[source]
+        cause: Transport,
         /// Whether trying again may help.
         retryable: bool,
     },
@@ -152,6 +175,9 @@ pub enum RegistryError {
     /// A layout document could not be read or does not match its descriptor.
     #[error(transparent)]
     Base(#[from] crate::base::BaseError),
+    /// Joining CI shards.
+    #[error(transparent)]
+    Shards(#[from] shards::ShardError),
     /// Credential lookup failed.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
@@ -188,9 +214,40 @@ pub enum RegistryError {
         /// The store folder.
         store: std::path::PathBuf,
     },
-    /// A layout, metadata file or shard set that cannot be pushed as asked.
-    #[error("{0}")]
-    Layout(String),
+    /// A document of a layout to push is not valid JSON of its kind.
+    #[error("{what} {digest} of the layout is invalid")]
+    InvalidDocument {
+        /// `index` or `manifest`.
+        what: &'static str,
+        /// Its digest.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An index lists something that is not an image manifest.
+    #[error("index {digest} lists {child} of media type `{media_type}`; imgc pushes indexes of image manifests")]
+    NotAnImageIndex {
+        /// The index.
+        digest: Digest,
+        /// The entry.
+        child: Digest,
+        /// Its media type.
+        media_type: String,
+    },
+    /// A blob file whose size is not its descriptor's.
+    #[error("blob `{path}` is {actual} bytes; its descriptor says {declared}")]
+    SizeMismatch {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its size.
+        actual: u64,
+        /// The descriptor's.
+        declared: u64,
+    },
+    /// Registry bases need a cache folder.
+    #[error("there is no cache folder for pulled blobs: set IMGC_CACHE_DIR (or HOME)")]
+    NoCacheDir,
     /// `--locked`, and the lock file does not pin a base.
     #[error("base `{reference}` is not pinned in `{lock_file}` (--locked); run `imgc lock` to update the lock file")]
     NotLocked {

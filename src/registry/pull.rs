@@ -332,7 +332,7 @@ impl Client {
                 let n = body.read(&mut buf).map_err(|e| RegistryError::Connect {
                     registry: host.clone(),
                     url: format!("GET {}", super::client::shown(url)),
-                    reason: self.describe_read(&e),
+                    cause: self.describe_read(e),
                     retryable: true,
                 })?;
                 if n == 0 {
@@ -445,11 +445,7 @@ impl RegistryBases {
         if let Some(s) = self.store.get() {
             return Ok(s);
         }
-        let dir = self.store_dir.as_ref().ok_or_else(|| {
-            RegistryError::Layout(
-                "there is no cache folder for pulled blobs: set IMGC_CACHE_DIR (or HOME)".into(),
-            )
-        })?;
+        let dir = self.store_dir.as_ref().ok_or(RegistryError::NoCacheDir)?;
         let store = Store::open(dir)?;
         Ok(self.store.get_or_init(|| store))
     }

@@ -79,15 +79,20 @@ fn platform_manifests(layout: &Path, top: &LayoutDoc) -> Result<Vec<LayoutDoc>, 
         return Ok(vec![top.clone()]);
     }
     let digest = &top.desc.digest;
-    let index: Index = serde_json::from_slice(&top.bytes)
-        .map_err(|e| RegistryError::Layout(format!("index {digest} is invalid: {e}")))?;
+    let index: Index =
+        serde_json::from_slice(&top.bytes).map_err(|source| RegistryError::InvalidDocument {
+            what: "index",
+            digest: digest.clone(),
+            source,
+        })?;
     let mut manifests = Vec::new();
     for child in &index.manifests {
         if !oci::is_manifest_media_type(&child.media_type) {
-            return Err(RegistryError::Layout(format!(
-                "index {digest} lists {} of media type `{}`; imgc pushes indexes of image manifests",
-                child.digest, child.media_type
-            )));
+            return Err(RegistryError::NotAnImageIndex {
+                digest: digest.clone(),
+                child: child.digest.clone(),
+                media_type: child.media_type.clone(),
+            });
         }
         manifests.push(read_layout_doc(layout, child)?);
     }
@@ -99,9 +104,12 @@ fn platform_manifests(layout: &Path, top: &LayoutDoc) -> Result<Vec<LayoutDoc>, 
 fn blob_jobs(manifests: &[LayoutDoc], target: &ImageRef) -> Result<Vec<BlobJob>, RegistryError> {
     let mut jobs: BTreeMap<Digest, BlobJob> = BTreeMap::new();
     for m in manifests {
-        let manifest: Manifest = serde_json::from_slice(&m.bytes).map_err(|e| {
-            RegistryError::Layout(format!("manifest {} is invalid: {e}", m.desc.digest))
-        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&m.bytes).map_err(|source| RegistryError::InvalidDocument {
+                what: "manifest",
+                digest: m.desc.digest.clone(),
+                source,
+            })?;
         let mount_from = manifest
             .annotations
             .get(oci::ANNOTATION_BASE_NAME)
@@ -294,12 +302,11 @@ impl Client {
                 source,
             })?;
         if meta.len() != desc.size {
-            return Err(RegistryError::Layout(format!(
-                "blob `{}` is {} bytes; its descriptor says {}",
-                path.display(),
-                meta.len(),
-                desc.size
-            )));
+            return Err(RegistryError::SizeMismatch {
+                path: path.to_path_buf(),
+                actual: meta.len(),
+                declared: desc.size,
+            });
         }
         self.reporter().report(Event::PushStarted {
             digest: &desc.digest,

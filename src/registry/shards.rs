@@ -10,6 +10,77 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Why a metadata file cannot be read, or a set of shards cannot be joined.
+/// Each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The file is not metadata.
+    #[error("`{path}` is not an imgc metadata file")]
+    NotMetadata {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Nothing to join.
+    #[error("no metadata files to join (expected the shards' --metadata-file outputs)")]
+    NoShards,
+    /// A file without the spec's platform list.
+    #[error("`{name}` does not list the spec's platforms (it was written by an older imgc, or not by `imgc build`); build the shard again")]
+    NoPlatformList {
+        /// The file.
+        name: String,
+    },
+    /// A shard of another spec.
+    #[error("`{name}` and `{first}` come from different specs (their {what} differ); it is a foreign shard")]
+    ForeignSpec {
+        /// The shard.
+        name: String,
+        /// The first shard.
+        first: String,
+        /// What differs.
+        what: &'static str,
+    },
+    /// A platform the spec lacks, or at another position.
+    #[error("`{name}` holds platform {platform} at position {position}, which is not the spec's ({platforms}); it is a foreign shard")]
+    ForeignPlatform {
+        /// The shard.
+        name: String,
+        /// Its platform.
+        platform: String,
+        /// Its position.
+        position: usize,
+        /// The spec's platforms.
+        platforms: String,
+    },
+    /// Two shards of one platform.
+    #[error("`{name}` and `{other}` both build platform {platform}; remove the extra shard")]
+    Duplicate {
+        /// The later shard.
+        name: String,
+        /// The earlier one.
+        other: String,
+        /// The platform.
+        platform: String,
+    },
+    /// A platform no shard built.
+    #[error("no shard builds platform {platform} (position {position} of the spec's {count}: {platforms}); its metadata file is missing")]
+    Missing {
+        /// The platform.
+        platform: String,
+        /// Its position.
+        position: usize,
+        /// How many the spec has.
+        count: usize,
+        /// The spec's platforms.
+        platforms: String,
+    },
+    /// The joined index could not be encoded.
+    #[error("failed to encode the joined index")]
+    Encode(#[source] serde_json::Error),
+}
+
 /// One platform manifest in a metadata file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ManifestEntry {
@@ -110,11 +181,11 @@ impl Metadata {
             path: path.to_path_buf(),
             source,
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            RegistryError::Layout(format!(
-                "`{}` is not an imgc metadata file: {e}",
-                path.display()
-            ))
+        serde_json::from_slice(&bytes).map_err(|source| {
+            RegistryError::from(ShardError::NotMetadata {
+                path: path.to_path_buf(),
+                source,
+            })
         })
     }
 }
@@ -125,11 +196,11 @@ fn check_same_spec(
     m: &Metadata,
     first_name: &str,
     first: &Metadata,
-) -> Result<(), RegistryError> {
+) -> Result<(), ShardError> {
     if m.platforms.is_empty() {
-        return Err(RegistryError::Layout(format!(
-            "`{name}` does not list the spec's platforms (it was written by an older imgc, or not by `imgc build`); build the shard again"
-        )));
+        return Err(ShardError::NoPlatformList {
+            name: name.to_string(),
+        });
     }
     let differs = if m.spec_digest != first.spec_digest {
         Some("spec files")
@@ -143,9 +214,11 @@ fn check_same_spec(
         None
     };
     match differs {
-        Some(what) => Err(RegistryError::Layout(format!(
-            "`{name}` and `{first_name}` come from different specs (their {what} differ); it is a foreign shard"
-        ))),
+        Some(what) => Err(ShardError::ForeignSpec {
+            name: name.to_string(),
+            first: first_name.to_string(),
+            what,
+        }),
         None => Ok(()),
     }
 }
@@ -165,29 +238,28 @@ pub struct Joined {
 /// same spec (same spec digest, platform list, index annotations and media
 /// type), each of the spec's platforms must be built by exactly one shard,
 /// and no shard may hold a platform the spec lacks.
-pub fn join(shards: &[(String, Metadata)]) -> Result<Joined, RegistryError> {
+pub fn join(shards: &[(String, Metadata)]) -> Result<Joined, ShardError> {
     let Some((first_name, first)) = shards.first() else {
-        return Err(RegistryError::Layout(
-            "no metadata files to join (expected the shards' --metadata-file outputs)".into(),
-        ));
+        return Err(ShardError::NoShards);
     };
     let mut by_position: BTreeMap<usize, (String, ManifestEntry)> = BTreeMap::new();
     for (name, m) in shards {
         check_same_spec(name, m, first_name, first)?;
         for e in &m.manifests {
             if first.platforms.get(e.position) != Some(&e.platform) {
-                return Err(RegistryError::Layout(format!(
-                    "`{name}` holds platform {} at position {}, which is not the spec's ({}); it is a foreign shard",
-                    e.platform,
-                    e.position,
-                    first.platforms.join(", ")
-                )));
+                return Err(ShardError::ForeignPlatform {
+                    name: name.clone(),
+                    platform: e.platform.clone(),
+                    position: e.position,
+                    platforms: first.platforms.join(", "),
+                });
             }
             if let Some((other, _)) = by_position.get(&e.position) {
-                return Err(RegistryError::Layout(format!(
-                    "`{name}` and `{other}` both build platform {}; remove the extra shard",
-                    e.platform
-                )));
+                return Err(ShardError::Duplicate {
+                    name: name.clone(),
+                    other: other.clone(),
+                    platform: e.platform.clone(),
+                });
             }
             by_position.insert(e.position, (name.clone(), e.clone()));
         }
@@ -195,11 +267,12 @@ pub fn join(shards: &[(String, Metadata)]) -> Result<Joined, RegistryError> {
     if let Some((i, p)) =
         (first.platforms.iter().enumerate()).find(|(i, _)| !by_position.contains_key(i))
     {
-        return Err(RegistryError::Layout(format!(
-            "no shard builds platform {p} (position {i} of the spec's {}: {}); its metadata file is missing",
-            first.platforms.len(),
-            first.platforms.join(", ")
-        )));
+        return Err(ShardError::Missing {
+            platform: p.clone(),
+            position: i,
+            count: first.platforms.len(),
+            platforms: first.platforms.join(", "),
+        });
     }
     let manifests: Vec<ManifestEntry> = by_position.into_values().map(|(_, e)| e).collect();
     let index = Index {
@@ -211,8 +284,7 @@ pub fn join(shards: &[(String, Metadata)]) -> Result<Joined, RegistryError> {
         annotations: first.index_annotations.clone(),
         extra: Default::default(),
     };
-    let bytes = oci::to_canonical_json(&index)
-        .map_err(|e| RegistryError::Layout(format!("failed to encode the index: {e}")))?;
+    let bytes = oci::to_canonical_json(&index).map_err(ShardError::Encode)?;
     let descriptor = Descriptor::new(
         first.index_media_type.clone(),
         oci::sha256_digest(&bytes),

@@ -103,24 +103,30 @@ pub fn host_certs(roots: &[PathBuf], host: &str) -> Result<HostCerts, RegistryEr
 pub fn client_config(
     extra: Vec<CertificateDer<'static>>,
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-) -> Result<rustls::ClientConfig, String> {
+) -> Result<rustls::ClientConfig, super::RegistryError> {
+    let setup = |what: &'static str| {
+        move |e: rustls::Error| super::RegistryError::Setup {
+            what,
+            source: Box::new(e),
+        }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let inner =
         rustls_platform_verifier::Verifier::new_with_extra_roots(extra.clone(), provider.clone())
-            .map_err(|e| e.to_string())?;
+            .map_err(setup("the certificate verifier"))?;
     let verifier = PinnedLeaf {
         inner,
         pinned: extra,
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(setup("TLS protocol versions"))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match identity {
         Some((chain, key)) => builder
             .with_client_auth_cert(chain, key)
-            .map_err(|e| format!("client certificate: {e}"))?,
+            .map_err(setup("the client certificate"))?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
