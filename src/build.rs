@@ -227,30 +227,12 @@ fn write_image(
     writer: &mut LayoutWriter,
     reporter: &dyn Reporter,
 ) -> Result<Descriptor, Error> {
-    let mut layer_descs = Vec::new();
-    if let Some(dir) = &image.base.layout_dir {
-        for desc in &image.base.layers {
-            if copy_base_layer(writer, dir, &image.base, desc)? {
-                reporter.report(Event::BaseBlobCopied {
-                    digest: &desc.digest,
-                    size: desc.size,
-                });
-            }
-            let mut d = desc.clone();
-            d.media_type = convert_layer_media_type(&d.media_type, types.docker);
-            layer_descs.push(d);
-        }
+    let layers = image_layers(plan, image, built, types);
+    for layer in &layers {
+        layer.place(writer, reporter)?;
     }
-    let mut diff_ids = Vec::new();
-    for &i in &image.layers {
-        let l = &built[i];
-        layer_descs.push(Descriptor::new(
-            types.layer.clone(),
-            l.digest.clone(),
-            l.size,
-        ));
-        diff_ids.push((plan.layers[i].name.as_str(), l.diff_id.clone()));
-    }
+    let diff_ids: Vec<(&str, Digest)> = layers.iter().filter_map(|l| l.built.clone()).collect();
+    let layer_descs = layers.into_iter().map(|l| l.desc).collect();
     let config = assemble_config(&image.base, image, &diff_ids, plan.epoch);
     let config_desc = writer.add_blob_bytes(types.config, &encode("image config", &config)?)?;
     let manifest = Manifest {
@@ -266,6 +248,63 @@ fn write_image(
     let mut desc = writer.add_blob_bytes(types.manifest, &bytes)?;
     desc.platform = Some(output_platform(&image.platform));
     Ok(desc)
+}
+
+/// One layer of an image as the build assembles it, base or built alike:
+/// its descriptor in the output, and where its bytes come from.
+struct ImageLayer<'a> {
+    /// The descriptor the manifest lists (media type in the output's family).
+    desc: Descriptor,
+    /// A layer imgc built: its name and diff_id (already in the output).
+    built: Option<(&'a str, Digest)>,
+    /// A base layer: the base, and the layout its blob is copied from.
+    base: Option<(&'a BaseImage, &'a Path, &'a Descriptor)>,
+}
+
+impl ImageLayer<'_> {
+    /// Makes sure the layer's blob is in the output.
+    fn place(&self, writer: &mut LayoutWriter, reporter: &dyn Reporter) -> Result<(), Error> {
+        let Some((base, dir, desc)) = self.base else {
+            return Ok(());
+        };
+        if copy_base_layer(writer, dir, base, desc)? {
+            reporter.report(Event::BaseBlobCopied {
+                digest: &desc.digest,
+                size: desc.size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An image's layers in order: its base's, then the ones imgc built.
+fn image_layers<'a>(
+    plan: &'a Plan,
+    image: &'a ImagePlan,
+    built: &[BuiltLayer],
+    types: &MediaTypes,
+) -> Vec<ImageLayer<'a>> {
+    let base = &image.base;
+    let from_base = base.layout_dir.iter().flat_map(|dir| {
+        base.layers.iter().map(move |desc| {
+            let mut out = desc.clone();
+            out.media_type = convert_layer_media_type(&desc.media_type, types.docker);
+            ImageLayer {
+                desc: out,
+                built: None,
+                base: Some((base, dir.as_path(), desc)),
+            }
+        })
+    });
+    let own = image.layers.iter().map(|&i| {
+        let l = &built[i];
+        ImageLayer {
+            desc: Descriptor::new(types.layer.clone(), l.digest.clone(), l.size),
+            built: Some((plan.layers[i].name.as_str(), l.diff_id.clone())),
+            base: None,
+        }
+    });
+    from_base.chain(own).collect()
 }
 
 /// A manifest's annotations: the spec's, and for a registry base its name

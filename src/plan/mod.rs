@@ -484,9 +484,42 @@ impl Renderer<'_> {
     }
 }
 
+/// Every key of the spec, destructured without `..` (house rule 2): a key
+/// added to the spec types fails to compile here until planning handles it.
+/// Each names where it is planned.
+fn every_key_is_planned(spec: &crate::spec::Spec) {
+    let crate::spec::Spec {
+        image,                // below
+        vars: _,              // Planner::new: the template variables
+        config: _,            // merge_config
+        annotations: _,       // Planner::image, Planner::index_annotations
+        index_annotations: _, // Planner::index_annotations
+        layers: _,            // Planner::image_layers → expand_layer
+        platform,             // below
+    } = spec;
+    let crate::spec::ImageSection {
+        name: _,        // plan: Plan::name
+        tags: _,        // Planner::tags
+        base: _,        // Planner::default_base, Planner::image_base
+        platforms: _,   // Planner::declared_platforms
+        compression: _, // encoding
+        media_types: _, // encoding
+        epoch: _,       // build_epoch
+    } = image;
+    for ov in platform.values() {
+        let PlatformOverride {
+            base: _,        // Planner::image_base
+            config: _,      // merge_config
+            annotations: _, // Planner::image
+            layers: _,      // Planner::image_layers
+        } = &ov.value;
+    }
+}
+
 /// Plans a build from a spec and its sources.
 pub fn plan(file: &SpecFile, opts: &PlanOptions, sources: Sources) -> Result<Plan, PlanError> {
     let spec = &file.spec;
+    every_key_is_planned(spec);
     let (codec, media_types) = encoding(spec)?;
     let mut p = Planner::new(file, opts, sources, codec)?;
     let default_base = p.default_base()?;
@@ -906,10 +939,15 @@ fn expand_layer(
         dirs,
         symlinks,
     } = layer;
+    let crate::spec::Defaults {
+        owner,
+        mode,
+        dir_mode,
+    } = *defaults;
     let defaults = LayerDefaults {
-        owner: defaults.owner,
-        mode: defaults.mode,
-        dir_mode: defaults.dir_mode,
+        owner,
+        mode,
+        dir_mode,
     };
     let file_items = files
         .iter()
