@@ -78,6 +78,36 @@ pub struct BuildOutput {
     pub positions: Vec<usize>,
     /// The tags written to `index.json`.
     pub tags: Vec<String>,
+    /// Each platform's image: its manifest and its layers.
+    pub images: Vec<ImageOutcome>,
+}
+
+/// One platform's image as built.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ImageOutcome {
+    /// The platform, as declared.
+    pub platform: String,
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its layers, base first.
+    pub layers: Vec<LayerOutcome>,
+}
+
+/// One layer of a built image.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LayerOutcome {
+    /// The blob's digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// `base` or `built`.
+    pub origin: &'static str,
+    /// The `[[layers]]` name, for a layer imgc built.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Whether the output layout already held the blob before this build
+    /// (nothing was written for it).
+    pub reused: bool,
 }
 
 /// Builds `plan` into the OCI layout at `output`.
@@ -96,9 +126,15 @@ pub fn build(
     let built = build_layers(plan, &mut writer, threads, reporter)?;
     let mut children = Vec::new();
     let mut manifests = Vec::new();
+    let mut images = Vec::new();
     for image in &plan.images {
-        let desc = write_image(plan, image, &built, &types, &mut writer, reporter)?;
+        let (desc, layers) = write_image(plan, image, &built, &types, &mut writer, reporter)?;
         manifests.push((image.platform.clone(), desc.digest.clone()));
+        images.push(ImageOutcome {
+            platform: image.platform.to_string(),
+            digest: desc.digest.clone(),
+            layers,
+        });
         children.push(desc);
     }
     let index = Index {
@@ -133,6 +169,7 @@ pub fn build(
         index_doc: index,
         positions: plan.images.iter().map(|i| i.position).collect(),
         tags: plan.tags.clone(),
+        images,
     })
 }
 
@@ -177,7 +214,7 @@ fn build_layers(
     writer: &mut LayoutWriter,
     threads: usize,
     reporter: &dyn Reporter,
-) -> Result<Vec<BuiltLayer>, Error> {
+) -> Result<Vec<(BuiltLayer, bool)>, Error> {
     let context =
         crate::fsx::ContextDir::open(&plan.context).map_err(|source| LayerError::Read {
             layer: "(context)".to_string(),
@@ -190,7 +227,7 @@ fn build_layers(
         codec: plan.codec,
         threads,
     };
-    let mut built: Vec<BuiltLayer> = Vec::with_capacity(plan.layers.len());
+    let mut built = Vec::with_capacity(plan.layers.len());
     for node in &plan.layers {
         reporter.report(Event::LayerStarted {
             name: &node.name,
@@ -205,6 +242,11 @@ fn build_layers(
             })
         };
         let layer = layers::build_layer(node, &settings, file, &mut progress)?;
+        let held = writer.holds(&Descriptor::new(
+            String::new(),
+            layer.digest.clone(),
+            layer.size,
+        ));
         writer.add_blob_file(&tmp, &layer.digest)?;
         reporter.report(Event::LayerFinished {
             name: &node.name,
@@ -212,7 +254,7 @@ fn build_layers(
             size: layer.size,
             tar_size: layer.tar_size,
         });
-        built.push(layer);
+        built.push((layer, held));
     }
     Ok(built)
 }
@@ -222,14 +264,29 @@ fn build_layers(
 fn write_image(
     plan: &Plan,
     image: &ImagePlan,
-    built: &[BuiltLayer],
+    built: &[(BuiltLayer, bool)],
     types: &MediaTypes,
     writer: &mut LayoutWriter,
     reporter: &dyn Reporter,
-) -> Result<Descriptor, Error> {
+) -> Result<(Descriptor, Vec<LayerOutcome>), Error> {
     let layers = image_layers(plan, image, built, types);
+    let mut outcomes = Vec::new();
     for layer in &layers {
-        layer.place(writer, reporter)?;
+        let reused = match layer.base {
+            Some(_) => !layer.place(writer, reporter)?,
+            None => built[layer.index.unwrap_or_default()].1,
+        };
+        outcomes.push(LayerOutcome {
+            digest: layer.desc.digest.clone(),
+            size: layer.desc.size,
+            origin: if layer.base.is_some() {
+                "base"
+            } else {
+                "built"
+            },
+            name: layer.built.as_ref().map(|(n, _)| n.to_string()),
+            reused,
+        });
     }
     let diff_ids: Vec<(&str, Digest)> = layers.iter().filter_map(|l| l.built.clone()).collect();
     let layer_descs = layers.into_iter().map(|l| l.desc).collect();
@@ -247,7 +304,7 @@ fn write_image(
     let bytes = encode("image manifest", &manifest)?;
     let mut desc = writer.add_blob_bytes(types.manifest, &bytes)?;
     desc.platform = Some(output_platform(&image.platform));
-    Ok(desc)
+    Ok((desc, outcomes))
 }
 
 /// One layer of an image as the build assembles it, base or built alike:
@@ -259,21 +316,25 @@ struct ImageLayer<'a> {
     built: Option<(&'a str, Digest)>,
     /// A base layer: the base, and the layout its blob is copied from.
     base: Option<(&'a BaseImage, &'a Path, &'a Descriptor)>,
+    /// A built layer's index among the plan's layers.
+    index: Option<usize>,
 }
 
 impl ImageLayer<'_> {
-    /// Makes sure the layer's blob is in the output.
-    fn place(&self, writer: &mut LayoutWriter, reporter: &dyn Reporter) -> Result<(), Error> {
+    /// Makes sure the layer's blob is in the output; returns whether bytes
+    /// were written for it (a built layer's are written when it is built).
+    fn place(&self, writer: &mut LayoutWriter, reporter: &dyn Reporter) -> Result<bool, Error> {
         let Some((base, dir, desc)) = self.base else {
-            return Ok(());
+            return Ok(false);
         };
-        if copy_base_layer(writer, dir, base, desc)? {
+        let copied = copy_base_layer(writer, dir, base, desc)?;
+        if copied {
             reporter.report(Event::BaseBlobCopied {
                 digest: &desc.digest,
                 size: desc.size,
             });
         }
-        Ok(())
+        Ok(copied)
     }
 }
 
@@ -281,7 +342,7 @@ impl ImageLayer<'_> {
 fn image_layers<'a>(
     plan: &'a Plan,
     image: &'a ImagePlan,
-    built: &[BuiltLayer],
+    built: &[(BuiltLayer, bool)],
     types: &MediaTypes,
 ) -> Vec<ImageLayer<'a>> {
     let base = &image.base;
@@ -293,15 +354,17 @@ fn image_layers<'a>(
                 desc: out,
                 built: None,
                 base: Some((base, dir.as_path(), desc)),
+                index: None,
             }
         })
     });
     let own = image.layers.iter().map(|&i| {
-        let l = &built[i];
+        let l = &built[i].0;
         ImageLayer {
             desc: Descriptor::new(types.layer.clone(), l.digest.clone(), l.size),
             built: Some((plan.layers[i].name.as_str(), l.diff_id.clone())),
             base: None,
+            index: Some(i),
         }
     });
     from_base.chain(own).collect()

@@ -89,6 +89,10 @@ struct BuildArgs {
     /// Print only the digest.
     #[arg(long, short)]
     quiet: bool,
+    /// What stdout gets: the index digest (`text`), or a JSON summary
+    /// (index, each platform's manifest and layers, tags, pushed references).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
     /// Push to [image].name with every tag after building.
     #[arg(long)]
     push: bool,
@@ -504,10 +508,29 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         }
         pushed = outcome.pushed;
     }
-    write_build_files(&args, target.as_ref(), &plan, &out, pushed)?;
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}", out.index.digest);
+    write_build_files(&args, target.as_ref(), &plan, &out, pushed.clone())?;
+    let shown = match args.format {
+        Format::Text => out.index.digest.to_string(),
+        Format::Json => build_summary(&out, &pushed),
+    };
+    let _ = writeln!(std::io::stdout().lock(), "{shown}");
     Ok(())
+}
+
+/// `build --format json`: what was built, written and pushed.
+fn build_summary(out: &imgc::BuildOutput, pushed: &[String]) -> String {
+    let doc = serde_json::json!({
+        "index": {
+            "digest": out.index.digest,
+            "mediaType": out.index.media_type,
+            "size": out.index.size,
+        },
+        "layout": out.layout,
+        "tags": out.tags,
+        "images": out.images,
+        "pushed": pushed,
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
 /// Refuses a `--tag` that is not a valid tag.

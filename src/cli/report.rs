@@ -44,7 +44,7 @@ impl StderrReporter {
         }
         let bar = self.multi.add(ProgressBar::new(size.max(1)));
         if let Ok(style) = ProgressStyle::with_template(
-            "  push  {msg:<19} [{bar:30}] {bytes:>10} / {total_bytes} {binary_bytes_per_sec}",
+            "  push  {msg:<19} [{wide_bar}] {bytes:>11} {binary_bytes_per_sec:>13}",
         ) {
             bar.set_style(style.progress_chars("=> "));
         }
@@ -63,9 +63,13 @@ impl StderrReporter {
         }
     }
 
-    /// Prints a line above the bar, if one is shown.
+    /// Prints a line above the bar, if one is shown. On a terminal the
+    /// line is cut to its width, so that it never wraps.
     fn line(&self, text: String) {
-        let text = clean(&text);
+        let mut text = clean(&text);
+        if self.terminal {
+            text = fit(&text, terminal_width().saturating_sub(1));
+        }
         if self.any_upload_bar() {
             let _ = self.multi.println(text);
             return;
@@ -82,11 +86,11 @@ impl StderrReporter {
         }
         let bar = ProgressBar::with_draw_target(Some(total.max(1)), ProgressDrawTarget::stderr());
         if let Ok(style) = ProgressStyle::with_template(
-            "  layer {msg:<16} [{bar:30}] {bytes:>10} / {total_bytes} {binary_bytes_per_sec}",
+            "  layer {msg:<16} [{wide_bar}] {bytes:>11} {binary_bytes_per_sec:>13}",
         ) {
             bar.set_style(style.progress_chars("=> "));
         }
-        bar.set_message(clean(name));
+        bar.set_message(fit(&clean(name), NAME_WIDTH));
         if let Ok(mut slot) = self.bar.lock() {
             *slot = Some(bar);
         }
@@ -98,6 +102,31 @@ impl StderrReporter {
                 bar.finish_and_clear();
             }
         }
+    }
+}
+
+/// Layer names shown in progress lines (longer ones are cut).
+const NAME_WIDTH: usize = 16;
+
+/// `text` cut to `width` characters, the cut marked with `…`.
+fn fit(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// The width of the terminal on stderr (80 when it cannot be told).
+fn terminal_width() -> usize {
+    // SAFETY: TIOCGWINSZ only writes a `winsize` into the struct given.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        usize::from(ws.ws_col)
+    } else {
+        80
     }
 }
 
@@ -137,7 +166,8 @@ impl StderrReporter {
             } => {
                 self.end_bar();
                 self.line(format!(
-                    "  layer {name:<16} {} {:>10} (tar {})",
+                    "  layer {:<16} {} {:>10} (tar {})",
+                    fit(name, NAME_WIDTH),
                     short(digest.as_str()),
                     human(size),
                     human(tar_size)

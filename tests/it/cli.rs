@@ -308,3 +308,116 @@ fn garbage_collection_keeps_everything_when_a_document_is_unreadable() {
     assert!(blob_path(&out, &digest).is_file());
     assert!(blob_path(&out, &junk).is_file());
 }
+
+#[test]
+fn build_format_json_summarizes_images_layers_and_reuse() {
+    let tmp = tempdir();
+    let out = tmp.path().join("layout");
+    let spec = example_dir("multi-arch").join("image.toml");
+    let summary = |extra: &[&str]| -> serde_json::Value {
+        let text = run(imgc()
+            .arg("build")
+            .arg(&spec)
+            .arg("--output")
+            .arg(oci_arg(&out))
+            .args(["--format", "json"])
+            .args(extra));
+        serde_json::from_str(&text).unwrap()
+    };
+    let first = summary(&[]);
+    let index_digest = first["index"]["digest"].as_str().unwrap().to_string();
+    assert_eq!(tags(&out)["2.1.0"], index_digest);
+    assert_eq!(first["tags"], serde_json::json!(["2.1.0"]));
+    let images = first["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    let manifests = platform_manifests(&out, &index_digest);
+    for image in images {
+        let platform = image["platform"].as_str().unwrap();
+        let (_, manifest) = &manifests[platform];
+        let listed: Vec<&str> = manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap())
+            .collect();
+        let shown: Vec<&str> = image["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, shown, "{platform}");
+        let layers = image["layers"].as_array().unwrap();
+        assert_eq!(layers[0]["origin"], "base");
+        assert_eq!(layers[1]["name"], "static");
+        assert!(layers.iter().all(|l| l["reused"] == false), "{image}");
+    }
+    // The same build again: every blob was there already.
+    let again = summary(&["--quiet"]);
+    assert_eq!(again["index"]["digest"], first["index"]["digest"]);
+    for image in again["images"].as_array().unwrap() {
+        assert!(
+            image["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["reused"] == true),
+            "{image}"
+        );
+    }
+    assert_eq!(again["pushed"], serde_json::json!([]));
+}
+
+/// On an 80-column terminal (a pseudo-terminal made by `script`), no
+/// progress line or bar is wider than the terminal, whatever the names.
+#[test]
+fn progress_fits_an_80_column_terminal() {
+    require("script");
+    let tmp = tempdir();
+    let ctx = tmp.path();
+    fs::write(ctx.join("big.bin"), noise(7, 24 << 20)).unwrap();
+    fs::write(
+        ctx.join("image.toml"),
+        r#"[image]
+platforms = ["linux/amd64"]
+
+[[layers]]
+name = "a-layer-name-far-longer-than-the-column-it-is-shown-in"
+files = [{ src = "big.bin", dst = "/srv/data/big.bin" }]
+"#,
+    )
+    .unwrap();
+    let bin = std::env::var("IMGC_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_imgc").into());
+    let command = format!(
+        "stty cols 80 rows 24; '{}' build '{}' --output 'oci:{}'",
+        bin,
+        ctx.join("image.toml").display(),
+        ctx.join("out").display()
+    );
+    let out = run(std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("SOURCE_DATE_EPOCH"));
+    let mut plain = String::new();
+    let mut chars = out.chars().peekable();
+    // Strip the terminal's escape sequences (CSI: ESC [ … final letter).
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    let widest = plain
+        .split(['\r', '\n'])
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    assert!(widest <= 80, "a line of {widest} columns:\n{plain}");
+    assert!(plain.contains("a-layer-name-fa…"), "{plain}");
+    assert!(plain.contains("wrote "), "{plain}");
+}
