@@ -317,6 +317,9 @@ pub struct LockArgs {
     /// Set a template variable (repeatable), overriding [vars].
     #[arg(long = "var", value_name = "KEY=VALUE", value_parser = super::parse_var)]
     vars: Vec<(String, String)>,
+    /// Output format: `REFERENCE DIGEST` lines, or the pinned bases as JSON.
+    #[arg(long, value_enum, default_value_t = super::Format::Text)]
+    format: super::Format,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -349,8 +352,17 @@ pub fn cmd_lock(args: LockArgs) -> Result<(), Failure> {
     let lock = LockFile::new(resolved);
     lock.write(&lock_path)?;
     let mut out = std::io::stdout().lock();
-    for b in &lock.bases {
-        let _ = writeln!(out, "{} {}", b.reference, b.digest);
+    if args.format == super::Format::Json {
+        let doc = serde_json::json!({ "lock": lock_path, "bases": lock.bases });
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&doc).unwrap_or_default()
+        );
+    } else {
+        for b in &lock.bases {
+            let _ = writeln!(out, "{} {}", b.reference, b.digest);
+        }
     }
     eprintln!("wrote {}", lock_path.display());
     Ok(())

@@ -359,6 +359,18 @@ fn lock_needs_no_build_input() {
     assert!(out.contains(&format!("{host}/base:1.0 sha256:")), "{out}");
     let lock = fs::read_to_string(spec.with_file_name("image.lock")).unwrap();
     assert!(lock.contains("linux/arm64/v8"), "{lock}");
+    let json = run(env
+        .imgc()
+        .arg("lock")
+        .arg(&spec)
+        .args(["--format", "json"])
+        .args(insecure(&host)));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["bases"][0]["reference"], format!("{host}/base:1.0"));
+    assert!(
+        v["bases"][0]["platforms"]["linux/arm64/v8"].is_string(),
+        "{v}"
+    );
     // Building still needs them, and says which.
     let out = run_fails(
         env.imgc()
