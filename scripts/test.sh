@@ -23,7 +23,8 @@ for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci jq:jq zstd
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # The runtime test builds a base from a statically linked busybox.
-if ! { [ -x /bin/busybox ] && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic'; }; then
+# (ldd fails on a static program: its status is ignored, under pipefail.)
+if ! { [ -x /bin/busybox ] && { ldd /bin/busybox 2>&1 || true; } | grep -q 'not a dynamic'; }; then
   missing+=(busybox-static)
 fi
 if ! /usr/bin/python3 -c 'import jsonschema' >/dev/null 2>&1; then

@@ -73,13 +73,21 @@ impl Context for DiskContext {
     fn list(&self, rel: &Path) -> io::Result<Vec<OsString>> {
         let dir = self.root.join(rel);
         let mut names = Vec::new();
-        for item in std::fs::read_dir(&dir)? {
-            let name = item?.file_name();
-            if !is_skipped(&dir.join(&name), &self.skip) {
-                names.push(name);
+        // One level, sorted by name (bytewise), never following a symlink.
+        let walk = walkdir::WalkDir::new(&dir)
+            .min_depth(1)
+            .max_depth(1)
+            .follow_links(false)
+            .sort_by_file_name();
+        for item in walk {
+            let item = item.map_err(|e| {
+                e.into_io_error()
+                    .unwrap_or_else(|| io::Error::other("a filesystem loop"))
+            })?;
+            if !is_skipped(item.path(), &self.skip) {
+                names.push(item.file_name().to_os_string());
             }
         }
-        names.sort();
         Ok(names)
     }
 

@@ -396,3 +396,32 @@ fn tags_from_the_caller_replace_the_spec_and_are_checked() {
     let e = plan(&file, &bad, sources).unwrap_err();
     assert!(matches!(e, PlanError::InvalidTag { .. }), "{e}");
 }
+
+/// The planner reads through the seam only: no module of `plan/` names a
+/// filesystem API.
+#[test]
+fn plan_modules_name_no_filesystem_api() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/plan");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for api in [
+            "std::fs",
+            "walkdir",
+            "fsx::",
+            "File::",
+            "read_dir",
+            "canonicalize",
+        ] {
+            let code: String = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(!code.contains(api), "{} uses {api}", path.display());
+        }
+    }
+}

@@ -230,3 +230,31 @@ fn control_characters_never_reach_the_terminal_raw() {
         stderr(&out)
     );
 }
+
+/// The harness measures a command's own peak memory, not the test
+/// process's: a 300 MB allocation is seen, and `true` is small even while
+/// this test holds 256 MB itself.
+#[test]
+fn measured_peak_memory_is_the_commands_own() {
+    let held = noise(3, 256 << 20);
+    let big = measured(
+        std::process::Command::new("python3").args(["-c", "x = bytearray(300 << 20); x[-1] = 1"]),
+        Duration::from_secs(30),
+    );
+    assert!(big.out.status.success());
+    assert!(
+        big.max_rss >= 300 << 20,
+        "measured {} MB",
+        big.max_rss >> 20
+    );
+    let small = measured(
+        &mut std::process::Command::new("true"),
+        Duration::from_secs(30),
+    );
+    assert!(
+        small.max_rss < 64 << 20,
+        "measured {} MB",
+        small.max_rss >> 20
+    );
+    assert_eq!(held.len(), 256 << 20);
+}

@@ -118,20 +118,62 @@ pub fn output(cmd: &mut Command) -> Output {
 pub struct Measured {
     pub out: Output,
     pub elapsed: Duration,
-    /// Peak resident set size, in bytes (from `wait4`'s rusage).
+    /// Peak resident set size of the command, in bytes (see [`measured`]).
     pub max_rss: u64,
     /// It was still running at the limit and was killed.
     pub killed: bool,
 }
 
+/// Forks the command in argv[2:] from a small process and writes its peak
+/// RSS (KiB) to argv[1]: a child spawned straight from the test process
+/// would count the test process's own RSS (Linux carries a process's peak
+/// RSS across `exec`, and the test binary holds other tests' data).
+const RSS_REPORTER: &str = r#"
+import os, resource, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status = os.waitpid(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+if os.WIFSIGNALED(status):
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.WEXITSTATUS(status))
+"#;
+
+/// `cmd` run through [`RSS_REPORTER`], in a process group of its own (so
+/// that a kill reaches the command too).
+fn through_rss_reporter(cmd: &Command, rss_file: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut wrapped = Command::new("python3");
+    wrapped
+        .args(["-c", RSS_REPORTER])
+        .arg(rss_file)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .process_group(0);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
 /// Runs `cmd`, killing it (SIGKILL) if it runs past `limit`, and measures
-/// its time and peak RSS (its own, from `wait4`, not other tests').
-// The child is reaped with `wait4` (for its rusage), not `Child::wait`.
+/// its time and peak RSS (its own: see [`RSS_REPORTER`]).
+// The child is reaped with `wait4`, not `Child::wait`.
 #[allow(clippy::zombie_processes)]
 pub fn measured(cmd: &mut Command, limit: Duration) -> Measured {
     use std::os::unix::process::ExitStatusExt;
+    let rss_dir = tempdir();
+    let rss_file = rss_dir.path().join("maxrss");
     let started = Instant::now();
-    let mut child = cmd
+    let mut child = through_rss_reporter(cmd, &rss_file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -171,8 +213,8 @@ pub fn measured(cmd: &mut Command, limit: Duration) -> Measured {
         }
         assert!(r == 0, "wait4 failed: {}", std::io::Error::last_os_error());
         if !killed && started.elapsed() > limit {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: signalling our own child's process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
             killed = true;
         }
         sleep(Duration::from_millis(5));
@@ -183,10 +225,14 @@ pub fn measured(cmd: &mut Command, limit: Duration) -> Measured {
         stderr: err_t.join().unwrap_or_default(),
     };
     assert_no_secret(cmd, &out);
+    let kib: u64 = fs::read_to_string(&rss_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
     Measured {
         out,
         elapsed: started.elapsed(),
-        max_rss: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        max_rss: kib * 1024,
         killed,
     }
 }
