@@ -37,8 +37,29 @@ impl FetchedManifest {
     }
 }
 
-fn pull_scope(r: &ImageRef) -> Vec<String> {
-    vec![format!("repository:{}:pull", r.repository)]
+/// What a pull request to a repository needs: its host and token scope.
+struct Pull<'r> {
+    r: &'r ImageRef,
+    host: String,
+    scopes: Vec<String>,
+}
+
+impl<'r> Pull<'r> {
+    fn new(r: &'r ImageRef) -> Self {
+        Pull {
+            r,
+            host: r.api_host().to_string(),
+            scopes: vec![format!("repository:{}:pull", r.repository)],
+        }
+    }
+
+    fn call(&self) -> Call<'_> {
+        Call {
+            host: &self.host,
+            repository: &self.r.repository,
+            scopes: &self.scopes,
+        }
+    }
 }
 
 /// Checks a fetched document: one kind only, media type agreeing with the
@@ -126,16 +147,11 @@ impl Client {
     }
 
     fn get_manifest_once(&self, r: &ImageRef) -> Result<FetchedManifest, RegistryError> {
-        let host = r.api_host().to_string();
-        let scopes = pull_scope(r);
-        let call = Call {
-            host: &host,
-            repository: &r.repository,
-            scopes: &scopes,
-        };
+        let pull = Pull::new(r);
+        let (call, host) = (pull.call(), &pull.host);
         let url = format!(
             "{}{}/manifests/{}",
-            self.base(&host),
+            self.base(host),
             r.repository,
             r.manifest_ref()
         );
@@ -160,7 +176,7 @@ impl Client {
             let bytes = read_limited(
                 resp,
                 MAX_DOCUMENT_SIZE,
-                &host,
+                host,
                 &format!("manifest of {shown_ref}"),
             )?;
             let digest = oci::sha256_digest(&bytes);
@@ -181,7 +197,7 @@ impl Client {
                 }
             }
             let media_type = check_document(
-                &host,
+                host,
                 &format!("manifest of {shown_ref}"),
                 &bytes,
                 content_type.as_deref(),
@@ -234,14 +250,9 @@ impl Client {
         verb: &str,
         take: impl Fn(reqwest::blocking::Response, &str) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let host = r.api_host().to_string();
-        let scopes = pull_scope(r);
-        let call = Call {
-            host: &host,
-            repository: &r.repository,
-            scopes: &scopes,
-        };
-        let url = format!("{}{}/blobs/{}", self.base(&host), r.repository, desc.digest);
+        let pull = Pull::new(r);
+        let (call, host) = (pull.call(), &pull.host);
+        let url = format!("{}{}/blobs/{}", self.base(host), r.repository, desc.digest);
         self.retrying(&format!("{verb} {}", desc.digest), || {
             let resp = self.send(&call, &|http| Ok(http.get(&url)))?;
             if resp.status().is_success() {
@@ -260,20 +271,15 @@ impl Client {
 
     /// The repository's tags (the first page; bounded).
     pub fn list_tags(&self, r: &ImageRef) -> Result<Vec<String>, RegistryError> {
-        let host = r.api_host().to_string();
-        let scopes = pull_scope(r);
-        let call = Call {
-            host: &host,
-            repository: &r.repository,
-            scopes: &scopes,
-        };
-        let url = format!("{}{}/tags/list", self.base(&host), r.repository);
+        let pull = Pull::new(r);
+        let (call, host) = (pull.call(), &pull.host);
+        let url = format!("{}{}/tags/list", self.base(host), r.repository);
         self.retrying(&format!("listing the tags of {}", r.name()), || {
             let resp = self.send(&call, &|http| Ok(http.get(&url)))?;
             if !resp.status().is_success() {
                 return Err(self.status_error(&call, resp, None));
             }
-            let bytes = read_limited(resp, MAX_DOCUMENT_SIZE, &host, "tag list")?;
+            let bytes = read_limited(resp, MAX_DOCUMENT_SIZE, host, "tag list")?;
             #[derive(serde::Deserialize)]
             struct Tags {
                 #[serde(default)]
@@ -291,14 +297,9 @@ impl Client {
 
     /// Whether the repository has a manifest with this digest.
     pub fn manifest_exists(&self, r: &ImageRef, digest: &Digest) -> Result<bool, RegistryError> {
-        let host = r.api_host().to_string();
-        let scopes = pull_scope(r);
-        let call = Call {
-            host: &host,
-            repository: &r.repository,
-            scopes: &scopes,
-        };
-        let url = format!("{}{}/manifests/{digest}", self.base(&host), r.repository);
+        let pull = Pull::new(r);
+        let (call, host) = (pull.call(), &pull.host);
+        let url = format!("{}{}/manifests/{digest}", self.base(host), r.repository);
         self.retrying(&format!("checking {digest}"), || {
             let resp = self.send(&call, &|http| {
                 Ok(http.head(&url).header("Accept", MANIFEST_ACCEPT))

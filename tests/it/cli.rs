@@ -334,19 +334,11 @@ fn build_format_json_summarizes_images_layers_and_reuse() {
     for image in images {
         let platform = image["platform"].as_str().unwrap();
         let (_, manifest) = &manifests[platform];
-        let listed: Vec<&str> = manifest["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["digest"].as_str().unwrap())
-            .collect();
-        let shown: Vec<&str> = image["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["digest"].as_str().unwrap())
-            .collect();
-        assert_eq!(listed, shown, "{platform}");
+        let digests = |v: &serde_json::Value| -> Vec<String> {
+            let layers = v["layers"].as_array().unwrap();
+            layers.iter().map(|l| l["digest"].to_string()).collect()
+        };
+        assert_eq!(digests(manifest), digests(image), "{platform}");
         let layers = image["layers"].as_array().unwrap();
         assert_eq!(layers[0]["origin"], "base");
         assert_eq!(layers[1]["name"], "static");
