@@ -5,6 +5,7 @@
 
 mod env;
 mod inspect;
+mod matrix;
 mod registry;
 mod render;
 mod report;
@@ -58,7 +59,7 @@ enum SchemaOf {
 }
 
 #[derive(Args, Debug)]
-struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// The spec file (image.toml).
     spec: PathBuf,
     /// Build only this platform (repeatable), e.g. linux/arm64.
@@ -132,6 +133,17 @@ struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Print, instead of the plan, a CI matrix: one job per spec × platform
+    /// (this SPEC and every MORE_SPECS).
+    #[arg(long)]
+    matrix: bool,
+    /// The matrix's form: GitHub Actions' `strategy.matrix`, or GitLab's
+    /// `parallel:matrix`.
+    #[arg(long, value_enum, default_value_t = matrix::MatrixFormat::Github, requires = "matrix")]
+    matrix_format: matrix::MatrixFormat,
+    /// More specs, for `--matrix`.
+    #[arg(value_name = "MORE_SPECS", requires = "matrix")]
+    more: Vec<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -612,6 +624,21 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
 }
 
 fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
+    if args.matrix {
+        let form = args.matrix_format;
+        let mut specs = vec![args.common.spec.clone()];
+        specs.extend(args.more.iter().cloned());
+        let mode = imgc::registry::pull::ResolveMode {
+            locked: args.locked,
+            offline: args.offline,
+            update: false,
+        };
+        let jobs = matrix::jobs(&specs, &args.common, &args.registry, mode)?;
+        let doc = matrix::render(&jobs, form);
+        let text = serde_json::to_string(&doc).unwrap_or_default();
+        let _ = writeln!(std::io::stdout().lock(), "{text}");
+        return Ok(());
+    }
     let file = SpecFile::load(&args.common.spec)?;
     let client = registry::client(&args.registry, None, true)?;
     let mode = imgc::registry::pull::ResolveMode {

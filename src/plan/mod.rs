@@ -557,6 +557,17 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions, sources: Sources) -> Result<Pla
     })
 }
 
+/// The platforms a build of the spec makes, in index order (`--platform`
+/// applied): declared, else the default base's (then it is opened). No
+/// build input is read.
+pub fn platforms(
+    file: &SpecFile,
+    opts: &PlanOptions,
+    bases: &dyn sources::Bases,
+) -> Result<Vec<Platform>, PlanError> {
+    without_context(file, opts, bases, |_, _, selected| Ok(selected))
+}
+
 /// Resolves the bases of the selected platforms, and nothing else: no build
 /// input is read (what `imgc lock` needs). Returns each platform's base.
 pub fn resolve_bases(
@@ -564,6 +575,31 @@ pub fn resolve_bases(
     opts: &PlanOptions,
     bases: &dyn sources::Bases,
 ) -> Result<Vec<(Platform, BaseImage)>, PlanError> {
+    without_context(file, opts, bases, |p, default_base, selected| {
+        let mut out = Vec::new();
+        for platform in selected {
+            let ctx = p.global.with_platform(&platform);
+            let ov = p.override_for(&platform);
+            let base = p.image_base(&platform, &ctx, ov, default_base)?;
+            out.push((platform, base));
+        }
+        Ok(out)
+    })
+}
+
+/// Plans the platforms with an empty build context (nothing of the build
+/// is read), then hands the planner, the default base and the selected
+/// platforms to `then`.
+fn without_context<T>(
+    file: &SpecFile,
+    opts: &PlanOptions,
+    bases: &dyn sources::Bases,
+    then: impl FnOnce(
+        &mut Planner,
+        &(String, Option<Box<Location>>),
+        Vec<Platform>,
+    ) -> Result<T, PlanError>,
+) -> Result<T, PlanError> {
     let empty = sources::MemoryContext::new();
     let sources = Sources {
         context: &empty,
@@ -572,14 +608,8 @@ pub fn resolve_bases(
     let mut p = Planner::new(file, opts, sources, Codec::None)?;
     let default_base = p.default_base()?;
     let declared = p.declared_platforms(&default_base)?;
-    let mut out = Vec::new();
-    for platform in p.selected_platforms(&declared)? {
-        let ctx = p.global.with_platform(&platform);
-        let ov = p.override_for(&platform);
-        let base = p.image_base(&platform, &ctx, ov, &default_base)?;
-        out.push((platform, base));
-    }
-    Ok(out)
+    let selected = p.selected_platforms(&declared)?;
+    then(&mut p, &default_base, selected)
 }
 
 /// The layer codec and the media type family (Docker's takes gzip only).

@@ -10,6 +10,7 @@ mod hostile_registry;
 mod hostile_spec;
 mod independent;
 mod inspect;
+mod matrix;
 mod ocispec;
 mod proxy;
 mod registry;

@@ -49,7 +49,7 @@ pub(crate) fn addr(reg: &Registry) -> SocketAddr {
 }
 
 /// The raw bytes skopeo reads for a reference.
-fn skopeo_raw(reference: &str, extra: &[&str]) -> Vec<u8> {
+pub(crate) fn skopeo_raw(reference: &str, extra: &[&str]) -> Vec<u8> {
     let out = output(
         skopeo()
             .args(["inspect", "--raw"])
