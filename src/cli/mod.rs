@@ -58,7 +58,7 @@ enum SchemaOf {
     Inspect,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub(crate) struct CommonArgs {
     /// The spec file (image.toml).
     spec: PathBuf,
@@ -77,7 +77,7 @@ pub(crate) struct CommonArgs {
     output: Option<PathBuf>,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 struct BuildArgs {
     #[command(flatten)]
     common: CommonArgs,
@@ -94,6 +94,13 @@ struct BuildArgs {
     /// (index, each platform's manifest and layers, tags, pushed references).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// More specs to build in the same run, each into its default output.
+    #[arg(value_name = "MORE_SPECS")]
+    more: Vec<PathBuf>,
+    /// With several specs: stop at the first that fails (default: build
+    /// every spec, then exit 1 if any failed).
+    #[arg(long)]
+    fail_fast: bool,
     /// Push to [image].name with every tag after building.
     #[arg(long)]
     push: bool,
@@ -486,6 +493,111 @@ pub(crate) fn human(n: u64) -> String {
 }
 
 fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
+    if !args.more.is_empty() {
+        return build_many(args);
+    }
+    let shown = build_one(&args)?;
+    let text = match shown {
+        Shown::Digest(d) => d,
+        Shown::Summary(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+    };
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    Ok(())
+}
+
+/// What a build prints on stdout.
+enum Shown {
+    Digest(String),
+    Summary(serde_json::Value),
+}
+
+/// `imgc build SPEC MORE_SPECS…`: every spec in turn, each into its
+/// default output; a failure is shown, named by its spec file, and the
+/// others still build (unless `--fail-fast`). Exit 1 if any failed.
+fn build_many(args: BuildArgs) -> Result<(), Failure> {
+    if args.common.output.is_some() || args.digest_file.is_some() || args.metadata_file.is_some() {
+        return Err(Failure::Usage(
+            "--output, --digest-file and --metadata-file name one image: with several specs, each is written to ./imgc-out/<name>".into(),
+        ));
+    }
+    let specs: Vec<PathBuf> = std::iter::once(args.common.spec.clone())
+        .chain(args.more.iter().cloned())
+        .collect();
+    let mut results: Vec<(String, Option<Shown>)> = Vec::new();
+    for spec in &specs {
+        let mut one = args.clone();
+        one.common.spec = spec.clone();
+        one.more.clear();
+        if !args.quiet {
+            eprintln!("==> {}", spec.display());
+        }
+        match build_one(&one) {
+            Ok(shown) => results.push((spec.display().to_string(), Some(shown))),
+            Err(failure) => {
+                eprint!("{}: failed\n{}", spec.display(), render::render(&failure));
+                results.push((spec.display().to_string(), None));
+                if args.fail_fast {
+                    break;
+                }
+            }
+        }
+    }
+    print_many(&results, args.format);
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|(_, r)| r.is_none())
+        .map(|(s, _)| s.as_str())
+        .collect();
+    let skipped = specs.len() - results.len();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let skipped = if skipped > 0 {
+        format!(" ({skipped} not built: --fail-fast)")
+    } else {
+        String::new()
+    };
+    Err(Failure::Cli(
+        format!(
+            "{} of {} specs failed: {}{skipped}",
+            failed.len(),
+            specs.len(),
+            failed.join(", ")
+        ),
+        None,
+    ))
+}
+
+/// Stdout of a many-spec build: `DIGEST SPEC` per spec built, or one JSON
+/// array of `{"spec", "ok", "summary"}`.
+fn print_many(results: &[(String, Option<Shown>)], format: Format) {
+    let mut out = std::io::stdout().lock();
+    if format == Format::Json {
+        let docs: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(spec, r)| match r {
+                Some(Shown::Summary(v)) => {
+                    serde_json::json!({ "spec": spec, "ok": true, "summary": v })
+                }
+                _ => serde_json::json!({ "spec": spec, "ok": false }),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&docs).unwrap_or_default()
+        );
+        return;
+    }
+    for (spec, r) in results {
+        if let Some(Shown::Digest(d)) = r {
+            let _ = writeln!(out, "{d} {spec}");
+        }
+    }
+}
+
+/// Builds one spec (and pushes it when asked); returns what stdout gets.
+fn build_one(args: &BuildArgs) -> Result<Shown, Failure> {
     let threads = threads(args.jobs)?;
     let file = SpecFile::load(&args.common.spec)?;
     let output = args
@@ -505,7 +617,7 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
     };
     let (resolver, _) = registry::bases(&args.common.spec, client.clone(), mode)?;
     let plan = make_plan(&file, &args.common, Some(resolver), &args.tags)?;
-    let target = push_target(&args, &plan, &file)?;
+    let target = push_target(args, &plan, &file)?;
     let reporter = report::StderrReporter::new(args.quiet);
     let out = imgc::build(&plan, &output, threads, &reporter)?;
     let mut pushed = Vec::new();
@@ -520,18 +632,16 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
         }
         pushed = outcome.pushed;
     }
-    write_build_files(&args, target.as_ref(), &plan, &out, pushed.clone())?;
-    let shown = match args.format {
-        Format::Text => out.index.digest.to_string(),
-        Format::Json => build_summary(&out, &pushed),
-    };
-    let _ = writeln!(std::io::stdout().lock(), "{shown}");
-    Ok(())
+    write_build_files(args, target.as_ref(), &plan, &out, pushed.clone())?;
+    Ok(match args.format {
+        Format::Text => Shown::Digest(out.index.digest.to_string()),
+        Format::Json => Shown::Summary(build_summary(&out, &pushed)),
+    })
 }
 
 /// `build --format json`: what was built, written and pushed.
-fn build_summary(out: &imgc::BuildOutput, pushed: &[String]) -> String {
-    let doc = serde_json::json!({
+fn build_summary(out: &imgc::BuildOutput, pushed: &[String]) -> serde_json::Value {
+    serde_json::json!({
         "index": {
             "digest": out.index.digest,
             "mediaType": out.index.media_type,
@@ -541,8 +651,7 @@ fn build_summary(out: &imgc::BuildOutput, pushed: &[String]) -> String {
         "tags": out.tags,
         "images": out.images,
         "pushed": pushed,
-    });
-    serde_json::to_string_pretty(&doc).unwrap_or_default()
+    })
 }
 
 /// Refuses a `--tag` that is not a valid tag.

@@ -413,3 +413,64 @@ files = [{ src = "big.bin", dst = "/srv/data/big.bin" }]
     assert!(plain.contains("a-layer-name-fa…"), "{plain}");
     assert!(plain.contains("wrote "), "{plain}");
 }
+
+/// `imgc build` with five specs, two of them broken: the three others are
+/// built, each failure is named by its spec file, and the exit code is 1;
+/// `--fail-fast` stops at the first failure.
+#[test]
+fn many_specs_in_one_run_build_the_good_ones_and_name_the_bad_ones() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let mut specs = Vec::new();
+    for i in 0..5 {
+        let ctx = dir.join(format!("s{i}"));
+        fs::create_dir_all(&ctx).unwrap();
+        fs::write(ctx.join("hello.txt"), format!("spec {i}\n")).unwrap();
+        let body = match i {
+            1 => "[image\n".to_string(),
+            3 => "[image]\nplatforms = [\"linux/amd64\"]\n[[layers]]\nname = \"l\"\nfiles = [{ src = \"missing/**\", dst = \"/m/\" }]\n".to_string(),
+            _ => format!("[image]\nname = \"example.com/s{i}\"\nplatforms = [\"linux/amd64\"]\n[[layers]]\nname = \"l\"\nfiles = [{{ src = \"hello.txt\", dst = \"/hello.txt\" }}]\n"),
+        };
+        fs::write(ctx.join("image.toml"), body).unwrap();
+        specs.push(format!("s{i}/image.toml"));
+    }
+    let out = run_fails(imgc().current_dir(dir).arg("build").args(&specs));
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for i in [0, 2, 4] {
+        assert!(
+            dir.join(format!("imgc-out/s{i}/index.json")).is_file(),
+            "s{i} not built: {err}"
+        );
+        assert!(text.contains(&format!(" s{i}/image.toml")), "{text}");
+    }
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for bad in [
+        "s1/image.toml: failed",
+        "s3/image.toml: failed",
+        "2 of 5 specs failed: s1/image.toml, s3/image.toml",
+    ] {
+        assert!(err.contains(bad), "stderr lacks {bad:?}:\n{err}");
+    }
+    fs::remove_dir_all(dir.join("imgc-out")).unwrap();
+    let out = run_fails(
+        imgc()
+            .current_dir(dir)
+            .args(["build", "--fail-fast"])
+            .args(&specs),
+    );
+    assert!(
+        stderr(&out).contains("(3 not built: --fail-fast)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(dir.join("imgc-out/s0/index.json").is_file());
+    assert!(!dir.join("imgc-out/s2").exists());
+    let refused = run_fails(
+        imgc()
+            .current_dir(dir)
+            .args(["build", "--output", "oci:x"])
+            .args(&specs),
+    );
+    assert_eq!(refused.status.code(), Some(2));
+}
