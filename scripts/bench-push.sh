@@ -174,7 +174,7 @@ fi
 
 say "imgc build (untimed)"
 LAYOUT=$T/layout
-BUILD_DIGEST=$("$IMGC" build "$T/ctx/image.toml" --output "oci:$LAYOUT" -q) || die "imgc build failed"
+BUILD_DIGEST=$("$IMGC" build "$T/ctx/image.toml" --no-cache --output "oci:$LAYOUT" -q) || die "imgc build failed"
 # imgc writes compact JSON: one entry, tagged with the spec's tag (`latest`).
 INDEX_JSON=$(tr -d ' \n' <"$LAYOUT/index.json")
 TAG=$(grep -o '"org.opencontainers.image.ref.name":"[^"]*"' <<<"$INDEX_JSON" | head -n1 | cut -d'"' -f4)

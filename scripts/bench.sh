@@ -140,12 +140,13 @@ UMOCI_ROOTLESS=()
 # ---------------------------------------------------------------- methods
 # NAME | PREPARE (untimed, before each run) | COMMAND (timed). Commands run in
 # `bash -o pipefail -c`. Sizes are counted with `wc -c` at the end of the
-# pipes instead of `> /dev/null`. Every imgc build goes to a fresh folder.
+# pipes instead of `> /dev/null`. Every imgc build goes to a fresh folder,
+# with --no-cache: these rows measure cold builds.
 q() { printf '%q' "$1"; }
 TARP="tar -C $(q "$T/ctx/tree") -cf - ."
 imgc_build() { # SPEC OUT [ARGS...]
   local spec=$1 out=$2; shift 2
-  printf '%s build %s --output oci:%s -q %s >> %s' "$(q "$IMGC")" "$(q "$spec")" "$(q "$out")" "$*" "$(q "$out.digests")"
+  printf '%s build %s --no-cache --output oci:%s -q %s >> %s' "$(q "$IMGC")" "$(q "$spec")" "$(q "$out")" "$*" "$(q "$out.digests")"
 }
 NAMES=() PREPS=() CMDS=()
 add() { NAMES+=("$1"); PREPS+=("$2"); CMDS+=("$3"); }
@@ -228,7 +229,7 @@ if [ "$MEM_SIZE" != 0 ]; then
   tar -C "$T/mem" -cf - big.bin | wc -c >/dev/null  # warm
   for c in gzip zstd; do
     spec "$T/mem/$c.toml" "$c" big.bin /big.bin
-    /usr/bin/time -v "$IMGC" build "$T/mem/$c.toml" --output "oci:$T/mem/out-$c" -q >/dev/null 2>"$T/mem/time-$c" \
+    /usr/bin/time -v "$IMGC" build "$T/mem/$c.toml" --no-cache --output "oci:$T/mem/out-$c" -q >/dev/null 2>"$T/mem/time-$c" \
       || { cat "$T/mem/time-$c" >&2; die "memory check: imgc build ($c) failed"; }
     rss_kb=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$T/mem/time-$c")
     wall=$(awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0

@@ -3,6 +3,7 @@
 //! index, and commits the layout atomically. Reports through a `Reporter`.
 
 use crate::base::{BaseError, BaseImage, MAX_DOCUMENT_SIZE};
+use crate::cache::{CacheEntry, LayerCache};
 use crate::layers::{self, BuiltLayer, LayerError};
 use crate::layout::{GcSkipped, LayoutError, LayoutWriter};
 use crate::oci::{
@@ -82,6 +83,15 @@ pub struct BuildOutput {
     pub images: Vec<ImageOutcome>,
 }
 
+/// How to build, besides the plan.
+#[derive(Clone, Copy, Debug)]
+pub struct BuildOptions<'a> {
+    /// Worker threads (the output never depends on it).
+    pub threads: usize,
+    /// The layer cache, if used.
+    pub cache: Option<&'a LayerCache>,
+}
+
 /// One platform's image as built.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ImageOutcome {
@@ -114,7 +124,7 @@ pub struct LayerOutcome {
 pub fn build(
     plan: &Plan,
     output: &Path,
-    threads: usize,
+    opts: &BuildOptions,
     reporter: &dyn Reporter,
 ) -> Result<BuildOutput, Error> {
     reporter.report(Event::Planned {
@@ -123,7 +133,7 @@ pub fn build(
     });
     let types = MediaTypes::of(plan);
     let mut writer = LayoutWriter::create(output)?;
-    let built = build_layers(plan, &mut writer, threads, reporter)?;
+    let built = build_layers(plan, &mut writer, opts, reporter)?;
     let mut children = Vec::new();
     let mut manifests = Vec::new();
     let mut images = Vec::new();
@@ -212,9 +222,10 @@ impl MediaTypes {
 fn build_layers(
     plan: &Plan,
     writer: &mut LayoutWriter,
-    threads: usize,
+    opts: &BuildOptions,
     reporter: &dyn Reporter,
 ) -> Result<Vec<(BuiltLayer, bool)>, Error> {
+    let (threads, cache) = (opts.threads, opts.cache);
     let context =
         crate::fsx::ContextDir::open(&plan.context).map_err(|source| LayerError::Read {
             layer: "(context)".to_string(),
@@ -234,29 +245,103 @@ fn build_layers(
             platforms: &node.platforms,
             content_bytes: node.content_bytes(),
         });
-        let (file, tmp) = writer.temp_file()?;
-        let mut progress = |tar_bytes| {
-            reporter.report(Event::LayerProgress {
-                name: &node.name,
-                tar_bytes,
-            })
+        let from_cache = match cache {
+            Some(c) => cached_layer(node, &settings, c, writer, reporter)?,
+            None => None,
         };
-        let layer = layers::build_layer(node, &settings, file, &mut progress)?;
-        let held = writer.holds(&Descriptor::new(
-            String::new(),
-            layer.digest.clone(),
-            layer.size,
-        ));
-        writer.add_blob_file(&tmp, &layer.digest)?;
+        let cached = from_cache.is_some();
+        let (layer, held) = match from_cache {
+            Some(found) => found,
+            None => fresh_layer(node, &settings, cache, writer, reporter)?,
+        };
         reporter.report(Event::LayerFinished {
             name: &node.name,
             digest: &layer.digest,
             size: layer.size,
             tar_size: layer.tar_size,
+            cached,
         });
         built.push((layer, held));
     }
     Ok(built)
+}
+
+/// Builds a layer into the output's staging (and remembers it in the cache);
+/// returns it, and whether the output held its blob already.
+fn fresh_layer(
+    node: &crate::plan::LayerNode,
+    settings: &layers::LayerSettings<'_>,
+    cache: Option<&LayerCache>,
+    writer: &mut LayoutWriter,
+    reporter: &dyn Reporter,
+) -> Result<(BuiltLayer, bool), Error> {
+    let (file, tmp) = writer.temp_file()?;
+    let mut progress = |tar_bytes| {
+        reporter.report(Event::LayerProgress {
+            name: &node.name,
+            tar_bytes,
+        })
+    };
+    let layer = layers::build_layer(node, settings, file, &mut progress)?;
+    let desc = Descriptor::new(String::new(), layer.digest.clone(), layer.size);
+    let held = writer.holds(&desc);
+    writer.add_blob_file(&tmp, &layer.digest)?;
+    if let Some(c) = cache {
+        let entry = CacheEntry {
+            format: crate::cache::CACHE_FORMAT,
+            digest: layer.digest.clone(),
+            size: layer.size,
+            diff_id: layer.diff_id.clone(),
+            tar_size: layer.tar_size,
+        };
+        if let Err(e) = c.put(&node.key, &entry, &writer.staged_path(&layer.digest)) {
+            reporter.report(Event::Warning(&format!(
+                "layer {} was not saved in the layer cache: {e}",
+                node.name
+            )));
+        }
+    }
+    Ok((layer, held))
+}
+
+/// A layer from the cache, used only when the tar stream made again from
+/// the sources hashes to the entry's diff_id and the blob copies into the
+/// output with its digest; a corrupt blob is dropped (`None`: build it).
+fn cached_layer(
+    node: &crate::plan::LayerNode,
+    settings: &layers::LayerSettings<'_>,
+    cache: &LayerCache,
+    writer: &mut LayoutWriter,
+    reporter: &dyn Reporter,
+) -> Result<Option<(BuiltLayer, bool)>, Error> {
+    let Some(entry) = cache.get(&node.key) else {
+        return Ok(None);
+    };
+    let (diff_id, tar_size) = layers::tar_digest(node, settings)?;
+    if diff_id != entry.diff_id || tar_size != entry.tar_size {
+        return Ok(None);
+    }
+    let desc = Descriptor::new(String::new(), entry.digest.clone(), entry.size);
+    let held = writer.holds(&desc);
+    match writer.copy_blob(cache.blobs_root(), &desc) {
+        Ok(_) => {}
+        Err(LayoutError::DigestMismatch { .. }) | Err(LayoutError::Io { .. }) => {
+            cache.drop_entry(&node.key, &entry.digest);
+            reporter.report(Event::Warning(&format!(
+                "the cached blob {} of layer {} is damaged; it was dropped and the layer is built again",
+                entry.digest, node.name
+            )));
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let layer = BuiltLayer {
+        digest: entry.digest,
+        diff_id,
+        size: entry.size,
+        tar_size,
+    };
+    Ok(Some((layer, held)))
 }
 
 /// Writes one platform's config and manifest (copying its base layers);

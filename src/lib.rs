@@ -7,6 +7,7 @@
 pub mod base;
 pub mod budget;
 pub mod build;
+pub mod cache;
 pub mod fsx;
 pub mod inspect;
 pub mod layers;
@@ -18,4 +19,4 @@ pub mod registry;
 pub mod sources;
 pub mod spec;
 
-pub use build::{build, BuildOutput, Error};
+pub use build::{build, BuildOptions, BuildOutput, Error};

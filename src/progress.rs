@@ -41,6 +41,9 @@ pub enum Event<'a> {
         size: u64,
         /// Uncompressed tar size.
         tar_size: u64,
+        /// Taken from the layer cache (checked against the sources), not
+        /// compressed again.
+        cached: bool,
     },
     /// A base image blob was copied into the output layout.
     BaseBlobCopied {

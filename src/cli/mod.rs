@@ -94,6 +94,9 @@ struct BuildArgs {
     /// (index, each platform's manifest and layers, tags, pushed references).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Compress every layer again: neither read nor write the layer cache.
+    #[arg(long)]
+    no_cache: bool,
     /// More specs to build in the same run, each into its default output.
     #[arg(value_name = "MORE_SPECS")]
     more: Vec<PathBuf>,
@@ -505,6 +508,27 @@ fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The layer cache in the local store, unless `--no-cache`; a store that
+/// cannot be opened is a warning, and the build goes on without it.
+fn layer_cache(
+    no_cache: bool,
+    reporter: &dyn imgc::progress::Reporter,
+) -> Option<imgc::cache::LayerCache> {
+    if no_cache {
+        return None;
+    }
+    let dir = registry::store_dir()?;
+    match imgc::cache::LayerCache::open(&dir) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            reporter.report(imgc::progress::Event::Warning(&format!(
+                "the layer cache is not used: {e}"
+            )));
+            None
+        }
+    }
+}
+
 /// What a build prints on stdout.
 enum Shown {
     Digest(String),
@@ -619,7 +643,12 @@ fn build_one(args: &BuildArgs) -> Result<Shown, Failure> {
     let plan = make_plan(&file, &args.common, Some(resolver), &args.tags)?;
     let target = push_target(args, &plan, &file)?;
     let reporter = report::StderrReporter::new(args.quiet);
-    let out = imgc::build(&plan, &output, threads, &reporter)?;
+    let cache = layer_cache(args.no_cache, &reporter);
+    let opts = imgc::BuildOptions {
+        threads,
+        cache: cache.as_ref(),
+    };
+    let out = imgc::build(&plan, &output, &opts, &reporter)?;
     let mut pushed = Vec::new();
     if let Some(target) = &target {
         let opts = imgc::registry::push::PushOptions {

@@ -163,10 +163,12 @@ impl StderrReporter {
                 digest,
                 size,
                 tar_size,
+                cached,
             } => {
                 self.end_bar();
+                let how = if cached { "cached" } else { "tar" };
                 self.line(format!(
-                    "  layer {:<16} {} {:>10} (tar {})",
+                    "  layer {:<16} {} {:>10} ({how} {})",
                     fit(name, NAME_WIDTH),
                     short(digest.as_str()),
                     human(size),

@@ -183,6 +183,32 @@ pub fn build_layer(
     })
 }
 
+/// The diff_id and size of the layer's tar stream, made from the sources
+/// and hashed, not kept: what a cached blob is checked against before use.
+pub fn tar_digest(
+    node: &LayerNode,
+    settings: &LayerSettings<'_>,
+) -> Result<(Digest, u64), LayerError> {
+    let mut progress = |_| {};
+    let mut w = EntryWriter {
+        tar: TarWriter::new(HashingWriter::new(io::sink())),
+        epoch: settings.epoch,
+        layer: &node.name,
+        buf: vec![0u8; 256 * 1024],
+        context: settings.context,
+        progress: &mut progress,
+    };
+    for entry in &node.entries {
+        w.write_entry(entry)?;
+    }
+    let hashed = w.tar.finish().map_err(|source| LayerError::Write {
+        layer: node.name.clone(),
+        source,
+    })?;
+    let (_, diff_id, size) = hashed.finish();
+    Ok((diff_id, size))
+}
+
 /// Writes the entries of one layer into its tar.
 struct EntryWriter<'a, W: Write> {
     tar: TarWriter<W>,

@@ -173,6 +173,11 @@ impl LayoutWriter {
         Ok((file, path))
     }
 
+    /// Where a blob added to this build lies until the commit.
+    pub fn staged_path(&self, digest: &Digest) -> PathBuf {
+        self.staged(digest)
+    }
+
     fn staged(&self, digest: &Digest) -> PathBuf {
         crate::oci::blob_path(&self.staging, digest)
     }

@@ -1,6 +1,7 @@
 //! The integration tests: one test binary running the real `imgc` against real tools.
 mod bad_input;
 mod bearer;
+mod cache;
 mod cli;
 mod golden;
 mod hostile_base;

@@ -1034,7 +1034,9 @@ fn docker_media_types_push_and_pull_back_through_a_registry() {
     );
 }
 
-/// A build that pulls nothing touches no cache folder, and needs none.
+/// A build that pulls nothing needs no cache folder: with one, it keeps its
+/// layers in the layer cache there (unless `--no-cache`); without one, it
+/// builds all the same.
 #[test]
 fn builds_without_registry_bases_need_no_cache_folder() {
     let env = Env::new();
@@ -1043,10 +1045,18 @@ fn builds_without_registry_bases_need_no_cache_folder() {
         .imgc()
         .arg("build")
         .arg(dir.join("image.toml"))
-        .arg("--output")
+        .args(["--no-cache", "--output"])
         .arg(oci_arg(&env.path("out")))
         .env_remove("IMGC_CACHE_DIR"));
     assert!(!env.path("home/.cache").exists());
+    run(env
+        .imgc()
+        .arg("build")
+        .arg(dir.join("image.toml"))
+        .arg("--output")
+        .arg(oci_arg(&env.path("out1")))
+        .env_remove("IMGC_CACHE_DIR"));
+    assert!(env.path("home/.cache/imgc/store/layers/v1").is_dir());
     let mut cmd = env.imgc();
     cmd.arg("build")
         .arg(dir.join("image.toml"))

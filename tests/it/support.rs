@@ -39,16 +39,21 @@ pub fn example_dir(name: &str) -> PathBuf {
 
 /// The `imgc` binary under test, with stdin closed and without the
 /// environment variables that change its output (`SOURCE_DATE_EPOCH`,
-/// `IMGC_THREADS`), so a test sets them explicitly when it wants them.
+/// `IMGC_THREADS`), so a test sets them explicitly when it wants them. Its
+/// cache (the store and the layer cache) is one folder of this test run,
+/// never the user's; an [`Env`] gives a test its own.
 ///
 /// `IMGC_TEST_BIN` runs the tests against another build of imgc (an older
 /// commit, say, to see a regression test fail where the bug is).
 pub fn imgc() -> Command {
     let bin =
         std::env::var_os("IMGC_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_imgc").into());
+    static CACHE: OnceLock<TempDir> = OnceLock::new();
+    let cache = CACHE.get_or_init(tempdir);
     let mut cmd = Command::new(bin);
     cmd.env_remove("SOURCE_DATE_EPOCH")
         .env_remove("IMGC_THREADS")
+        .env("IMGC_CACHE_DIR", cache.path())
         .stdin(Stdio::null());
     cmd
 }

@@ -1,0 +1,171 @@
+//! The layer cache: a rebuild takes unchanged layers from it with the same
+//! digest; a changed file, or a changed mode, rebuilds exactly its layer; a
+//! damaged blob, a poisoned entry, or an entry of another format is never
+//! used, and the image comes out right.
+
+use crate::support::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A context with two layers, `a` and `b`, one file each.
+fn two_layers(env: &Env, compression: &str) -> PathBuf {
+    let ctx = env.path("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("a.txt"), noise(1, 300_000)).unwrap();
+    fs::write(ctx.join("b.txt"), "bbbb\n").unwrap();
+    fs::write(
+        ctx.join("image.toml"),
+        format!(
+            r#"[image]
+platforms = ["linux/amd64"]
+compression = "{compression}"
+
+[[layers]]
+name = "a"
+files = [{{ src = "a.txt", dst = "/a.txt" }}]
+
+[[layers]]
+name = "b"
+files = [{{ src = "b.txt", dst = "/b.txt" }}]
+"#
+        ),
+    )
+    .unwrap();
+    ctx.join("image.toml")
+}
+
+/// Builds into `out`; returns the digest and, per layer name, whether it
+/// came from the cache.
+fn build_noting_cache(
+    env: &Env,
+    spec: &Path,
+    out: &str,
+    extra: &[&str],
+) -> (String, Vec<(String, bool)>, String) {
+    let o = output(
+        env.imgc()
+            .arg("build")
+            .arg(spec)
+            .arg("--output")
+            .arg(oci_arg(&env.path(out)))
+            .args(extra),
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let layers = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("  layer "))
+        .map(|l| {
+            let name = l.split_whitespace().next().unwrap().to_string();
+            (name, l.contains("(cached "))
+        })
+        .collect();
+    assert_layout_valid(&env.path(out));
+    (digest_line(&stdout(&o)), layers, err)
+}
+
+fn pairs(v: &[(&str, bool)]) -> Vec<(String, bool)> {
+    v.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+#[test]
+fn a_rebuild_takes_layers_from_the_cache_with_the_same_digest() {
+    for compression in ["gzip", "zstd"] {
+        let env = Env::new();
+        let spec = two_layers(&env, compression);
+        let (cold, layers, _) = build_noting_cache(&env, &spec, "cold", &["-j", "2"]);
+        assert_eq!(layers, pairs(&[("a", false), ("b", false)]));
+        for (i, jobs) in ["1", "2", "8"].iter().enumerate() {
+            let (warm, layers, _) =
+                build_noting_cache(&env, &spec, &format!("warm{i}"), &["-j", jobs]);
+            assert_eq!(warm, cold, "{compression} -j {jobs}");
+            assert_eq!(layers, pairs(&[("a", true), ("b", true)]), "{compression}");
+        }
+        let (none, layers, _) = build_noting_cache(&env, &spec, "nocache", &["--no-cache"]);
+        assert_eq!(none, cold);
+        assert_eq!(layers, pairs(&[("a", false), ("b", false)]));
+    }
+}
+
+#[test]
+fn a_changed_file_or_mode_rebuilds_exactly_its_layer() {
+    let env = Env::new();
+    let spec = two_layers(&env, "gzip");
+    build_noting_cache(&env, &spec, "first", &[]);
+    let b = spec.with_file_name("b.txt");
+    // Same size, other bytes: only the sources tell.
+    fs::write(&b, "cccc\n").unwrap();
+    let (changed, layers, _) = build_noting_cache(&env, &spec, "changed", &[]);
+    assert_eq!(layers, pairs(&[("a", true), ("b", false)]));
+    let (fresh, _, _) = build_noting_cache(&env, &spec, "changed-fresh", &["--no-cache"]);
+    assert_eq!(changed, fresh);
+    fs::set_permissions(&b, fs::Permissions::from_mode(0o755)).unwrap();
+    let (moded, layers, _) = build_noting_cache(&env, &spec, "moded", &[]);
+    assert_eq!(layers, pairs(&[("a", true), ("b", false)]));
+    assert_ne!(moded, changed);
+    let (fresh, _, _) = build_noting_cache(&env, &spec, "moded-fresh", &["--no-cache"]);
+    assert_eq!(moded, fresh);
+}
+
+/// The cache's entries (`layers/v1/*.json`), each parsed.
+fn entries(env: &Env) -> Vec<(PathBuf, serde_json::Value)> {
+    let dir = env.cache().join("store/layers/v1");
+    let mut out: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let v = read_json(&p);
+            (p, v)
+        })
+        .collect();
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out
+}
+
+#[test]
+fn a_damaged_blob_is_dropped_and_the_layer_built_again() {
+    let env = Env::new();
+    let spec = two_layers(&env, "gzip");
+    let (cold, _, _) = build_noting_cache(&env, &spec, "cold", &[]);
+    for (_, e) in entries(&env) {
+        let blob = blob_path(&env.cache().join("store"), e["digest"].as_str().unwrap());
+        let mut bytes = fs::read(&blob).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+        fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&blob, bytes).unwrap();
+    }
+    let (again, layers, err) = build_noting_cache(&env, &spec, "again", &[]);
+    assert_eq!(again, cold);
+    assert_eq!(layers, pairs(&[("a", false), ("b", false)]));
+    assert!(err.contains("is damaged; it was dropped"), "{err}");
+    // Built again, and cached again.
+    let (third, layers, _) = build_noting_cache(&env, &spec, "third", &[]);
+    assert_eq!(third, cold);
+    assert_eq!(layers, pairs(&[("a", true), ("b", true)]));
+}
+
+#[test]
+fn a_poisoned_entry_or_one_of_another_format_is_never_used() {
+    let env = Env::new();
+    let spec = two_layers(&env, "gzip");
+    let (cold, _, _) = build_noting_cache(&env, &spec, "cold", &[]);
+    let found = entries(&env);
+    assert_eq!(found.len(), 2);
+    // Each entry now names the other layer's blob and diff_id.
+    fs::write(&found[0].0, serde_json::to_vec(&found[1].1).unwrap()).unwrap();
+    fs::write(&found[1].0, serde_json::to_vec(&found[0].1).unwrap()).unwrap();
+    let (again, layers, _) = build_noting_cache(&env, &spec, "poisoned", &[]);
+    assert_eq!(again, cold);
+    assert_eq!(layers, pairs(&[("a", false), ("b", false)]));
+    // An entry of another format version is not read.
+    for (path, mut v) in entries(&env) {
+        v["format"] = 999.into();
+        fs::write(path, serde_json::to_vec(&v).unwrap()).unwrap();
+    }
+    let (again, layers, _) = build_noting_cache(&env, &spec, "other-format", &[]);
+    assert_eq!(again, cold);
+    assert_eq!(layers, pairs(&[("a", false), ("b", false)]));
+}
