@@ -77,11 +77,15 @@ impl LayerCache {
         (entry.format == CACHE_FORMAT && self.store.has(&entry.digest, entry.size)).then_some(entry)
     }
 
-    /// Remembers a layer: its blob (copied from `blob`, the build's own
-    /// staged copy) and its entry, each written under a temporary name and
-    /// renamed into place.
+    /// Remembers a layer: its blob (`blob`, the build's own staged copy,
+    /// just written, hashed and synced: hard-linked into the store, else
+    /// copied) and its entry, written under a temporary name and renamed.
     pub fn put(&self, key: &str, entry: &CacheEntry, blob: &Path) -> std::io::Result<()> {
-        if !self.store.has(&entry.digest, entry.size) {
+        let linked = match fs::hard_link(blob, self.store.path(&entry.digest)) {
+            Ok(()) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::AlreadyExists,
+        };
+        if !linked && !self.store.has(&entry.digest, entry.size) {
             let (mut file, tmp) = self.store.temp_file().map_err(std::io::Error::other)?;
             let source = crate::fsx::open_regular(blob, crate::fsx::Links::Refuse)?;
             let copied = std::io::copy(&mut source.take(entry.size), &mut file)?;

@@ -167,7 +167,27 @@ fn is_live(dir: &Path, new: bool) -> bool {
     match lock {
         // Taken: its build is gone (the lock is dropped with `f`).
         Ok(f) => f.try_lock().is_err(),
-        Err(_) => new && is_young(dir),
+        // Not locked yet: a build between making the folder and locking it
+        // (young, and its process alive), or one killed there.
+        Err(_) => new && is_young(dir) && maker_alive(dir),
+    }
+}
+
+/// Whether the process named in a temporary folder's name (`…-<pid>-…`,
+/// see `unique_id`) is alive; `true` when it cannot be told.
+fn maker_alive(dir: &Path) -> bool {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let pid = name
+        .rsplit_once(".imgc-new-")
+        .and_then(|(_, id)| id.split('-').next())
+        .and_then(|p| p.parse::<libc::pid_t>().ok());
+    match pid {
+        Some(pid) if pid > 0 => {
+            // SAFETY: signal 0 only checks that the process exists.
+            let r = unsafe { libc::kill(pid, 0) };
+            r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+        }
+        _ => true,
     }
 }
 
@@ -208,6 +228,26 @@ pub fn sweep(parent: &Path, name: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unlocked_new_folder_is_kept_while_its_maker_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = child.id();
+        child.wait().unwrap();
+        // Killed between making the folder and locking it: swept at once.
+        let dead = dir
+            .path()
+            .join(format!("{}{dead_pid}-1-0", new_prefix("out")));
+        fs::create_dir(&dead).unwrap();
+        // This process is alive: its young folder is left alone.
+        let alive = dir
+            .path()
+            .join(format!("{}{}-1-0", new_prefix("out"), std::process::id()));
+        fs::create_dir(&alive).unwrap();
+        assert_eq!(sweep(dir.path(), "out"), 1);
+        assert!(!dead.exists() && alive.is_dir());
+    }
 
     #[test]
     fn staging_of_a_dead_build_is_swept_and_a_live_one_is_not() {
