@@ -451,8 +451,16 @@ pub fn layout_entry(dir: &Path, r: &oci::LayoutRef) -> Result<Descriptor, BaseEr
         });
     }
     let bytes = read_bounded(&path)?;
-    let probe = Descriptor::new(String::new(), digest.clone(), bytes.len() as u64);
-    let bytes = read_blob(dir, &probe)?;
+    let actual = oci::sha256_digest(&bytes);
+    if actual != *digest {
+        return Err(BaseError::DigestMismatch {
+            path,
+            expected: digest.clone(),
+            expected_size: bytes.len() as u64,
+            actual,
+            actual_size: bytes.len() as u64,
+        });
+    }
     let doc: AnyDocument = parse_doc(&path, &bytes, "document")?;
     let media_type = match (doc.media_type, &doc.manifests) {
         (Some(m), _) => m,

@@ -71,8 +71,6 @@ pub struct BuildOutput {
     pub layout: PathBuf,
     /// The image index's descriptor.
     pub index: Descriptor,
-    /// Each platform's manifest digest.
-    pub manifests: Vec<(Platform, Digest)>,
     /// The image index itself (entries, annotations, media type).
     pub index_doc: Index,
     /// Each entry's position among all the spec's platforms.
@@ -135,11 +133,9 @@ pub fn build(
     let mut writer = LayoutWriter::create(output)?;
     let built = build_layers(plan, &mut writer, opts, reporter)?;
     let mut children = Vec::new();
-    let mut manifests = Vec::new();
     let mut images = Vec::new();
     for image in &plan.images {
         let (desc, layers) = write_image(plan, image, &built, &types, &mut writer, reporter)?;
-        manifests.push((image.platform.clone(), desc.digest.clone()));
         images.push(ImageOutcome {
             platform: image.platform.to_string(),
             digest: desc.digest.clone(),
@@ -175,7 +171,6 @@ pub fn build(
     Ok(BuildOutput {
         layout: output.to_path_buf(),
         index: index_desc,
-        manifests,
         index_doc: index,
         positions: plan.images.iter().map(|i| i.position).collect(),
         tags: plan.tags.clone(),
@@ -357,10 +352,7 @@ fn write_image(
     let layers = image_layers(plan, image, built, types);
     let mut outcomes = Vec::new();
     for layer in &layers {
-        let reused = match layer.base {
-            Some(_) => !layer.place(writer, reporter)?,
-            None => built[layer.index.unwrap_or_default()].1,
-        };
+        let reused = layer.place(writer, reporter)?;
         outcomes.push(LayerOutcome {
             digest: layer.desc.digest.clone(),
             size: layer.desc.size,
@@ -401,16 +393,17 @@ struct ImageLayer<'a> {
     built: Option<(&'a str, Digest)>,
     /// A base layer: the base, and the layout its blob is copied from.
     base: Option<(&'a BaseImage, &'a Path, &'a Descriptor)>,
-    /// A built layer's index among the plan's layers.
-    index: Option<usize>,
+    /// A built layer: whether the output held its blob before this build.
+    held: bool,
 }
 
 impl ImageLayer<'_> {
-    /// Makes sure the layer's blob is in the output; returns whether bytes
-    /// were written for it (a built layer's are written when it is built).
+    /// Makes sure the layer's blob is in the output (a built layer's is
+    /// there since it was built); returns whether the output held it before
+    /// this build.
     fn place(&self, writer: &mut LayoutWriter, reporter: &dyn Reporter) -> Result<bool, Error> {
         let Some((base, dir, desc)) = self.base else {
-            return Ok(false);
+            return Ok(self.held);
         };
         let copied = copy_base_layer(writer, dir, base, desc)?;
         if copied {
@@ -419,7 +412,7 @@ impl ImageLayer<'_> {
                 size: desc.size,
             });
         }
-        Ok(copied)
+        Ok(!copied)
     }
 }
 
@@ -439,17 +432,17 @@ fn image_layers<'a>(
                 desc: out,
                 built: None,
                 base: Some((base, dir.as_path(), desc)),
-                index: None,
+                held: false,
             }
         })
     });
     let own = image.layers.iter().map(|&i| {
-        let l = &built[i].0;
+        let (l, held) = &built[i];
         ImageLayer {
             desc: Descriptor::new(types.layer.clone(), l.digest.clone(), l.size),
             built: Some((plan.layers[i].name.as_str(), l.diff_id.clone())),
             base: None,
-            index: Some(i),
+            held: *held,
         }
     });
     from_base.chain(own).collect()

@@ -104,7 +104,16 @@ impl LayerCache {
         fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".{key}.{}.new", std::process::id()));
         let bytes = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
-        fs::write(&tmp, bytes)?;
+        // Never written through whatever stands at the name: a leftover of
+        // a killed process is removed, and the file is made anew.
+        let _ = fs::remove_file(&tmp);
+        std::io::Write::write_all(
+            &mut fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?,
+            &bytes,
+        )?;
         fs::rename(&tmp, &path)
     }
 

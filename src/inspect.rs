@@ -51,14 +51,16 @@ pub enum InspectError {
         available: String,
     },
     /// Indexes nest deeper, or hold more documents, than imgc reads.
-    #[error("the index nests more than {MAX_DEPTH} levels or lists more than {MAX_IMAGES} images")]
+    #[error(
+        "the index nests more than {MAX_DEPTH} levels or lists more than {MAX_DOCUMENTS} documents"
+    )]
     TooMany,
 }
 
 /// Deepest nesting of indexes followed.
 pub const MAX_DEPTH: usize = 4;
-/// Most image manifests shown.
-pub const MAX_IMAGES: usize = 256;
+/// Most documents (indexes and manifests) read below the top one.
+pub const MAX_DOCUMENTS: usize = 256;
 
 /// An inspected image or index.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
@@ -183,7 +185,8 @@ pub fn inspect(
     let mut images = Vec::new();
     let annotations = if is_index {
         let index: Index = parse(bytes, "index", &top.digest)?;
-        collect(&index, fetch, 0, &mut images)?;
+        let mut budget = MAX_DOCUMENTS;
+        collect(&index, fetch, 0, &mut budget, &mut images)?;
         index.annotations
     } else {
         images.push(image(top, bytes, fetch)?);
@@ -201,24 +204,24 @@ pub fn inspect(
     })
 }
 
-/// The images of an index, nested indexes followed.
+/// The images of an index, nested indexes followed; every document read
+/// counts against `budget`.
 fn collect(
     index: &Index,
     fetch: &dyn Fetch,
     depth: usize,
+    budget: &mut usize,
     out: &mut Vec<ImageInfo>,
 ) -> Result<(), InspectError> {
     if depth >= MAX_DEPTH {
         return Err(InspectError::TooMany);
     }
     for d in &index.manifests {
-        if out.len() >= MAX_IMAGES {
-            return Err(InspectError::TooMany);
-        }
+        *budget = budget.checked_sub(1).ok_or(InspectError::TooMany)?;
         let bytes = fetch.fetch(d)?;
         if oci::is_index_media_type(&d.media_type) {
             let nested: Index = parse(&bytes, "index", &d.digest)?;
-            collect(&nested, fetch, depth + 1, out)?;
+            collect(&nested, fetch, depth + 1, budget, out)?;
             continue;
         }
         let mut info = image(d, &bytes, fetch)?;
@@ -343,5 +346,43 @@ impl Fetch for LayoutDocuments<'_> {
             digest: desc.digest.clone(),
             source: Box::new(e),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every document is an empty index, counted as it is read.
+    struct EmptyIndexes(std::cell::Cell<usize>);
+
+    impl Fetch for EmptyIndexes {
+        fn fetch(&self, _: &Descriptor) -> Result<Vec<u8>, InspectError> {
+            self.0.set(self.0.get() + 1);
+            Ok(br#"{"schemaVersion":2,"manifests":[]}"#.to_vec())
+        }
+    }
+
+    #[test]
+    fn an_index_of_too_many_documents_is_refused_before_reading_them_all() {
+        let child = Descriptor::new(
+            oci::MEDIA_TYPE_INDEX.to_string(),
+            oci::sha256_digest(b"child"),
+            35,
+        );
+        let mut index: Index =
+            serde_json::from_str(r#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+        index.manifests = vec![child; 10_000];
+        let bytes = serde_json::to_vec(&index).unwrap();
+        let top = Descriptor::new(
+            oci::MEDIA_TYPE_INDEX.to_string(),
+            oci::sha256_digest(&bytes),
+            bytes.len() as u64,
+        );
+        let docs = EmptyIndexes(std::cell::Cell::new(0));
+        let err = inspect("oci:x", &top, &bytes, &docs, &[]).unwrap_err();
+        assert!(matches!(err, InspectError::TooMany), "{err}");
+        assert!(err.to_string().contains("256 documents"), "{err}");
+        assert_eq!(docs.0.get(), MAX_DOCUMENTS);
     }
 }

@@ -753,8 +753,8 @@ impl crate::inspect::Fetch for RegistryDocuments<'_> {
             digest: desc.digest.clone(),
             source: Box::new(e),
         };
-        let is_document =
-            desc.media_type.contains("manifest") || oci::is_index_media_type(&desc.media_type);
+        let is_document = oci::is_manifest_media_type(&desc.media_type)
+            || oci::is_index_media_type(&desc.media_type);
         if !is_document {
             return self
                 .client

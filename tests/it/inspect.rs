@@ -160,6 +160,16 @@ fn inspect_picks_a_platform_or_a_document_by_digest() {
     missing.push(format!("@sha256:{}", "0".repeat(64)));
     let err = stderr(&run_fails(imgc().arg("inspect").arg(&missing)));
     assert!(err.contains("holds no document sha256:000"), "{err}");
+    // A document whose bytes are not its name's is refused, and left as it is.
+    let out_dir = tmp.path().join("layout");
+    let fake = format!("sha256:{}", "1".repeat(64));
+    let path = blob_path(&out_dir, &fake);
+    fs::write(&path, br#"{"schemaVersion":2,"manifests":[]}"#).unwrap();
+    let mut forged = layout.clone();
+    forged.push(format!("@{fake}"));
+    let err = stderr(&run_fails(imgc().arg("inspect").arg(&forged)));
+    assert!(err.contains(&fake) && err.contains("does not match"), "{err}");
+    assert!(path.is_file());
 }
 
 #[test]
