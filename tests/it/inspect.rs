@@ -168,7 +168,10 @@ fn inspect_picks_a_platform_or_a_document_by_digest() {
     let mut forged = layout.clone();
     forged.push(format!("@{fake}"));
     let err = stderr(&run_fails(imgc().arg("inspect").arg(&forged)));
-    assert!(err.contains(&fake) && err.contains("does not match"), "{err}");
+    assert!(
+        err.contains(&fake) && err.contains("does not match"),
+        "{err}"
+    );
     assert!(path.is_file());
 }
 
