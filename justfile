@@ -30,10 +30,15 @@ book:
     command -v mdbook >/dev/null 2>&1 || cargo install mdbook --locked
     mdbook build book
 
-# Run the benchmarks: build (scripts/bench.sh), then push (scripts/bench-push.sh); --write-book also updates book/src/benchmarks.md.
+# Run the benchmarks: build (scripts/bench.sh), rebuilds (scripts/bench-cache.sh), then push (scripts/bench-push.sh); --write-book also updates book/src/benchmarks.md.
 bench *args:
     scripts/bench.sh {{args}}
+    scripts/bench-cache.sh {{args}}
     scripts/bench-push.sh {{args}}
+
+# Run the rebuild benchmark only (scripts/bench-cache.sh: the layer cache, cold, no-op and one-file rebuilds).
+bench-cache *args:
+    scripts/bench-cache.sh {{args}}
 
 # Run the push benchmark only (scripts/bench-push.sh; --write-book also updates book/src/benchmarks.md).
 bench-push *args:

@@ -5,7 +5,7 @@
 use crate::base::{BaseError, BaseImage, MAX_DOCUMENT_SIZE};
 use crate::cache::{CacheEntry, LayerCache};
 use crate::layers::{self, BuiltLayer, LayerError};
-use crate::layout::{GcSkipped, LayoutError, LayoutWriter};
+use crate::layout::{GcSkipped, LayoutError, LayoutWriter, Placement};
 use crate::oci::{
     self, ContainerConfig, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform,
 };
@@ -79,6 +79,9 @@ pub struct BuildOutput {
     pub tags: Vec<String>,
     /// Each platform's image: its manifest and its layers.
     pub images: Vec<ImageOutcome>,
+    /// Bytes of build-context files read (none on a rebuild whose layers
+    /// all came from the cache with their files' fingerprints).
+    pub context_bytes_read: u64,
 }
 
 /// How to build, besides the plan.
@@ -131,7 +134,7 @@ pub fn build(
     });
     let types = MediaTypes::of(plan);
     let mut writer = LayoutWriter::create(output)?;
-    let built = build_layers(plan, &mut writer, opts, reporter)?;
+    let (built, context_bytes_read) = build_layers(plan, &mut writer, opts, reporter)?;
     let mut children = Vec::new();
     let mut images = Vec::new();
     for image in &plan.images {
@@ -175,6 +178,7 @@ pub fn build(
         positions: plan.images.iter().map(|i| i.position).collect(),
         tags: plan.tags.clone(),
         images,
+        context_bytes_read,
     })
 }
 
@@ -213,25 +217,37 @@ impl MediaTypes {
     }
 }
 
-/// Builds every distinct layer of the plan into the writer's staging.
+/// The layer cache and the context's fingerprints, when the cache is used.
+struct CacheUse<'a> {
+    cache: &'a LayerCache,
+    prints: crate::fingerprint::Fingerprints,
+}
+
+/// Builds every distinct layer of the plan into the writer's staging;
+/// returns them, and the bytes of context files read.
 fn build_layers(
     plan: &Plan,
     writer: &mut LayoutWriter,
     opts: &BuildOptions,
     reporter: &dyn Reporter,
-) -> Result<Vec<(BuiltLayer, bool)>, Error> {
-    let (threads, cache) = (opts.threads, opts.cache);
+) -> Result<(Vec<(BuiltLayer, bool)>, u64), Error> {
     let context =
         crate::fsx::ContextDir::open(&plan.context).map_err(|source| LayerError::Read {
             layer: "(context)".to_string(),
             path: plan.context.clone(),
             source,
         })?;
+    let cache = opts.cache.map(|cache| CacheUse {
+        cache,
+        prints: cache.fingerprints(&plan.context),
+    });
+    // A first build of the context hashes nothing (see `cached_layer`).
     let settings = layers::LayerSettings {
         context: &context,
         epoch: plan.epoch,
         codec: plan.codec,
-        threads,
+        threads: opts.threads,
+        hash_files: cache.as_ref().is_some_and(|c| !c.prints.is_new()),
     };
     let mut built = Vec::with_capacity(plan.layers.len());
     for node in &plan.layers {
@@ -240,14 +256,14 @@ fn build_layers(
             platforms: &node.platforms,
             content_bytes: node.content_bytes(),
         });
-        let from_cache = match cache {
+        let from_cache = match &cache {
             Some(c) => cached_layer(node, &settings, c, writer, reporter)?,
             None => None,
         };
         let cached = from_cache.is_some();
         let (layer, held) = match from_cache {
             Some(found) => found,
-            None => fresh_layer(node, &settings, cache, writer, reporter)?,
+            None => fresh_layer(node, &settings, cache.as_ref(), writer, reporter)?,
         };
         reporter.report(Event::LayerFinished {
             name: &node.name,
@@ -258,15 +274,21 @@ fn build_layers(
         });
         built.push((layer, held));
     }
-    Ok(built)
+    if let Some(Err(e)) = cache.as_ref().map(|c| c.prints.save()) {
+        reporter.report(Event::Warning(&format!(
+            "the fingerprints of the build context were not saved: {e}"
+        )));
+    }
+    Ok((built, context.bytes_read()))
 }
 
-/// Builds a layer into the output's staging (and remembers it in the cache);
-/// returns it, and whether the output held its blob already.
+/// Builds a layer into the output's staging (and remembers it, and the
+/// fingerprints of the files it read, in the cache); returns it, and
+/// whether the output held its blob already.
 fn fresh_layer(
     node: &crate::plan::LayerNode,
     settings: &layers::LayerSettings<'_>,
-    cache: Option<&LayerCache>,
+    cache: Option<&CacheUse>,
     writer: &mut LayoutWriter,
     reporter: &dyn Reporter,
 ) -> Result<(BuiltLayer, bool), Error> {
@@ -277,51 +299,120 @@ fn fresh_layer(
             tar_bytes,
         })
     };
-    let layer = layers::build_layer(node, settings, file, &mut progress)?;
+    let settings = layers::LayerSettings {
+        hash_files: settings.hash_files
+            || (cache.is_some() && crate::cache::any_racy(node, crate::fingerprint::now_ns())),
+        ..*settings
+    };
+    let (layer, files) = layers::build_layer(node, &settings, file, &mut progress)?;
     let desc = Descriptor::new(String::new(), layer.digest.clone(), layer.size);
     let held = writer.holds(&desc);
     writer.add_blob_file(&tmp, &layer.digest)?;
     if let Some(c) = cache {
-        let entry = CacheEntry {
-            format: crate::cache::CACHE_FORMAT,
-            digest: layer.digest.clone(),
-            size: layer.size,
-            diff_id: layer.diff_id.clone(),
-            tar_size: layer.tar_size,
-        };
-        if let Err(e) = c.put(&node.key, &entry, &writer.staged_path(&layer.digest)) {
-            reporter.report(Event::Warning(&format!(
-                "layer {} was not saved in the layer cache: {e}",
-                node.name
-            )));
-        }
+        remember_layer(
+            node,
+            c,
+            &layer,
+            &files,
+            &writer.staged_path(&layer.digest),
+            reporter,
+        );
     }
     Ok((layer, held))
 }
 
-/// A layer from the cache, used only when the tar stream made again from
-/// the sources hashes to the entry's diff_id and the blob copies into the
-/// output with its digest; a corrupt blob is dropped (`None`: build it).
+/// Files a freshly built layer in the cache: under its content key when
+/// its files were hashed, and under its recipe key when every file stands
+/// for its bytes; records the files' fingerprints.
+fn remember_layer(
+    node: &crate::plan::LayerNode,
+    c: &CacheUse,
+    layer: &BuiltLayer,
+    files: &[layers::FileRead],
+    blob: &Path,
+    reporter: &dyn Reporter,
+) {
+    let mut keys = Vec::new();
+    for read in files {
+        crate::cache::remember(&c.prints, read);
+    }
+    let digests: Option<Vec<&Digest>> = files.iter().map(|f| f.digest.as_ref()).collect();
+    if let Some(digests) = digests {
+        keys.push(crate::cache::content_key(node, digests));
+    }
+    if crate::cache::all_stand(node, files) {
+        keys.push(crate::cache::recipe_key(node));
+    }
+    let entry = CacheEntry {
+        format: crate::cache::CACHE_FORMAT,
+        key: String::new(),
+        digest: layer.digest.clone(),
+        size: layer.size,
+        diff_id: layer.diff_id.clone(),
+        tar_size: layer.tar_size,
+        blob: None,
+    };
+    if keys.is_empty() {
+        return;
+    }
+    if let Err(e) = c.cache.put(&keys, &entry, blob) {
+        reporter.report(Event::Warning(&format!(
+            "layer {} was not saved in the layer cache: {e}",
+            node.name
+        )));
+    }
+}
+
+/// A layer from the cache, found by its recipe key (nothing read), else by
+/// its content key (the files' digests from the fingerprints, or read);
+/// its blob is linked or kept when its stamp is the recorded one, else
+/// copied with its digest checked. A damaged blob is dropped (`None`:
+/// build it).
 fn cached_layer(
     node: &crate::plan::LayerNode,
     settings: &layers::LayerSettings<'_>,
-    cache: &LayerCache,
+    c: &CacheUse,
     writer: &mut LayoutWriter,
     reporter: &dyn Reporter,
 ) -> Result<Option<(BuiltLayer, bool)>, Error> {
-    let Some(entry) = cache.get(&node.key) else {
-        return Ok(None);
-    };
-    let (diff_id, tar_size) = layers::tar_digest(node, settings)?;
-    if diff_id != entry.diff_id || tar_size != entry.tar_size {
+    let recipe = crate::cache::recipe_key(node);
+    if let Some(found) = c.cache.get(&recipe) {
+        return place_cached(node, c, &recipe, found, writer, reporter);
+    }
+    // A first build of the context: nothing of it can be cached under a
+    // content key, and hashing before packing would read every file twice.
+    if c.prints.is_new() {
         return Ok(None);
     }
+    let (digests, stand) = crate::cache::file_digests(node, &c.prints, settings)?;
+    let key = crate::cache::content_key(node, &digests);
+    let Some(found) = c.cache.get(&key) else {
+        return Ok(None);
+    };
+    let entry = found.entry.clone();
+    let placed = place_cached(node, c, &key, found, writer, reporter)?;
+    if placed.is_some() && stand {
+        c.cache.alias(&recipe, &entry);
+    }
+    Ok(placed)
+}
+
+/// Puts a cache entry's blob into the output (see `cached_layer`).
+fn place_cached(
+    node: &crate::plan::LayerNode,
+    c: &CacheUse,
+    key: &str,
+    found: crate::cache::Found,
+    writer: &mut LayoutWriter,
+    reporter: &dyn Reporter,
+) -> Result<Option<(BuiltLayer, bool)>, Error> {
+    let entry = &found.entry;
     let desc = Descriptor::new(String::new(), entry.digest.clone(), entry.size);
     let held = writer.holds(&desc);
-    match writer.copy_blob(cache.blobs_root(), &desc) {
-        Ok(_) => {}
+    let placed = match writer.place_blob(c.cache.blobs_root(), &desc, found.good) {
+        Ok(placed) => placed,
         Err(LayoutError::DigestMismatch { .. }) | Err(LayoutError::Io { .. }) => {
-            cache.drop_entry(&node.key, &entry.digest);
+            c.cache.drop_entry(key, &entry.digest);
             reporter.report(Event::Warning(&format!(
                 "the cached blob {} of layer {} is damaged; it was dropped and the layer is built again",
                 entry.digest, node.name
@@ -329,12 +420,14 @@ fn cached_layer(
             return Ok(None);
         }
         Err(e) => return Err(e.into()),
-    }
+    };
+    c.cache
+        .used(&found, found.good.is_some() || placed == Placement::Copied);
     let layer = BuiltLayer {
-        digest: entry.digest,
-        diff_id,
+        digest: entry.digest.clone(),
+        diff_id: entry.diff_id.clone(),
         size: entry.size,
-        tar_size,
+        tar_size: entry.tar_size,
     };
     Ok(Some((layer, held)))
 }

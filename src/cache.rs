@@ -1,34 +1,56 @@
-//! The local layer cache: a layer built once is found again by its plan
-//! key (entries, modes, owners, sizes, sources, epoch, the codec's exact
-//! format) and not compressed again. Entries sit in the local store, beside
-//! its blobs: `<store>/layers/v<FORMAT>/<key>.json` holds the blob's digest
-//! and size and the tar stream's diff_id; the blob is `<store>/blobs/…`.
+//! The local layer cache: a layer built once is found again by its content
+//! key and neither re-tarred nor compressed again. The content key hashes
+//! the plan node's key (entries, modes, owners, sizes, inline content,
+//! epoch, the codec's exact format) with the sha256 of every context file
+//! it packs; those digests come from the fingerprint cache
+//! ([`crate::fingerprint`]) without reading an unchanged file. Entries sit
+//! in the local store beside its blobs: `<store>/layers/v<FORMAT>/<key>.json`
+//! holds the blob's digest and size, the tar stream's diff_id, and the
+//! blob file's stamp when its digest was last checked.
 //!
-//! An entry is never trusted. Before it is used, the tar stream is made
-//! again from the sources and hashed (cheap next to compressing) and must
-//! equal the entry's diff_id; then the blob is copied into the output with
-//! its digest and size checked. A blob that fails is dropped with its entry
-//! and the layer is built again. A cache written by another format version
-//! lives under another folder and is never read. A failure to write the
-//! cache never fails a build.
+//! What is checked, and when: an entry must be of this format and filed
+//! under its own key (a copied or renamed entry is refused); its blob must
+//! be a regular file of the recorded size. A blob whose stamp (device,
+//! inode, size, mtime) is the recorded one is used without reading it: it
+//! is hard-linked into the output, or kept there if the output holds that
+//! same file. Any other blob is copied with its digest checked, and one
+//! that fails is dropped with its entry and the layer built again. The
+//! local store is trusted as the user's own files are (like git's index):
+//! these checks catch damage, not a forger with write access to the store;
+//! a registry-shared cache gets the stronger checks of re-made tar streams.
+//!
+//! A cache of another format version lives under another folder and is
+//! never read. A failure to write the cache never fails a build.
 
+use crate::fingerprint::{settled, Fingerprints, Print};
+use crate::layers::{self, FileRead, LayerError, LayerSettings};
 use crate::oci::Digest;
+use crate::plan::{EntryKind, FileSource, LayerNode};
 use crate::registry::store::Store;
 use crate::registry::RegistryError;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// The version of the cache's entries and keys; a change makes a new
 /// folder, so no entry of another version is ever read.
-pub const CACHE_FORMAT: u32 = 1;
+pub const CACHE_FORMAT: u32 = 2;
+
+/// A used blob whose mtime is older than this is touched (the store's
+/// pruning goes by mtime) and its stamp recorded again.
+const TOUCH_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// What the cache remembers of a built layer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheEntry {
     /// [`CACHE_FORMAT`] when written.
     pub format: u32,
+    /// The content key it is filed under.
+    pub key: String,
     /// The compressed blob's digest.
     pub digest: Digest,
     /// Its size.
@@ -37,6 +59,153 @@ pub struct CacheEntry {
     pub diff_id: Digest,
     /// Its size.
     pub tar_size: u64,
+    /// The blob file's stamp when its digest was last known good.
+    pub blob: Option<BlobStamp>,
+}
+
+/// A store blob file's device, inode, size and mtime (nanoseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobStamp {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size.
+    pub size: u64,
+    /// Modification time.
+    pub mtime_ns: i64,
+}
+
+impl BlobStamp {
+    fn of(md: &fs::Metadata) -> BlobStamp {
+        BlobStamp {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime_ns: md
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(md.mtime_nsec()),
+        }
+    }
+}
+
+/// An entry found, and whether its blob is unchanged since it was checked.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// The entry.
+    pub entry: CacheEntry,
+    /// The blob's (device, inode) when its stamp is the recorded one.
+    pub good: Option<(u64, u64)>,
+}
+
+/// The content key of `node`, given the digest of each context file it
+/// packs, in entry order.
+pub fn content_key<'a>(node: &LayerNode, files: impl IntoIterator<Item = &'a Digest>) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("imgc layer cache {CACHE_FORMAT}\n{}\n", node.key));
+    for d in files {
+        h.update(d.as_str());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
+/// The recipe key of `node`: its plan key and the fingerprint of every
+/// context file as planned. It stands for the content only while each of
+/// those files is settled ([`crate::fingerprint::settled`]): an entry is
+/// filed under it only then, and found by it without reading anything.
+pub fn recipe_key(node: &LayerNode) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("imgc layer recipe {CACHE_FORMAT}\n{}\n", node.key));
+    for (_, _, p) in context_files(node) {
+        let s = &p.stamp;
+        h.update(format!(
+            "{} {} {} {} {} {}\n",
+            p.id.0, p.id.1, p.size, s.mtime_ns, s.ctime_ns, s.mode
+        ));
+    }
+    hex::encode(h.finalize())
+}
+
+/// Whether a file read as `read` was the file planned (`planned`), did not
+/// change while read, and had settled: its fingerprint stands for its bytes.
+pub fn stands(read: &FileRead, planned: &Print) -> bool {
+    read.steady && read.print == *planned && settled(&read.print.stamp, read.began_ns)
+}
+
+/// Whether some context file of `node` had not settled, as planned, by
+/// `now_ns`: its layer cannot be filed under its recipe key, so a build
+/// that would not hash hashes it (to file it by content).
+pub fn any_racy(node: &LayerNode, now_ns: i64) -> bool {
+    context_files(node).any(|(_, _, p)| !settled(&p.stamp, now_ns))
+}
+
+/// Whether every context file of `node`, read as `reads`, [`stands`].
+pub fn all_stand(node: &LayerNode, reads: &[FileRead]) -> bool {
+    let planned: Vec<Print> = context_files(node).map(|(_, _, p)| p).collect();
+    planned.len() == reads.len() && reads.iter().zip(&planned).all(|(r, p)| stands(r, p))
+}
+
+/// The context files `node` packs: (path, rel, print), in entry order.
+fn context_files(node: &LayerNode) -> impl Iterator<Item = (&Path, &str, Print)> {
+    node.entries.iter().filter_map(|e| match &e.kind {
+        EntryKind::File {
+            source:
+                FileSource::Context {
+                    path,
+                    rel,
+                    id,
+                    stamp,
+                },
+            size,
+        } => Some((
+            path.as_path(),
+            rel.as_str(),
+            Print {
+                id: *id,
+                size: *size,
+                stamp: *stamp,
+            },
+        )),
+        _ => None,
+    })
+}
+
+/// The digest of each context file `node` packs, from the fingerprints
+/// where they know it; the others are read and hashed (and remembered).
+/// Also says whether every file [`stands`] (a row of the table does).
+pub fn file_digests(
+    node: &LayerNode,
+    prints: &Fingerprints,
+    settings: &LayerSettings<'_>,
+) -> Result<(Vec<Digest>, bool), LayerError> {
+    let mut out = Vec::new();
+    let mut all = true;
+    for (path, rel, print) in context_files(node) {
+        if let Some(d) = prints.lookup(rel, &print) {
+            out.push(d);
+            continue;
+        }
+        let read = layers::hash_file(node, settings, (path, rel), print.id, print.size)?;
+        remember(prints, &read);
+        all &= stands(&read, &print);
+        out.extend(read.digest);
+    }
+    Ok((out, all))
+}
+
+/// Records a hashed file read in the fingerprints, if it held still.
+pub fn remember(prints: &Fingerprints, read: &FileRead) {
+    if let (true, Some(digest)) = (read.steady, &read.digest) {
+        prints.record(&read.rel, &read.print, digest, read.began_ns);
+    }
+}
+
+/// A number no other call in this process gets (temporary names).
+fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The layer cache, in the local store.
@@ -58,6 +227,11 @@ impl LayerCache {
         self.store.root()
     }
 
+    /// The fingerprint table of the context at `root` (canonical).
+    pub fn fingerprints(&self, root: &Path) -> Fingerprints {
+        Fingerprints::open(self.store.root(), root)
+    }
+
     fn entry_path(&self, key: &str) -> PathBuf {
         self.store
             .root()
@@ -66,21 +240,56 @@ impl LayerCache {
             .join(format!("{key}.json"))
     }
 
-    /// The entry for a plan key, if there is one of this format.
-    pub fn get(&self, key: &str) -> Option<CacheEntry> {
+    /// The entry filed under `key`, if it is of this format, names that
+    /// key, and its blob is a regular file of its size.
+    pub fn get(&self, key: &str) -> Option<Found> {
         if !key.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let path = self.entry_path(key);
         let bytes = crate::fsx::read_bounded(&path, 64 * 1024, crate::fsx::Links::Refuse).ok()?;
         let entry: CacheEntry = serde_json::from_slice(&bytes).ok()?;
-        (entry.format == CACHE_FORMAT && self.store.has(&entry.digest, entry.size)).then_some(entry)
+        if entry.format != CACHE_FORMAT || entry.key != key {
+            return None;
+        }
+        let md = fs::symlink_metadata(self.store.path(&entry.digest)).ok()?;
+        if !md.is_file() || md.len() != entry.size {
+            return None;
+        }
+        let stamp = BlobStamp::of(&md);
+        let good = (entry.blob == Some(stamp)).then_some((stamp.dev, stamp.ino));
+        Some(Found { entry, good })
+    }
+
+    /// Notes that an entry's blob was used, `checked` (its stamp was good,
+    /// or it was read with its digest checked): an old blob is touched for
+    /// the store's pruning, and a newly checked one gets its stamp recorded.
+    pub fn used(&self, found: &Found, checked: bool) {
+        if !checked {
+            return;
+        }
+        let path = self.store.path(&found.entry.digest);
+        let Ok(md) = fs::symlink_metadata(&path) else {
+            return;
+        };
+        let old = md
+            .modified()
+            .ok()
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age > TOUCH_AFTER);
+        if old {
+            // `has` touches the blob it finds (never through a symlink).
+            self.store.has(&found.entry.digest, found.entry.size);
+        }
+        if old || found.good.is_none() {
+            let _ = self.write_entry(&found.entry.key, &found.entry);
+        }
     }
 
     /// Remembers a layer: its blob (`blob`, the build's own staged copy,
     /// just written, hashed and synced: hard-linked into the store, else
-    /// copied) and its entry, written under a temporary name and renamed.
-    pub fn put(&self, key: &str, entry: &CacheEntry, blob: &Path) -> std::io::Result<()> {
+    /// copied) and its entry, filed under each of `keys`.
+    pub fn put(&self, keys: &[String], entry: &CacheEntry, blob: &Path) -> std::io::Result<()> {
         let linked = match fs::hard_link(blob, self.store.path(&entry.digest)) {
             Ok(()) => true,
             Err(e) => e.kind() == std::io::ErrorKind::AlreadyExists,
@@ -99,11 +308,31 @@ impl LayerCache {
                 .commit(tmp, &entry.digest)
                 .map_err(std::io::Error::other)?;
         }
+        for key in keys {
+            self.write_entry(key, entry)?;
+        }
+        Ok(())
+    }
+
+    /// Files an entry found under another key under `key` as well.
+    pub fn alias(&self, key: &str, entry: &CacheEntry) {
+        let _ = self.write_entry(key, entry);
+    }
+
+    /// Writes `entry` under `key`, with the store blob's stamp as it is
+    /// now, under a temporary name then renamed.
+    fn write_entry(&self, key: &str, entry: &CacheEntry) -> std::io::Result<()> {
+        let md = fs::symlink_metadata(self.store.path(&entry.digest))?;
+        let entry = CacheEntry {
+            key: key.to_string(),
+            blob: Some(BlobStamp::of(&md)),
+            ..entry.clone()
+        };
         let path = self.entry_path(key);
         let dir = path.parent().unwrap_or(self.store.root());
         fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{key}.{}.new", std::process::id()));
-        let bytes = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        let tmp = dir.join(format!(".{key}.{}.{}.new", std::process::id(), unique()));
+        let bytes = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
         // Never written through whatever stands at the name: a leftover of
         // a killed process is removed, and the file is made anew.
         let _ = fs::remove_file(&tmp);

@@ -164,6 +164,8 @@ pub fn read_bounded(path: &Path, limit: u64, links: Links) -> io::Result<Vec<u8>
 pub struct ContextDir {
     fd: OwnedFd,
     path: PathBuf,
+    /// Bytes of file content read beneath it (see [`ContextDir::count_read`]).
+    read: std::sync::atomic::AtomicU64,
 }
 
 impl ContextDir {
@@ -180,12 +182,25 @@ impl ContextDir {
             // SAFETY: `fd` was just opened and is owned by nothing else.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             path: path.to_path_buf(),
+            read: Default::default(),
         })
     }
 
     /// The folder's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Counts `n` bytes of file content read beneath the context (readers
+    /// of [`ContextDir::open_file`]'s files say what they read).
+    pub fn count_read(&self, n: usize) {
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The bytes of file content counted so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Opens the regular file at `rel` (a relative path of plain components)

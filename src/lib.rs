@@ -8,6 +8,7 @@ pub mod base;
 pub mod budget;
 pub mod build;
 pub mod cache;
+pub mod fingerprint;
 pub mod fsx;
 pub mod inspect;
 pub mod layers;

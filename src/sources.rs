@@ -5,7 +5,7 @@
 //! Building later opens each file beneath the context with
 //! [`crate::fsx::ContextDir`] and checks it is the file planned.
 
-use crate::plan::sources::{Context, Kind, Stat};
+use crate::plan::sources::{Context, Kind, Stamp, Stat};
 use crate::plan::PlanError;
 use std::ffi::OsString;
 use std::io;
@@ -67,6 +67,7 @@ impl Context for DiskContext {
             size: md.len(),
             executable: md.permissions().mode() & 0o111 != 0,
             id: (md.dev(), md.ino()),
+            stamp: Stamp::of(&md),
         }))
     }
 
@@ -140,4 +141,18 @@ fn canonical_prefix(path: &Path) -> PathBuf {
     let mut out = std::fs::canonicalize(&existing).unwrap_or(existing);
     out.extend(rest.iter().rev());
     out
+}
+
+impl Stamp {
+    /// The stamp of `md` (on the disk side: the planner never sees a
+    /// filesystem).
+    pub fn of(md: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Stamp {
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+            mode: md.mode(),
+        }
+    }
 }

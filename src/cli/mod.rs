@@ -679,6 +679,7 @@ fn build_summary(out: &imgc::BuildOutput, pushed: &[String]) -> serde_json::Valu
         "layout": out.layout,
         "tags": out.tags,
         "images": out.images,
+        "context_bytes_read": out.context_bytes_read,
         "pushed": pushed,
     })
 }

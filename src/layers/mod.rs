@@ -11,11 +11,14 @@ pub mod tar;
 
 pub use compress::Codec;
 
+use crate::fingerprint::Print;
 use crate::fsx::ContextDir;
 use crate::oci::Digest;
 use crate::oci::HashingWriter;
+use crate::plan::sources::Stamp;
 use crate::plan::{Entry, EntryKind, FileSource, LayerNode};
 use compress::Compressor;
+use sha2::{Digest as _, Sha256};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -116,7 +119,7 @@ fn start_writeback(_: &File, _: u64, _: u64) {}
 pub const PROGRESS_STEP: u64 = 8 << 20;
 
 /// What building a layer needs besides its node.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct LayerSettings<'a> {
     /// The build context, held open: files are opened beneath it.
     pub context: &'a ContextDir,
@@ -126,10 +129,31 @@ pub struct LayerSettings<'a> {
     pub codec: Codec,
     /// Compression threads.
     pub threads: usize,
+    /// Whether to hash each context file as it is packed (for the layer
+    /// cache's content key and the fingerprints; a cold build does not).
+    pub hash_files: bool,
+}
+
+/// A context file as it was read: its fingerprint when opened, the digest
+/// of the bytes read, when the read began, and whether its fingerprint was
+/// the same when the read ended (only then is it worth remembering).
+#[derive(Clone, Debug)]
+pub struct FileRead {
+    /// The file, relative to the context.
+    pub rel: String,
+    /// Its fingerprint when opened.
+    pub print: Print,
+    /// The sha256 of the bytes read, when they were hashed.
+    pub digest: Option<Digest>,
+    /// When the read began (nanoseconds since the epoch).
+    pub began_ns: i64,
+    /// Whether the fingerprint was unchanged after the read.
+    pub steady: bool,
 }
 
 /// Builds the layer `node` into `out` (a fresh, empty file, synced to disk
-/// before this returns), returning its digests and sizes.
+/// before this returns), returning its digests and sizes, and each context
+/// file as read (in entry order; hashed when `settings.hash_files`).
 ///
 /// `progress` is called with the number of tar bytes written so far, about
 /// every [`PROGRESS_STEP`] bytes.
@@ -138,7 +162,7 @@ pub fn build_layer(
     settings: &LayerSettings<'_>,
     out: File,
     progress: &mut dyn FnMut(u64),
-) -> Result<BuiltLayer, LayerError> {
+) -> Result<(BuiltLayer, Vec<FileRead>), LayerError> {
     let write_err = |source| LayerError::Write {
         layer: node.name.clone(),
         source,
@@ -154,17 +178,11 @@ pub fn build_layer(
         BufWriter::with_capacity(1 << 20, out),
     )
     .map_err(write_err)?;
-    let mut w = EntryWriter {
-        tar: TarWriter::new(HashingWriter::new(compressor)),
-        epoch: settings.epoch,
-        layer: &node.name,
-        buf: vec![0u8; 256 * 1024],
-        context: settings.context,
-        progress,
-    };
+    let mut w = EntryWriter::new(node, settings, HashingWriter::new(compressor), progress);
     for entry in &node.entries {
         w.write_entry(entry)?;
     }
+    let files = std::mem::take(&mut w.files);
     let (compressor, diff_id, tar_size) = w.tar.finish().map_err(write_err)?.finish();
     let compressed = compressor.finish().map_err(write_err)?;
     let file = compressed
@@ -175,12 +193,13 @@ pub fn build_layer(
     file.sync_all().map_err(write_err)?;
     let digest =
         Digest::from_hex(&compressed.sha256_hex).map_err(|e| write_err(io::Error::other(e)))?;
-    Ok(BuiltLayer {
+    let layer = BuiltLayer {
         digest,
         diff_id,
         size: compressed.size,
         tar_size,
-    })
+    };
+    Ok((layer, files))
 }
 
 /// The diff_id and size of the layer's tar stream, made from the sources
@@ -190,14 +209,12 @@ pub fn tar_digest(
     settings: &LayerSettings<'_>,
 ) -> Result<(Digest, u64), LayerError> {
     let mut progress = |_| {};
-    let mut w = EntryWriter {
-        tar: TarWriter::new(HashingWriter::new(io::sink())),
-        epoch: settings.epoch,
-        layer: &node.name,
-        buf: vec![0u8; 256 * 1024],
-        context: settings.context,
-        progress: &mut progress,
-    };
+    let mut w = EntryWriter::new(
+        node,
+        settings,
+        HashingWriter::new(io::sink()),
+        &mut progress,
+    );
     for entry in &node.entries {
         w.write_entry(entry)?;
     }
@@ -209,6 +226,118 @@ pub fn tar_digest(
     Ok((diff_id, size))
 }
 
+/// Reads and hashes one context file of `node` (planned as `id`, `size`
+/// bytes), opened beneath the context like a file being packed.
+pub fn hash_file(
+    node: &LayerNode,
+    settings: &LayerSettings<'_>,
+    (path, rel): (&Path, &str),
+    id: (u64, u64),
+    size: u64,
+) -> Result<FileRead, LayerError> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let streamed = stream_file(settings.context, rel, id, size, &mut buf, &mut |b| {
+        hasher.update(b);
+        Ok(())
+    })
+    .map_err(|e| e.into_layer_error(&node.name, path, size))?;
+    Ok(streamed.read(rel, Some(&hasher.finalize())))
+}
+
+/// Why streaming a context file stopped.
+enum StreamError {
+    Read(io::Error),
+    Changed,
+    Write(io::Error),
+}
+
+impl StreamError {
+    fn into_layer_error(self, layer: &str, path: &Path, planned: u64) -> LayerError {
+        let layer = layer.to_string();
+        let path = path.to_path_buf();
+        match self {
+            StreamError::Read(source) => LayerError::Read {
+                layer,
+                path,
+                source,
+            },
+            StreamError::Changed => LayerError::Changed {
+                layer,
+                path,
+                planned,
+            },
+            StreamError::Write(source) => LayerError::Write { layer, source },
+        }
+    }
+}
+
+/// What [`stream_file`] saw of a file.
+struct Streamed {
+    print: Print,
+    steady: bool,
+    began_ns: i64,
+}
+
+impl Streamed {
+    fn read(self, rel: &str, sha: Option<&[u8]>) -> FileRead {
+        FileRead {
+            rel: rel.to_string(),
+            print: self.print,
+            digest: sha.and_then(|sha| Digest::from_hex(&hex::encode(sha)).ok()),
+            began_ns: self.began_ns,
+            steady: self.steady,
+        }
+    }
+}
+
+/// Streams exactly `size` bytes of the context file `rel` into `sink`,
+/// opened beneath the context (no symlink followed on the way), refusing
+/// anything but the regular file planned (device and inode `id`, `size`
+/// bytes, no more and no less), counting what it reads.
+fn stream_file(
+    context: &ContextDir,
+    rel: &str,
+    id: (u64, u64),
+    size: u64,
+    buf: &mut [u8],
+    sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> Result<Streamed, StreamError> {
+    let began_ns = crate::fingerprint::now_ns();
+    let mut file = context
+        .open_file(Path::new(rel), Some(id))
+        .map_err(StreamError::Read)?;
+    let md = file.metadata().map_err(StreamError::Read)?;
+    if md.len() != size {
+        return Err(StreamError::Changed);
+    }
+    let print = Print {
+        id,
+        size,
+        stamp: Stamp::of(&md),
+    };
+    let mut left = size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = file.read(&mut buf[..want]).map_err(StreamError::Read)?;
+        if n == 0 {
+            return Err(StreamError::Changed);
+        }
+        context.count_read(n);
+        sink(&buf[..n]).map_err(StreamError::Write)?;
+        left -= n as u64;
+    }
+    if file.read(&mut buf[..1]).map_err(StreamError::Read)? != 0 {
+        return Err(StreamError::Changed);
+    }
+    let after = file.metadata().map_err(StreamError::Read)?;
+    Ok(Streamed {
+        steady: Stamp::of(&after) == print.stamp && after.len() == size,
+        print,
+        began_ns,
+    })
+}
+
 /// Writes the entries of one layer into its tar.
 struct EntryWriter<'a, W: Write> {
     tar: TarWriter<W>,
@@ -217,9 +346,30 @@ struct EntryWriter<'a, W: Write> {
     buf: Vec<u8>,
     context: &'a ContextDir,
     progress: &'a mut dyn FnMut(u64),
+    /// Each context file as read, when hashing files.
+    files: Vec<FileRead>,
+    hash_files: bool,
 }
 
-impl<W: Write> EntryWriter<'_, W> {
+impl<'a, W: Write> EntryWriter<'a, W> {
+    fn new(
+        node: &'a LayerNode,
+        settings: &LayerSettings<'a>,
+        out: W,
+        progress: &'a mut dyn FnMut(u64),
+    ) -> Self {
+        EntryWriter {
+            tar: TarWriter::new(out),
+            epoch: settings.epoch,
+            layer: &node.name,
+            buf: vec![0u8; 256 * 1024],
+            context: settings.context,
+            progress,
+            files: Vec::new(),
+            hash_files: settings.hash_files,
+        }
+    }
+
     fn write_err(&self, source: io::Error) -> LayerError {
         LayerError::Write {
             layer: self.layer.to_string(),
@@ -253,16 +403,17 @@ impl<W: Write> EntryWriter<'_, W> {
         if let EntryKind::File { source, size } = &entry.kind {
             match source {
                 FileSource::Inline(bytes) => self.tar.data(bytes).map_err(|e| self.write_err(e))?,
-                FileSource::Context { path, rel, id } => self.copy_file(path, rel, *id, *size)?,
+                FileSource::Context { path, rel, id, .. } => {
+                    self.copy_file(path, rel, *id, *size)?
+                }
             }
             self.tar.pad(*size).map_err(|e| self.write_err(e))?;
         }
         Ok(())
     }
 
-    /// Streams exactly `size` bytes of a context file, opened beneath the
-    /// context (no symlink followed on the way), refusing anything but the
-    /// regular file planned (same device and inode, same size).
+    /// Streams a context file into the tar (see [`stream_file`]), hashing
+    /// it on the way when asked.
     fn copy_file(
         &mut self,
         path: &Path,
@@ -270,50 +421,23 @@ impl<W: Write> EntryWriter<'_, W> {
         id: (u64, u64),
         size: u64,
     ) -> Result<(), LayerError> {
-        let layer = self.layer;
-        let read_err = |source| LayerError::Read {
-            layer: layer.to_string(),
-            path: path.to_path_buf(),
-            source,
-        };
-        let changed = || LayerError::Changed {
-            layer: layer.to_string(),
-            path: path.to_path_buf(),
-            planned: size,
-        };
-        let mut file = self
-            .context
-            .open_file(Path::new(rel), Some(id))
-            .map_err(read_err)?;
-        let md = file.metadata().map_err(read_err)?;
-        if md.len() != size {
-            return Err(changed());
-        }
-        let mut left = size;
-        while left > 0 {
-            let want = self
-                .buf
-                .len()
-                .min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = file.read(&mut self.buf[..want]).map_err(read_err)?;
-            if n == 0 {
-                return Err(changed());
+        let mut hasher = self.hash_files.then(Sha256::new);
+        let (tar, progress) = (&mut self.tar, &mut self.progress);
+        let mut sink = |data: &[u8]| {
+            if let Some(h) = hasher.as_mut() {
+                h.update(data);
             }
-            self.tar
-                .data(&self.buf[..n])
-                .map_err(|source| LayerError::Write {
-                    layer: layer.to_string(),
-                    source,
-                })?;
-            left -= n as u64;
-            let before = self.tar.written() - n as u64;
-            if before / PROGRESS_STEP != self.tar.written() / PROGRESS_STEP {
-                (self.progress)(self.tar.written());
+            let before = tar.written();
+            tar.data(data)?;
+            if before / PROGRESS_STEP != tar.written() / PROGRESS_STEP {
+                (progress)(tar.written());
             }
-        }
-        if file.read(&mut self.buf[..1]).map_err(read_err)? != 0 {
-            return Err(changed());
-        }
+            Ok(())
+        };
+        let streamed = stream_file(self.context, rel, id, size, &mut self.buf, &mut sink)
+            .map_err(|e| e.into_layer_error(self.layer, path, size))?;
+        let sha = hasher.map(|h| h.finalize());
+        self.files.push(streamed.read(rel, sha.as_deref()));
         Ok(())
     }
 }

@@ -5,7 +5,9 @@
 //! target (same filesystem). Only when the whole build has succeeded are
 //! the blobs renamed into place and `index.json` replaced, so a failed
 //! build leaves an existing layout exactly as it was. A blob already in the
-//! target is re-hashed before it is trusted.
+//! target is re-hashed before it is trusted, unless it is the very file
+//! (same inode) of a source the caller vouches for (the layer cache's
+//! blobs, whose stamps it keeps: see [`LayoutWriter::place_blob`]).
 //!
 //! Staging folders are locked while their build lives and swept when it is
 //! gone ([`staging`]); garbage collection never removes what a tag reaches
@@ -110,7 +112,30 @@ pub struct LayoutWriter {
     /// Blobs found already in the target (so not staged), with the layout
     /// they came from: checked again under the lock at commit, because
     /// another build's garbage collection may have removed them since.
-    reused: Vec<(PathBuf, Descriptor)>,
+    /// The inode, when the caller vouched for it (see [`Self::place_blob`]).
+    reused: Vec<Reused>,
+}
+
+/// A blob found in the target: the layout it came from, its descriptor,
+/// and the inode the caller vouched for, if any.
+type Reused = (PathBuf, Descriptor, Option<(u64, u64)>);
+
+/// Where [`LayoutWriter::place_blob`] found or put a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The output held it already (the source was not read).
+    Held,
+    /// Hard-linked from the source, whose copy the caller vouched for.
+    Linked,
+    /// Copied from the source, its digest checked on the way.
+    Copied,
+}
+
+/// Whether `path` is the regular file `id` (device, inode) of `size` bytes.
+fn is_file_of(path: &Path, id: (u64, u64), size: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == id && m.len() == size)
 }
 
 impl LayoutWriter {
@@ -222,11 +247,45 @@ impl LayoutWriter {
             return Ok(false);
         }
         if verify_blob(&self.in_target(&desc.digest), &desc.digest, Some(desc.size)) {
-            self.reused.push((src_dir.to_path_buf(), desc.clone()));
+            self.reused
+                .push((src_dir.to_path_buf(), desc.clone(), None));
             return Ok(false);
         }
         self.stage_copy(src_dir, desc)?;
         Ok(true)
+    }
+
+    /// Places blob `desc` of the layout (or store) at `src_dir`. When the
+    /// caller vouches that the source's file, inode `good` (device, inode),
+    /// is unchanged since its digest was checked, the output's file of that
+    /// same inode is kept without reading it, and a missing one is
+    /// hard-linked from the source; anything else is [`Self::copy_blob`].
+    pub fn place_blob(
+        &mut self,
+        src_dir: &Path,
+        desc: &Descriptor,
+        good: Option<(u64, u64)>,
+    ) -> Result<Placement, LayoutError> {
+        if self.staged(&desc.digest).exists() {
+            return Ok(Placement::Held);
+        }
+        if let Some(id) = good {
+            if is_file_of(&self.in_target(&desc.digest), id, desc.size) {
+                self.reused
+                    .push((src_dir.to_path_buf(), desc.clone(), Some(id)));
+                return Ok(Placement::Held);
+            }
+            let src = crate::oci::blob_path(src_dir, &desc.digest);
+            if is_file_of(&src, id, desc.size)
+                && fs::hard_link(&src, self.staged(&desc.digest)).is_ok()
+            {
+                return Ok(Placement::Linked);
+            }
+        }
+        Ok(match self.copy_blob(src_dir, desc)? {
+            true => Placement::Copied,
+            false => Placement::Held,
+        })
     }
 
     /// Copies blob `desc` from `src_dir` into staging: at most its declared
@@ -308,10 +367,13 @@ impl LayoutWriter {
     /// Blobs reused from the target may have been collected by another
     /// build since they were checked: stage them again if so.
     fn restage_reused(&mut self) -> Result<(), LayoutError> {
-        for (src_dir, desc) in std::mem::take(&mut self.reused) {
-            if !self.staged(&desc.digest).exists()
-                && !verify_blob(&self.in_target(&desc.digest), &desc.digest, Some(desc.size))
-            {
+        for (src_dir, desc, good) in std::mem::take(&mut self.reused) {
+            let target = self.in_target(&desc.digest);
+            let kept = match good {
+                Some(id) => is_file_of(&target, id, desc.size),
+                None => verify_blob(&target, &desc.digest, Some(desc.size)),
+            };
+            if !self.staged(&desc.digest).exists() && !kept {
                 self.stage_copy(&src_dir, &desc)?;
             }
         }

@@ -165,8 +165,10 @@ fn is_live(dir: &Path, new: bool) -> bool {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(dir.join("lock"));
     match lock {
-        // Taken: its build is gone (the lock is dropped with `f`).
-        Ok(f) => f.try_lock().is_err(),
+        // Locked: live. Unlocked: its build is gone, unless it is a young
+        // `imgc-new-` folder of a live process, whose maker has made the
+        // lock file and not yet locked it (the lock is dropped with `f`).
+        Ok(f) => f.try_lock().is_err() || (new && is_young(dir) && maker_alive(dir)),
         // Not locked yet: a build between making the folder and locking it
         // (young, and its process alive), or one killed there.
         Err(_) => new && is_young(dir) && maker_alive(dir),
@@ -245,8 +247,15 @@ mod tests {
             .path()
             .join(format!("{}{}-1-0", new_prefix("out"), std::process::id()));
         fs::create_dir(&alive).unwrap();
+        // Its lock file made and not locked yet: left alone too (a
+        // concurrent build swept such a folder, and its maker failed).
+        let making = dir
+            .path()
+            .join(format!("{}{}-2-0", new_prefix("out"), std::process::id()));
+        fs::create_dir(&making).unwrap();
+        fs::write(making.join("lock"), "").unwrap();
         assert_eq!(sweep(dir.path(), "out"), 1);
-        assert!(!dead.exists() && alive.is_dir());
+        assert!(!dead.exists() && alive.is_dir() && making.is_dir());
     }
 
     #[test]

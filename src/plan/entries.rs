@@ -508,6 +508,7 @@ fn make_entry(
                 path: ctx.root().join(rel),
                 rel: utf8(rel, location)?,
                 id: st.id,
+                stamp: st.stamp,
             };
             let kind = EntryKind::File {
                 source,

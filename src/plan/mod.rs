@@ -170,6 +170,9 @@ pub enum FileSource {
         /// Its device and inode when planned: building opens it beneath the
         /// context and refuses any other file found there.
         id: (u64, u64),
+        /// Its change stamp when planned: a fingerprint of the same stamp
+        /// gives its content digest without reading it.
+        stamp: sources::Stamp,
     },
     /// Inline `content`.
     Inline(Vec<u8>),

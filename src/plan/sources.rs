@@ -43,6 +43,22 @@ pub struct Stat {
     pub executable: bool,
     /// Device and inode: building refuses any other file found at the path.
     pub id: (u64, u64),
+    /// When it last changed, and its mode: what the fingerprint cache
+    /// compares to know a file unchanged without reading it.
+    pub stamp: Stamp,
+}
+
+/// A file's change stamp as its filesystem reports it: modification and
+/// status-change times in nanoseconds since the epoch, and the full mode.
+/// Zero where unknown (a memory context): never matches a fingerprint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    /// `st_mtime` in nanoseconds.
+    pub mtime_ns: i64,
+    /// `st_ctime` in nanoseconds.
+    pub ctime_ns: i64,
+    /// `st_mode`, type bits included.
+    pub mode: u32,
 }
 
 /// A build context. Paths are relative to its root (`""` is the root).
@@ -143,6 +159,7 @@ impl Context for MemoryContext {
                 size,
                 executable,
                 id: (1, self.ino(rel)),
+                stamp: Stamp::default(),
             }
         }))
     }

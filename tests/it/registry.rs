@@ -1056,7 +1056,8 @@ fn builds_without_registry_bases_need_no_cache_folder() {
         .arg("--output")
         .arg(oci_arg(&env.path("out1")))
         .env_remove("IMGC_CACHE_DIR"));
-    assert!(env.path("home/.cache/imgc/store/layers/v1").is_dir());
+    assert!(env.path("home/.cache/imgc/store/layers/v2").is_dir());
+    assert!(env.path("home/.cache/imgc/store/fingerprints/v1").is_dir());
     let mut cmd = env.imgc();
     cmd.arg("build")
         .arg(dir.join("image.toml"))

@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# The incremental benchmark: scripts/bench-cache.sh [--write-book] [--keep]
+#
+# Not part of the test suite (`just bench` runs it after scripts/bench.sh).
+# Builds imgc in release mode, copies the same ~200 MB tree as
+# scripts/bench.sh, and times, in one run on one machine:
+#   cold       a build with an empty layer cache (a fresh IMGC_CACHE_DIR)
+#   no-cache   the same build with --no-cache (what the cache costs cold)
+#   no-op      a rebuild with nothing changed, into the same output
+#   one-file   a three-layer image (python libs, docs, a small app) after
+#              one app file changed: only the app layer is built again
+# Targets (issue 9):
+#   no-op    <= 5% of cold, and < 100 ms
+#   one-file <= 20% of the cold three-layer build
+#   cold     <= 1.05 x no-cache (the cache costs the cold path nothing
+#            measurable: within the noise of these runs)
+# Prints a Markdown table; --write-book puts it in book/src/benchmarks.md
+# between `<!-- bench-cache:begin -->` and `<!-- bench-cache:end -->`.
+#
+# Environment: BENCH_TREE=DIR and BENCH_RUNS=N as for scripts/bench.sh
+# (default 5 runs here: the fast rows are short).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'scripts/bench-cache.sh: error: %s\n' "$*" >&2; exit 1; }
+
+WRITE_BOOK=0
+KEEP=0
+for arg in "$@"; do
+  case $arg in
+    --write-book) WRITE_BOOK=1 ;;
+    --keep) KEEP=1 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument \`$arg\` (use --write-book, --keep)" ;;
+  esac
+done
+RUNS=${BENCH_RUNS:-5}
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive number, not \`$RUNS\`"
+BOOK=book/src/benchmarks.md
+if [ "$WRITE_BOOK" = 1 ]; then
+  [ "$(grep -c '^<!-- bench-cache:begin -->$' "$BOOK")" = 1 ] && [ "$(grep -c '^<!-- bench-cache:end -->$' "$BOOK")" = 1 ] \
+    || die "$BOOK must hold the lines <!-- bench-cache:begin --> and <!-- bench-cache:end --> once each"
+fi
+
+say "cargo build --release --locked"
+cargo build --release --locked
+T=$(mktemp -d "${TMPDIR:-/tmp}/imgc-bench-cache.XXXXXX")
+cleanup() { if [ "$KEEP" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi; }
+trap cleanup EXIT
+cp target/release/imgc "$T/imgc"
+IMGC=$T/imgc
+unset IMGC_THREADS SOURCE_DATE_EPOCH IMGC_CACHE_DIR
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+  COMMIT="$COMMIT+uncommitted"
+fi
+
+mkdir -p "$T/ctx/tree" "$T/ctx/app"
+if [ -n "${BENCH_TREE:-}" ]; then
+  [ -d "$BENCH_TREE" ] || die "BENCH_TREE=$BENCH_TREE is not a folder"
+  cp -a "$BENCH_TREE/." "$T/ctx/tree/"
+  TREE_DESC="content of \`$BENCH_TREE\`"
+  LIBS='tree/**' DOCS='nothing/**'
+else
+  cp -a /usr/lib/python3* /usr/share/doc "$T/ctx/tree/"
+  TREE_DESC="\`/usr/lib/python3*\` + \`/usr/share/doc\`"
+  LIBS='tree/python3*/**' DOCS='tree/doc/**'
+fi
+for i in $(seq 1 20); do head -c 4096 /dev/urandom | base64 >"$T/ctx/app/module$i.py"; done
+TAR_BYTES=$(tar -C "$T/ctx" -cf - . | wc -c)
+NFILES=$(find "$T/ctx" -type f | wc -l)
+sync
+sleep 1 # past the fingerprints' racy window: the copy has settled
+
+cat >"$T/ctx/one.toml" <<EOF
+[image]
+name = "bench.local/imgc/one"
+platforms = ["linux/amd64"]
+epoch = 0
+compression = "zstd"
+
+[[layers]]
+name = "all"
+files = [{ src = "tree/**", dst = "/" }]
+EOF
+cat >"$T/ctx/three.toml" <<EOF
+[image]
+name = "bench.local/imgc/three"
+platforms = ["linux/amd64"]
+epoch = 0
+compression = "zstd"
+
+[[layers]]
+name = "libs"
+files = [{ src = "$LIBS", dst = "/", optional = true }]
+
+[[layers]]
+name = "docs"
+files = [{ src = "$DOCS", dst = "/", optional = true }]
+
+[[layers]]
+name = "app"
+files = [{ src = "app/**", dst = "/app/" }]
+EOF
+
+q() { printf '%q' "$1"; }
+build() { # OUT CACHE SPEC [ARGS...]
+  local out=$1 cache=$2 spec=$3; shift 3
+  printf 'IMGC_CACHE_DIR=%s %s build %s --output oci:%s -q %s >/dev/null' \
+    "$(q "$cache")" "$(q "$IMGC")" "$(q "$spec")" "$(q "$out")" "$*"
+}
+NAMES=() PREPS=() CMDS=()
+add() { NAMES+=("$1"); PREPS+=("$2"); CMDS+=("$3"); }
+fresh() { printf 'rm -rf %s %s' "$(q "$1")" "$(q "$2")"; }
+add no-cache "$(fresh "$T/o-nc" "$T/c-nc")" "$(build "$T/o-nc" "$T/c-nc" "$T/ctx/one.toml" --no-cache)"
+add cold "$(fresh "$T/o-cold" "$T/c-cold")" "$(build "$T/o-cold" "$T/c-cold" "$T/ctx/one.toml")"
+# The no-op rebuild: the cache and output of a cold build made once, then
+# built again and again (each run is a no-op rebuild of the last).
+add no-op ":" "$(build "$T/o-noop" "$T/c-noop" "$T/ctx/one.toml")"
+add cold-three "$(fresh "$T/o-3" "$T/c-3")" "$(build "$T/o-3" "$T/c-3" "$T/ctx/three.toml")"
+# One app file changed before each run (a new line: a new size and content).
+add one-file "echo \"# \$RANDOM\$RANDOM\" >> $(q "$T/ctx/app/module7.py")" \
+  "$(build "$T/o-3w" "$T/c-3w" "$T/ctx/three.toml")"
+
+say "priming the no-op and one-file rows' caches"
+bash -c "$(build "$T/o-noop" "$T/c-noop" "$T/ctx/one.toml")" || die "priming build failed"
+bash -c "$(build "$T/o-3w" "$T/c-3w" "$T/ctx/three.toml")" || die "priming build failed"
+sleep 1
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+say "input: $TAR_BYTES bytes of tar, $NFILES files; $RUNS runs per method (round-robin)"
+mkdir -p "$T/times"
+for ((r = 1; r <= RUNS; r++)); do
+  for i in "${!NAMES[@]}"; do
+    bash --norc -o pipefail -c "${PREPS[$i]}" >/dev/null || die "${NAMES[$i]}: prepare failed"
+    t0=$(date +%s.%N)
+    bash --norc -o pipefail -c "${CMDS[$i]}" || die "${NAMES[$i]} failed: ${CMDS[$i]}"
+    t1=$(date +%s.%N)
+    s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
+    echo "$s" >>"$T/times/${NAMES[$i]}.all"
+    say "round $r/$RUNS ${NAMES[$i]}: ${s}s"
+  done
+done
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+for n in "${NAMES[@]}"; do
+  sort -g "$T/times/$n.all" | awk '{ v[NR] = $1 } END {
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    print m, v[1], v[NR] }' >"$T/times/$n"
+done
+# The same image from the cold build, the no-op rebuild and --no-cache.
+same=$(for o in o-nc o-cold o-noop; do cat "$T/$o/index.json"; echo; done | sort -u | wc -l)
+[ "$same" = 1 ] && SAME=yes || SAME="NO ($same index files)"
+
+row() { # NAME LABEL PEER KIND(ratio|ms|-) LIMIT [MS_LIMIT]
+  local n=$1 label=$2 peer=$3 limit=$4 ms=${5:--}
+  read -r med min max <"$T/times/$n"
+  read -r pmed _ _ <"$T/times/$peer"
+  awk -v label="$label" -v med="$med" -v min="$min" -v max="$max" -v pmed="$pmed" -v limit="$limit" -v ms="$ms" \
+      -v self=$([ "$n" = "$peer" ] && echo 1 || echo 0) 'BEGIN {
+    ratio = med / pmed
+    target = "–"
+    if (limit != "-") target = sprintf("≤ %.2f×: %s", limit, ratio <= limit ? "**holds**" : "**missed**")
+    if (ms != "-") target = target sprintf("; < %d ms: %s", ms, med * 1000 < ms ? "**holds**" : "**missed**")
+    printf "| %s | %.3f (%.3f–%.3f) | %s | %s |\n", label, med, min, max, self ? "1 (reference)" : sprintf("%.3f×", ratio), target }'
+}
+TABLE=$(
+  echo "| build | seconds: median (min–max) | time vs reference | target |"
+  echo "|---|---|---|---|"
+  row no-cache "one layer, \`--no-cache\`" no-cache -
+  row cold "one layer, cold, empty cache (vs \`--no-cache\`)" no-cache 1.05
+  row no-op "one layer, rebuild with nothing changed (vs cold)" cold 0.05 100
+  row cold-three "three layers, cold, empty cache" cold-three -
+  row one-file "three layers, one app file changed (vs cold)" cold-three 0.20
+)
+CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+IN_MB=$(awk -v b="$TAR_BYTES" 'BEGIN { printf "%.1f", b / 1e6 }')
+REPORT=$(
+  echo "Run $(date -u +'%Y-%m-%d %H:%M UTC') on $(nproc) cores ($CPU), imgc commit \`$COMMIT\`, zstd."
+  echo
+  echo "$TABLE"
+  echo
+  echo "- Input: $TREE_DESC and an app folder of 20 small files, $NFILES files, a $IN_MB MB tar; the three-layer image splits it into python libs, docs and the app."
+  echo "- $RUNS runs per row, round-robin, wall time of the whole \`imgc build\` process; warm page cache."
+  echo "- Same index from \`--no-cache\`, the cold build and the no-op rebuild: $SAME."
+  echo "- Load average before/after: $LOAD_BEFORE / $LOAD_AFTER."
+)
+printf '%s\n' "$REPORT"
+if [ "$WRITE_BOOK" = 1 ]; then
+  printf '%s\n' "$REPORT" >"$T/report.md"
+  awk -v rep="$T/report.md" '
+    $0 == "<!-- bench-cache:begin -->" { print; print ""; while ((getline l < rep) > 0) print l; print ""; skip = 1; next }
+    $0 == "<!-- bench-cache:end -->" { skip = 0 }
+    !skip { print }' "$BOOK" >"$T/book.md"
+  cat "$T/book.md" >"$BOOK"
+  say "wrote the results into $BOOK"
+fi
