@@ -88,7 +88,9 @@ pub struct Fingerprints {
     path: PathBuf,
     /// Whether the table was there (the context was built before).
     existed: bool,
-    known: BTreeMap<String, Row>,
+    /// The table's rows, read on the first lookup (a rebuild that finds
+    /// every layer by its recipe key never reads them).
+    known: std::sync::OnceLock<BTreeMap<String, Row>>,
     /// Rows confirmed or recorded by this build.
     seen: Mutex<BTreeMap<String, Row>>,
 }
@@ -105,15 +107,22 @@ impl Fingerprints {
             .join("fingerprints")
             .join(format!("v{FINGERPRINT_FORMAT}"))
             .join(name);
-        let table = crate::fsx::read_bounded(&path, MAX_TABLE_BYTES, crate::fsx::Links::Refuse)
-            .ok()
-            .and_then(|bytes| parse(&bytes));
         Fingerprints {
+            existed: std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()),
             path,
-            existed: table.is_some(),
-            known: table.unwrap_or_default(),
+            known: std::sync::OnceLock::new(),
             seen: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The rows of the table, read once (none if it cannot be read).
+    fn known(&self) -> &BTreeMap<String, Row> {
+        self.known.get_or_init(|| {
+            crate::fsx::read_bounded(&self.path, MAX_TABLE_BYTES, crate::fsx::Links::Refuse)
+                .ok()
+                .and_then(|bytes| parse(&bytes))
+                .unwrap_or_default()
+        })
     }
 
     /// Whether there was no table (a first build of this context, or one
@@ -125,7 +134,7 @@ impl Fingerprints {
     /// The content digest of the file at `rel` if its fingerprint is
     /// `print`, as recorded.
     pub fn lookup(&self, rel: &str, print: &Print) -> Option<Digest> {
-        let row = self.known.get(rel).filter(|(p, _)| p == print)?;
+        let row = self.known().get(rel).filter(|(p, _)| p == print)?;
         self.lock().insert(rel.to_string(), *row);
         Digest::from_hex(&hex::encode(row.1)).ok()
     }
@@ -155,8 +164,9 @@ impl Fingerprints {
             return Ok(());
         }
         let mut rows: BTreeMap<&str, &Row> = seen.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        if self.known.len() + seen.len() <= MAX_ROWS {
-            for (k, v) in &self.known {
+        let known = self.known();
+        if known.len() + seen.len() <= MAX_ROWS {
+            for (k, v) in known {
                 rows.entry(k.as_str()).or_insert(v);
             }
         }
@@ -279,7 +289,7 @@ mod tests {
         t.save().unwrap();
         let t = Fingerprints::open(dir.path(), Path::new("/ctx"));
         assert!(!t.is_new());
-        assert_eq!(t.known.len(), 1, "the racy file is not kept");
+        assert_eq!(t.known().len(), 1, "the racy file is not kept");
         assert_eq!(
             t.lookup("a b/c.txt", &print(7, now - 10 * SEC)),
             Some(d.clone())

@@ -39,22 +39,37 @@ pub enum Links {
 
 /// What a file type is, in words, for errors.
 pub fn kind_name(ft: FileType) -> &'static str {
-    if ft.is_file() {
-        "a regular file"
+    let fmt = if ft.is_file() {
+        libc::S_IFREG
     } else if ft.is_dir() {
-        "a folder"
+        libc::S_IFDIR
     } else if ft.is_symlink() {
-        "a symbolic link"
+        libc::S_IFLNK
     } else if ft.is_fifo() {
-        "a named pipe (FIFO)"
+        libc::S_IFIFO
     } else if ft.is_socket() {
-        "a socket"
+        libc::S_IFSOCK
     } else if ft.is_char_device() {
-        "a character device"
+        libc::S_IFCHR
     } else if ft.is_block_device() {
-        "a block device"
+        libc::S_IFBLK
     } else {
-        "not a regular file"
+        0
+    };
+    mode_kind_name(fmt)
+}
+
+/// What the file type bits of a mode (`st_mode & S_IFMT`) are, in words.
+pub fn mode_kind_name(fmt: libc::mode_t) -> &'static str {
+    match fmt {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a folder",
+        libc::S_IFLNK => "a symbolic link",
+        libc::S_IFIFO => "a named pipe (FIFO)",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        _ => "not a regular file",
     }
 }
 
@@ -208,9 +223,9 @@ impl ContextDir {
     /// is the file planned: device and inode `planned`, when given.
     pub fn open_file(&self, rel: &Path, planned: Option<(u64, u64)>) -> io::Result<File> {
         check_relative(rel)?;
-        let file = match self.open_beneath(rel) {
+        let file = match self.open_beneath(rel, open_flags(Links::Refuse)) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
-                self.open_by_components(rel)
+                self.open_by_components(rel, open_flags(Links::Refuse))
             }
             other => other,
         }
@@ -233,9 +248,26 @@ impl ContextDir {
         Ok(file)
     }
 
-    /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`.
+    /// Opens the folder at `rel` beneath the context (`""` is the context
+    /// itself), following no symlink on the way.
+    pub fn open_dir(&self, rel: &Path) -> io::Result<OwnedFd> {
+        if rel.as_os_str().is_empty() {
+            return self.fd.try_clone();
+        }
+        check_relative(rel)?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        match self.open_beneath(rel, flags) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                self.open_by_components(rel, flags)
+            }
+            other => other,
+        }
+        .map(OwnedFd::from)
+    }
+
+    /// `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` with `flags`.
     #[cfg(target_os = "linux")]
-    fn open_beneath(&self, rel: &Path) -> io::Result<File> {
+    fn open_beneath(&self, rel: &Path, flags: libc::c_int) -> io::Result<File> {
         let c = c_path(rel)?;
         /// `struct open_how` of linux/openat2.h.
         #[repr(C)]
@@ -245,7 +277,7 @@ impl ContextDir {
             resolve: u64,
         }
         let how = OpenHow {
-            flags: open_flags(Links::Refuse) as u64,
+            flags: flags as u64,
             mode: 0,
             resolve: libc::RESOLVE_BENEATH
                 | libc::RESOLVE_NO_SYMLINKS
@@ -271,13 +303,13 @@ impl ContextDir {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn open_beneath(&self, _rel: &Path) -> io::Result<File> {
+    fn open_beneath(&self, _rel: &Path, _flags: libc::c_int) -> io::Result<File> {
         Err(io::Error::from_raw_os_error(libc::ENOSYS))
     }
 
     /// The portable fallback: one `openat` per component, each with
-    /// `O_NOFOLLOW` (folders with `O_DIRECTORY`).
-    pub fn open_by_components(&self, rel: &Path) -> io::Result<File> {
+    /// `O_NOFOLLOW` (folders with `O_DIRECTORY`); the last with `flags`.
+    pub fn open_by_components(&self, rel: &Path, flags_last: libc::c_int) -> io::Result<File> {
         check_relative(rel)?;
         let parts: Vec<_> = rel.components().collect();
         let mut dir: Option<OwnedFd> = None;
@@ -285,7 +317,7 @@ impl ContextDir {
             let c = c_path(Path::new(part.as_os_str()))?;
             let last = i + 1 == parts.len();
             let flags = if last {
-                open_flags(Links::Refuse)
+                flags_last
             } else {
                 libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
             };
@@ -304,6 +336,71 @@ impl ContextDir {
         }
         Err(io::Error::new(io::ErrorKind::InvalidInput, "empty path"))
     }
+}
+
+/// What `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)` says: `None` when
+/// nothing is there.
+pub fn stat_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<Option<libc::stat>> {
+    let c = c_path(Path::new(name))?;
+    // SAFETY: an all-zero `stat` is a valid value for the kernel to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid folder descriptor, NUL-terminated name, and a `stat`
+    // to write into.
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r == 0 {
+        return Ok(Some(st));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+/// The names in the open folder `dir` (without `.` and `..`), unsorted.
+pub fn read_names(dir: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStringExt;
+    let fd = dir.try_clone()?;
+    // SAFETY: `fdopendir` takes ownership of a valid, open folder fd (a
+    // duplicate, released from `OwnedFd` here and closed by `closedir`).
+    let stream = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(fd)) };
+    if stream.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // `fdopendir` shares the offset of `dir`: start from the beginning.
+    // SAFETY: `stream` is a valid open folder stream.
+    unsafe { libc::rewinddir(stream) };
+    let mut names = Vec::new();
+    let result = loop {
+        // SAFETY: `errno` is thread-local; cleared to tell end from error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `stream` is valid until `closedir` below.
+        let ent = unsafe { libc::readdir(stream) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            break if e.raw_os_error().unwrap_or(0) == 0 {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        // SAFETY: `d_name` is a NUL-terminated name inside the entry,
+        // valid until the next `readdir`.
+        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            names.push(std::ffi::OsString::from_vec(name.to_vec()));
+        }
+    };
+    // SAFETY: `stream` is valid and closed once.
+    unsafe { libc::closedir(stream) };
+    result.map(|()| names)
 }
 
 fn check_relative(rel: &Path) -> io::Result<()> {
@@ -369,7 +466,10 @@ mod tests {
             b"inside"
         );
         assert_eq!(
-            read(c.open_by_components(Path::new("sub/f")).unwrap()),
+            read(
+                c.open_by_components(Path::new("sub/f"), open_flags(Links::Refuse))
+                    .unwrap()
+            ),
             b"inside"
         );
         let md = std::fs::metadata(ctx.join("sub/f")).unwrap();
@@ -384,7 +484,9 @@ mod tests {
         std::fs::rename(ctx.join("sub"), ctx.join("sub.old")).unwrap();
         symlink(root.path().join("out"), ctx.join("sub")).unwrap();
         assert!(c.open_file(Path::new("sub/f"), None).is_err());
-        assert!(c.open_by_components(Path::new("sub/f")).is_err());
+        assert!(c
+            .open_by_components(Path::new("sub/f"), open_flags(Links::Refuse))
+            .is_err());
         let e = c.open_file(Path::new("pipe"), None).unwrap_err();
         assert!(e.to_string().contains("named pipe"), "{e}");
     }

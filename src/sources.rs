@@ -5,39 +5,62 @@
 //! Building later opens each file beneath the context with
 //! [`crate::fsx::ContextDir`] and checks it is the file planned.
 
+use crate::fsx::ContextDir;
 use crate::plan::sources::{Context, Kind, Stamp, Stat};
 use crate::plan::PlanError;
 use std::ffi::OsString;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// A build context folder on disk.
 #[derive(Debug)]
 pub struct DiskContext {
     root: PathBuf,
+    /// The root, held open: every look is beneath it.
+    dir: ContextDir,
     /// Folders never listed (canonical): the output layout.
     skip: Vec<PathBuf>,
+    /// The folder looked in last, held open: a walk stats the names of one
+    /// folder in a row, each with one `fstatat` (no path walk per name).
+    last: Mutex<Option<(PathBuf, OwnedFd)>>,
 }
 
 impl DiskContext {
     /// Opens the context folder (canonicalized); `skip` names folders never
     /// put in a layer even when a glob covers them.
     pub fn open(path: &Path, skip: &[PathBuf]) -> Result<Self, PlanError> {
-        let root = std::fs::canonicalize(path).map_err(|source| PlanError::Context {
+        let err = |source| PlanError::Context {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let root = std::fs::canonicalize(path).map_err(err)?;
         if !root.is_dir() {
-            return Err(PlanError::Context {
-                path: path.to_path_buf(),
-                source: io::Error::other("not a folder"),
-            });
+            return Err(err(io::Error::other("not a folder")));
         }
         Ok(DiskContext {
+            dir: ContextDir::open(&root).map_err(err)?,
             root,
             skip: skip.iter().map(|p| canonical_prefix(p)).collect(),
+            last: Mutex::new(None),
         })
+    }
+
+    /// Runs `f` on the open folder `rel`, opened beneath the root unless it
+    /// is the one held from the last call.
+    fn in_dir<T>(&self, rel: &Path, f: impl FnOnce(&OwnedFd) -> io::Result<T>) -> io::Result<T> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match last.as_ref() {
+            Some((p, fd)) if p == rel => f(fd),
+            _ => {
+                let fd = self.dir.open_dir(rel)?;
+                let out = f(&fd);
+                *last = Some((rel.to_path_buf(), fd));
+                out
+            }
+        }
     }
 }
 
@@ -47,47 +70,47 @@ impl Context for DiskContext {
     }
 
     fn stat(&self, rel: &Path) -> io::Result<Option<Stat>> {
-        let md = match std::fs::symlink_metadata(self.root.join(rel)) {
-            Ok(md) => md,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        let (parent, name) = match (rel.parent(), rel.file_name()) {
+            (Some(p), Some(n)) => (p, n),
+            _ => (Path::new(""), std::ffi::OsStr::new(".")),
+        };
+        let st = match self.in_dir(parent, |fd| crate::fsx::stat_at(fd, name)) {
+            Ok(Some(st)) => st,
+            Ok(None) => return Ok(None),
+            // A parent that is gone, or is not a folder: nothing there.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(None)
+            }
             Err(e) => return Err(e),
         };
-        let ft = md.file_type();
-        let kind = if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            Kind::Other(crate::fsx::kind_name(ft))
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFREG => Kind::File,
+            other => Kind::Other(crate::fsx::mode_kind_name(other)),
         };
         Ok(Some(Stat {
             kind,
-            size: md.len(),
-            executable: md.permissions().mode() & 0o111 != 0,
-            id: (md.dev(), md.ino()),
-            stamp: Stamp::of(&md),
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            executable: st.st_mode & 0o111 != 0,
+            id: (st.st_dev, st.st_ino),
+            stamp: Stamp::of_stat(&st),
         }))
     }
 
     fn list(&self, rel: &Path) -> io::Result<Vec<OsString>> {
         let dir = self.root.join(rel);
-        let mut names = Vec::new();
-        // One level, sorted by name (bytewise), never following a symlink.
-        let walk = walkdir::WalkDir::new(&dir)
-            .min_depth(1)
-            .max_depth(1)
-            .follow_links(false)
-            .sort_by_file_name();
-        for item in walk {
-            let item = item.map_err(|e| {
-                e.into_io_error()
-                    .unwrap_or_else(|| io::Error::other("a filesystem loop"))
-            })?;
-            if !is_skipped(item.path(), &self.skip) {
-                names.push(item.file_name().to_os_string());
-            }
+        let mut names = self.in_dir(rel, crate::fsx::read_names)?;
+        // Bytewise order, and never the build's own output.
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        // Only a folder holding a skipped one (or lying in one) can hide a
+        // name: the others are not checked name by name.
+        let near = self
+            .skip
+            .iter()
+            .any(|s| s.parent() == Some(dir.as_path()) || dir.starts_with(s));
+        if near {
+            names.retain(|n| !is_skipped(&dir.join(n), &self.skip));
         }
         Ok(names)
     }
@@ -144,6 +167,16 @@ fn canonical_prefix(path: &Path) -> PathBuf {
 }
 
 impl Stamp {
+    /// The stamp of what `fstatat` returned.
+    pub fn of_stat(st: &libc::stat) -> Stamp {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Stamp {
+            mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
+            ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
+            mode: st.st_mode,
+        }
+    }
+
     /// The stamp of `md` (on the disk side: the planner never sees a
     /// filesystem).
     pub fn of(md: &std::fs::Metadata) -> Stamp {

@@ -1231,54 +1231,88 @@ pub const MAX_LAYERS: usize = 127;
 
 pub use oci::valid_tag;
 
+/// One entry as the layer key sees it. Fields are in sorted order, so the
+/// JSON serde writes is canonical (sorted keys, no spaces) without going
+/// through a `serde_json::Value`.
 #[derive(Serialize)]
 struct KeyEntry<'a> {
-    path: &'a str,
+    gid: u32,
     kind: &'static str,
     mode: u32,
-    uid: u32,
-    gid: u32,
+    path: &'a str,
     size: u64,
     source: String,
+    uid: u32,
 }
 
+/// The layer key's document, fields in sorted order (see [`KeyEntry`]).
+#[derive(Serialize)]
+struct KeyDoc<'a, I: Serialize> {
+    codec: &'a str,
+    entries: I,
+    epoch: u64,
+    name: &'a str,
+}
+
+/// Streams entries into the key document without collecting them.
+struct KeyEntries<'a>(&'a [Entry]);
+
+impl Serialize for KeyEntries<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(key_entry))
+    }
+}
+
+fn key_entry(e: &Entry) -> KeyEntry<'_> {
+    let (kind, size, source) = match &e.kind {
+        EntryKind::Dir => ("dir", 0, String::new()),
+        EntryKind::Symlink { target } => ("symlink", 0, target.clone()),
+        EntryKind::File { source, size } => (
+            "file",
+            *size,
+            match source {
+                FileSource::Context { rel, .. } => format!("context:{rel}"),
+                FileSource::Inline(b) => format!("inline:{}", hex::encode(Sha256::digest(b))),
+            },
+        ),
+    };
+    KeyEntry {
+        gid: e.gid,
+        kind,
+        mode: e.mode,
+        path: &e.path,
+        size,
+        source,
+        uid: e.uid,
+    }
+}
+
+/// Writes into a hasher.
+struct HashWrite<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The sha256 of the layer's canonical JSON description: name, epoch,
+/// codec and every entry (see "Layer identity" in the book).
 fn layer_key(name: &str, entries: &[Entry], epoch: u64, codec: Codec) -> String {
-    let items: Vec<KeyEntry> = entries
-        .iter()
-        .map(|e| {
-            let (kind, size, source) = match &e.kind {
-                EntryKind::Dir => ("dir", 0, String::new()),
-                EntryKind::Symlink { target } => ("symlink", 0, target.clone()),
-                EntryKind::File { source, size } => (
-                    "file",
-                    *size,
-                    match source {
-                        FileSource::Context { rel, .. } => format!("context:{rel}"),
-                        FileSource::Inline(b) => {
-                            format!("inline:{}", hex::encode(Sha256::digest(b)))
-                        }
-                    },
-                ),
-            };
-            KeyEntry {
-                path: &e.path,
-                kind,
-                mode: e.mode,
-                uid: e.uid,
-                gid: e.gid,
-                size,
-                source,
-            }
-        })
-        .collect();
-    let doc = serde_json::json!({
-        "name": name,
-        "epoch": epoch,
-        "codec": codec.format_id(),
-        "entries": items,
-    });
-    let bytes = oci::to_canonical_json(&doc).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
+    let doc = KeyDoc {
+        codec: codec.format_id(),
+        entries: KeyEntries(entries),
+        epoch,
+        name,
+    };
+    let mut h = Sha256::new();
+    // Writing into a hasher cannot fail, nor can serializing these types.
+    let _ = serde_json::to_writer(HashWrite(&mut h), &doc);
+    hex::encode(h.finalize())
 }
 
 #[cfg(test)]
