@@ -202,6 +202,77 @@ pub fn remember(prints: &Fingerprints, read: &FileRead) {
     }
 }
 
+/// What the cache's own files (entries and fingerprint tables) hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexUsage {
+    /// Files.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// The folders of the cache's own files in a store folder.
+const INDEX_DIRS: [&str; 2] = ["layers", "fingerprints"];
+
+/// The regular files below the cache's folders of the store at `root`
+/// (walked without following a symlink), with their sizes.
+fn index_files(root: &Path) -> Vec<(PathBuf, u64)> {
+    INDEX_DIRS
+        .iter()
+        .flat_map(|d| walkdir::WalkDir::new(root.join(d)).follow_links(false))
+        .flatten()
+        .filter_map(|e| {
+            let md = e.metadata().ok().filter(|m| m.is_file())?;
+            Some((e.into_path(), md.len()))
+        })
+        .collect()
+}
+
+/// How much the cache's entries and fingerprint tables in the store at
+/// `root` hold.
+pub fn index_usage(root: &Path) -> IndexUsage {
+    let files = index_files(root);
+    IndexUsage {
+        files: files.len(),
+        bytes: files.iter().map(|f| f.1).sum(),
+    }
+}
+
+/// Removes what of the cache's own files is of no use any more: with
+/// `all`, every entry and fingerprint table; otherwise the folders of
+/// other format versions and the entries whose blob is gone (after a
+/// prune). Returns what was removed. The caller holds the store's
+/// exclusive lock.
+pub fn prune_index(root: &Path, all: bool) -> IndexUsage {
+    let current = [
+        root.join("layers").join(format!("v{CACHE_FORMAT}")),
+        root.join("fingerprints")
+            .join(format!("v{}", crate::fingerprint::FINGERPRINT_FORMAT)),
+    ];
+    let mut removed = IndexUsage::default();
+    for (path, size) in index_files(root) {
+        let kept = !all
+            && current.iter().any(|c| path.starts_with(c))
+            && (!path.starts_with(&current[0]) || entry_blob_held(root, &path));
+        if !kept && fs::remove_file(&path).is_ok() {
+            removed.files += 1;
+            removed.bytes += size;
+        }
+    }
+    removed
+}
+
+/// Whether the entry file at `path` names a blob the store holds.
+fn entry_blob_held(root: &Path, path: &Path) -> bool {
+    crate::fsx::read_bounded(path, 64 * 1024, crate::fsx::Links::Refuse)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<CacheEntry>(&b).ok())
+        .is_some_and(|e| {
+            fs::symlink_metadata(crate::oci::blob_path(root, &e.digest))
+                .is_ok_and(|m| m.is_file() && m.len() == e.size)
+        })
+}
+
 /// A number no other call in this process gets (temporary names).
 fn unique() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

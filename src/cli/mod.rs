@@ -40,7 +40,7 @@ enum Command {
     Index(registry::IndexArgs),
     /// Show an image or index, from a registry or a layout.
     Inspect(inspect::InspectArgs),
-    /// Show or shrink the local store of pulled blobs (du, prune, clean).
+    /// Show or shrink the local store: pulled blobs, the layer cache (du, prune, clean).
     Cache(registry::CacheArgs),
     /// Print a JSON Schema: of image.toml (default), or of `inspect --format json`.
     Schema {

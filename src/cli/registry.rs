@@ -473,15 +473,17 @@ pub struct CacheArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum CacheCommand {
-    /// Show where the store of pulled blobs is and how much it holds.
+    /// Show where the local store is and how much it holds (blobs, and the
+    /// layer cache's entries and fingerprint tables).
     Du,
-    /// Remove the blobs no build has used for a number of days.
+    /// Remove the blobs no build has used for a number of days (and layer
+    /// cache entries left without a blob).
     Prune {
         /// Remove blobs unused for at least this many days.
         #[arg(long, value_name = "DAYS", default_value_t = 30)]
         older_than: u64,
     },
-    /// Remove every blob of the store.
+    /// Remove every blob, layer cache entry and fingerprint table.
     Clean,
 }
 
@@ -497,23 +499,34 @@ pub fn cmd_cache(args: CacheArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let days = |d: u64| std::time::Duration::from_secs(d.saturating_mul(86_400));
-    let (removed, verb) = match args.command {
+    let (removed, index, verb) = match args.command {
         CacheCommand::Du => {
             let store = imgc::registry::store::Store::open(&root)?;
             let u = store.usage();
             let _ = writeln!(out, "store: {}", root.display());
             let _ = writeln!(out, "blobs: {}", u.blobs);
             let _ = writeln!(out, "size:  {} ({} bytes)", super::human(u.bytes), u.bytes);
+            let i = imgc::cache::index_usage(&root);
+            let _ = writeln!(
+                out,
+                "index: {} file(s), {} (layer cache entries and fingerprints)",
+                i.files,
+                super::human(i.bytes)
+            );
             return Ok(());
         }
-        CacheCommand::Prune { older_than } => (
-            imgc::registry::store::Store::open_exclusive(&root)?.prune(days(older_than)),
-            format!("unused for {older_than} day(s)"),
-        ),
-        CacheCommand::Clean => (
-            imgc::registry::store::Store::open_exclusive(&root)?.prune(days(0)),
-            "(all)".to_string(),
-        ),
+        CacheCommand::Prune { older_than } => {
+            let store = imgc::registry::store::Store::open_exclusive(&root)?;
+            let removed = store.prune(days(older_than));
+            let index = imgc::cache::prune_index(&root, false);
+            (removed, index, format!("unused for {older_than} day(s)"))
+        }
+        CacheCommand::Clean => {
+            let store = imgc::registry::store::Store::open_exclusive(&root)?;
+            let removed = store.prune(days(0));
+            let index = imgc::cache::prune_index(&root, true);
+            (removed, index, "(all)".to_string())
+        }
     };
     let _ = writeln!(
         out,
@@ -522,5 +535,13 @@ pub fn cmd_cache(args: CacheArgs) -> Result<(), Failure> {
         super::human(removed.bytes),
         root.display()
     );
+    if index.files > 0 {
+        let _ = writeln!(
+            out,
+            "removed {} layer cache entr(ies) and fingerprint table(s) of no further use, {}",
+            index.files,
+            super::human(index.bytes)
+        );
+    }
     Ok(())
 }

@@ -245,3 +245,43 @@ fn a_misfiled_entry_or_one_of_another_format_is_never_used() {
     assert_eq!(again, cold);
     assert_eq!(layers, pairs(&[("a", false), ("b", false)]));
 }
+
+/// `cache du` counts the layer cache's entries and fingerprint tables;
+/// `prune` drops those of other format versions and entries whose blob is
+/// gone; `clean` drops them all.
+#[test]
+fn cache_commands_account_for_entries_and_fingerprints() {
+    let env = Env::new();
+    let spec = two_layers(&env, "gzip");
+    build_noting_cache(&env, &spec, "out", &[]);
+    let index_files = |du: &str| -> usize {
+        du.lines()
+            .find_map(|l| l.strip_prefix("index: "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{du}"))
+    };
+    let du = run(env.imgc().args(["cache", "du"]));
+    let before = index_files(&du);
+    // Two entries (one per layer) and the context's fingerprint table.
+    assert!(before >= 3, "{du}");
+    let store = env.cache().join("store");
+    fs::create_dir_all(store.join("layers/v1")).unwrap();
+    fs::write(store.join("layers/v1/old.json"), "{}").unwrap();
+    // An entry whose blob is gone.
+    let (path, entry) = entries(&env).remove(0);
+    fs::remove_file(blob_path(&store, entry["digest"].as_str().unwrap())).unwrap();
+    let pruned = run(env.imgc().args(["cache", "prune"]));
+    assert!(pruned.contains("removed 2 layer cache entr"), "{pruned}");
+    assert!(!store.join("layers/v1/old.json").exists() && !path.exists());
+    assert_eq!(
+        index_files(&run(env.imgc().args(["cache", "du"]))),
+        before - 1
+    );
+    let cleaned = run(env.imgc().args(["cache", "clean"]));
+    assert!(cleaned.contains("fingerprint"), "{cleaned}");
+    assert_eq!(index_files(&run(env.imgc().args(["cache", "du"]))), 0);
+    // And the next build starts cold, and caches again.
+    let (_, layers, _) = build_noting_cache(&env, &spec, "again", &[]);
+    assert_eq!(layers, pairs(&[("a", false), ("b", false)]));
+}
