@@ -256,6 +256,10 @@ fn build_layers(
             platforms: &node.platforms,
             content_bytes: node.content_bytes(),
         });
+        // Another spec built by this process may be making the same layer.
+        let _claim = cache
+            .as_ref()
+            .map(|c| c.cache.claim(&crate::cache::recipe_key(node)));
         let from_cache = match &cache {
             Some(c) => cached_layer(node, &settings, c, writer, reporter)?,
             None => None,

@@ -30,10 +30,12 @@ use crate::registry::store::Store;
 use crate::registry::RegistryError;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// The version of the cache's entries and keys; a change makes a new
@@ -273,16 +275,30 @@ fn entry_blob_held(root: &Path, path: &Path) -> bool {
         })
 }
 
-/// A number no other call in this process gets (temporary names).
-fn unique() -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
 /// The layer cache, in the local store.
 #[derive(Debug)]
 pub struct LayerCache {
     store: Store,
+    /// Keys of layers being looked up or built by a thread of this
+    /// process: another thread with the same layer waits, then finds it.
+    claims: Mutex<BTreeSet<String>>,
+    freed: Condvar,
+}
+
+/// A layer claimed by one thread (see [`LayerCache::claim`]); released
+/// when dropped.
+#[derive(Debug)]
+pub struct Claim<'a> {
+    cache: &'a LayerCache,
+    key: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut claims = self.cache.claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.remove(&self.key);
+        self.cache.freed.notify_all();
+    }
 }
 
 impl LayerCache {
@@ -290,7 +306,25 @@ impl LayerCache {
     pub fn open(dir: &Path) -> Result<LayerCache, RegistryError> {
         Ok(LayerCache {
             store: Store::open(dir)?,
+            claims: Mutex::new(BTreeSet::new()),
+            freed: Condvar::new(),
         })
+    }
+
+    /// Claims the layer `key` (its recipe key) for this thread while it is
+    /// looked up and, on a miss, built and put: a thread building the same
+    /// layer of another spec waits here, then finds it in the cache. A
+    /// thread holds one claim at a time, so claims cannot deadlock.
+    pub fn claim(&self, key: &str) -> Claim<'_> {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        while claims.contains(key) {
+            claims = self.freed.wait(claims).unwrap_or_else(|e| e.into_inner());
+        }
+        claims.insert(key.to_string());
+        Claim {
+            cache: self,
+            key: key.to_string(),
+        }
     }
 
     /// The folder blobs are copied from (an OCI layout's root).
@@ -402,7 +436,11 @@ impl LayerCache {
         let path = self.entry_path(key);
         let dir = path.parent().unwrap_or(self.store.root());
         fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{key}.{}.{}.new", std::process::id(), unique()));
+        let tmp = dir.join(format!(
+            ".{key}.{}.{}.new",
+            std::process::id(),
+            crate::fsx::unique()
+        ));
         let bytes = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
         // Never written through whatever stands at the name: a leftover of
         // a killed process is removed, and the file is made anew.

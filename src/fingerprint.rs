@@ -172,7 +172,11 @@ impl Fingerprints {
         }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{}.new", std::process::id()));
+        let tmp = dir.join(format!(
+            ".{}.{}.new",
+            std::process::id(),
+            crate::fsx::unique()
+        ));
         let _ = fs::remove_file(&tmp);
         let file = fs::OpenOptions::new()
             .write(true)

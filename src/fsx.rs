@@ -37,6 +37,13 @@ pub enum Links {
     Refuse,
 }
 
+/// A number no other call in this process gets (for temporary names that
+/// threads of one process must not share).
+pub fn unique() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// What a file type is, in words, for errors.
 pub fn kind_name(ft: FileType) -> &'static str {
     let fmt = if ft.is_file() {

@@ -5,6 +5,7 @@
 
 mod env;
 mod inspect;
+mod many;
 mod matrix;
 mod registry;
 mod render;
@@ -497,9 +498,9 @@ pub(crate) fn human(n: u64) -> String {
 
 fn cmd_build(args: BuildArgs) -> Result<(), Failure> {
     if !args.more.is_empty() {
-        return build_many(args);
+        return many::build_many(args);
     }
-    let shown = build_one(&args)?;
+    let shown = build_one(&args, None)?;
     let text = match shown {
         Shown::Digest(d) => d,
         Shown::Summary(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
@@ -535,94 +536,21 @@ enum Shown {
     Summary(serde_json::Value),
 }
 
-/// `imgc build SPEC MORE_SPECS…`: every spec in turn, each into its
-/// default output; a failure is shown, named by its spec file, and the
-/// others still build (unless `--fail-fast`). Exit 1 if any failed.
-fn build_many(args: BuildArgs) -> Result<(), Failure> {
-    if args.common.output.is_some() || args.digest_file.is_some() || args.metadata_file.is_some() {
-        return Err(Failure::Usage(
-            "--output, --digest-file and --metadata-file name one image: with several specs, each is written to ./imgc-out/<name>".into(),
-        ));
-    }
-    let specs: Vec<PathBuf> = std::iter::once(args.common.spec.clone())
-        .chain(args.more.iter().cloned())
-        .collect();
-    let mut results: Vec<(String, Option<Shown>)> = Vec::new();
-    for spec in &specs {
-        let mut one = args.clone();
-        one.common.spec = spec.clone();
-        one.more.clear();
-        if !args.quiet {
-            eprintln!("==> {}", spec.display());
-        }
-        match build_one(&one) {
-            Ok(shown) => results.push((spec.display().to_string(), Some(shown))),
-            Err(failure) => {
-                eprint!("{}: failed\n{}", spec.display(), render::render(&failure));
-                results.push((spec.display().to_string(), None));
-                if args.fail_fast {
-                    break;
-                }
-            }
-        }
-    }
-    print_many(&results, args.format);
-    let failed: Vec<&str> = results
-        .iter()
-        .filter(|(_, r)| r.is_none())
-        .map(|(s, _)| s.as_str())
-        .collect();
-    let skipped = specs.len() - results.len();
-    if failed.is_empty() {
-        return Ok(());
-    }
-    let skipped = if skipped > 0 {
-        format!(" ({skipped} not built: --fail-fast)")
-    } else {
-        String::new()
+/// What a build of several specs shares: the layer cache, a reporter per
+/// spec, and the compression threads each spec gets.
+struct Sharing<'a> {
+    cache: Option<&'a imgc::cache::LayerCache>,
+    reporter: &'a dyn imgc::progress::Reporter,
+    threads: usize,
+}
+
+/// Builds one spec (and pushes it when asked), alone or as one of several
+/// (`sharing`); returns what stdout gets.
+fn build_one(args: &BuildArgs, sharing: Option<&Sharing>) -> Result<Shown, Failure> {
+    let threads = match sharing {
+        Some(s) => s.threads,
+        None => threads(args.jobs)?,
     };
-    Err(Failure::Cli(
-        format!(
-            "{} of {} specs failed: {}{skipped}",
-            failed.len(),
-            specs.len(),
-            failed.join(", ")
-        ),
-        None,
-    ))
-}
-
-/// Stdout of a many-spec build: `DIGEST SPEC` per spec built, or one JSON
-/// array of `{"spec", "ok", "summary"}`.
-fn print_many(results: &[(String, Option<Shown>)], format: Format) {
-    let mut out = std::io::stdout().lock();
-    if format == Format::Json {
-        let docs: Vec<serde_json::Value> = results
-            .iter()
-            .map(|(spec, r)| match r {
-                Some(Shown::Summary(v)) => {
-                    serde_json::json!({ "spec": spec, "ok": true, "summary": v })
-                }
-                _ => serde_json::json!({ "spec": spec, "ok": false }),
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&docs).unwrap_or_default()
-        );
-        return;
-    }
-    for (spec, r) in results {
-        if let Some(Shown::Digest(d)) = r {
-            let _ = writeln!(out, "{d} {spec}");
-        }
-    }
-}
-
-/// Builds one spec (and pushes it when asked); returns what stdout gets.
-fn build_one(args: &BuildArgs) -> Result<Shown, Failure> {
-    let threads = threads(args.jobs)?;
     let file = SpecFile::load(&args.common.spec)?;
     let output = args
         .common
@@ -642,13 +570,17 @@ fn build_one(args: &BuildArgs) -> Result<Shown, Failure> {
     let (resolver, _) = registry::bases(&args.common.spec, client.clone(), mode)?;
     let plan = make_plan(&file, &args.common, Some(resolver), &args.tags)?;
     let target = push_target(args, &plan, &file)?;
-    let reporter = report::StderrReporter::new(args.quiet);
-    let cache = layer_cache(args.no_cache, &reporter);
+    let own = report::StderrReporter::new(args.quiet);
+    let reporter: &dyn imgc::progress::Reporter = sharing.map_or(&own, |s| s.reporter);
+    let own_cache = match sharing {
+        Some(_) => None,
+        None => layer_cache(args.no_cache, reporter),
+    };
     let opts = imgc::BuildOptions {
         threads,
-        cache: cache.as_ref(),
+        cache: sharing.map_or(own_cache.as_ref(), |s| s.cache),
     };
-    let out = imgc::build(&plan, &output, &opts, &reporter)?;
+    let out = imgc::build(&plan, &output, &opts, reporter)?;
     let mut pushed = Vec::new();
     if let Some(target) = &target {
         let opts = imgc::registry::push::PushOptions {

@@ -285,3 +285,90 @@ fn cache_commands_account_for_entries_and_fingerprints() {
     let (_, layers, _) = build_noting_cache(&env, &spec, "again", &[]);
     assert_eq!(layers, pairs(&[("a", false), ("b", false)]));
 }
+
+/// Four specs of one context share a layer: built in one run by two
+/// workers, the shared layer is built once and taken from the cache by the
+/// three others, and each image is the one a lone build makes.
+#[test]
+fn specs_built_together_build_a_shared_layer_once() {
+    let env = Env::new();
+    let ctx = env.path("mono");
+    fs::create_dir_all(ctx.join("common")).unwrap();
+    fs::write(ctx.join("common/big.bin"), noise(7, 2_000_000)).unwrap();
+    let mut specs = Vec::new();
+    for app in ["a", "b", "c", "d"] {
+        fs::create_dir_all(ctx.join(app)).unwrap();
+        fs::write(ctx.join(app).join("own.txt"), format!("{app}\n")).unwrap();
+        fs::write(
+            ctx.join(app).join("image.toml"),
+            format!(
+                r#"[image]
+name = "example.com/{app}"
+platforms = ["linux/amd64"]
+
+[[layers]]
+name = "common"
+files = [{{ src = "common/**", dst = "/opt/" }}]
+
+[[layers]]
+name = "own"
+files = [{{ src = "{app}/own.txt", dst = "/own.txt" }}]
+"#
+            ),
+        )
+        .unwrap();
+        specs.push(format!("{app}/image.toml"));
+    }
+    settle();
+    let o = output(
+        env.imgc()
+            .current_dir(&ctx)
+            .args(["build", "--context", ".", "-j", "2"])
+            .args(&specs),
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    let counts: Vec<(usize, usize)> = err
+        .lines()
+        .filter(|l| l.contains("/image.toml: sha256:"))
+        .map(|l| {
+            let n = |word: &str| -> usize {
+                let before = l.split(word).next().unwrap();
+                before
+                    .split(['(', ','])
+                    .next_back()
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            };
+            (n(" layer(s) built"), n(" from the cache"))
+        })
+        .collect();
+    assert_eq!(counts.len(), 4, "one line per spec: {err}");
+    let built: usize = counts.iter().map(|c| c.0).sum();
+    let cached: usize = counts.iter().map(|c| c.1).sum();
+    assert_eq!((built, cached), (5, 3), "{err}");
+    let digests = stdout(&o);
+    assert_eq!(digests.lines().count(), 4, "{digests}");
+    let alone = run(env
+        .imgc()
+        .current_dir(&ctx)
+        .args([
+            "build",
+            "--context",
+            ".",
+            "--no-cache",
+            "-q",
+            "c/image.toml",
+        ])
+        .arg("--output")
+        .arg(oci_arg(&env.path("alone"))));
+    assert!(
+        digests.contains(&format!("{} c/image.toml", alone.trim())),
+        "{digests}"
+    );
+    for app in ["a", "b", "c", "d"] {
+        assert_layout_valid(&ctx.join("imgc-out").join(app));
+    }
+}
