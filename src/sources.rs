@@ -8,12 +8,25 @@
 use crate::fsx::ContextDir;
 use crate::plan::sources::{Context, Kind, Stamp, Stat};
 use crate::plan::PlanError;
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// What the specs of one run saw of their contexts: each path looked at
+/// once, for all of them. Specs that share a context (a monorepo's specs
+/// with one `--context`) then plan from memory after the first, and all
+/// see the same snapshot.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    stats: Mutex<BTreeMap<PathBuf, Option<Stat>>>,
+    /// Folders' names, sorted, before the output is hidden (that depends
+    /// on the spec).
+    lists: Mutex<BTreeMap<PathBuf, Vec<OsString>>>,
+}
 
 /// A build context folder on disk.
 #[derive(Debug)]
@@ -26,6 +39,8 @@ pub struct DiskContext {
     /// The folder looked in last, held open: a walk stats the names of one
     /// folder in a row, each with one `fstatat` (no path walk per name).
     last: Mutex<Option<(PathBuf, OwnedFd)>>,
+    /// The run's snapshot, when specs share one.
+    snapshot: Option<Arc<Snapshot>>,
 }
 
 impl DiskContext {
@@ -45,6 +60,20 @@ impl DiskContext {
             root,
             skip: skip.iter().map(|p| canonical_prefix(p)).collect(),
             last: Mutex::new(None),
+            snapshot: None,
+        })
+    }
+
+    /// The same, looking at each path once for all the contexts opened
+    /// with `snapshot`.
+    pub fn open_in(
+        path: &Path,
+        skip: &[PathBuf],
+        snapshot: Arc<Snapshot>,
+    ) -> Result<Self, PlanError> {
+        Ok(DiskContext {
+            snapshot: Some(snapshot),
+            ..DiskContext::open(path, skip)?
         })
     }
 
@@ -62,14 +91,9 @@ impl DiskContext {
             }
         }
     }
-}
 
-impl Context for DiskContext {
-    fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn stat(&self, rel: &Path) -> io::Result<Option<Stat>> {
+    /// What is at `rel`, looked at on disk.
+    fn look(&self, rel: &Path) -> io::Result<Option<Stat>> {
         let (parent, name) = match (rel.parent(), rel.file_name()) {
             (Some(p), Some(n)) => (p, n),
             _ => (Path::new(""), std::ffi::OsStr::new(".")),
@@ -97,12 +121,43 @@ impl Context for DiskContext {
             stamp: Stamp::of_stat(&st),
         }))
     }
+}
+
+impl Context for DiskContext {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn stat(&self, rel: &Path) -> io::Result<Option<Stat>> {
+        let Some(snap) = &self.snapshot else {
+            return self.look(rel);
+        };
+        let key = self.root.join(rel);
+        if let Some(st) = lock(&snap.stats).get(&key) {
+            return Ok(*st);
+        }
+        let st = self.look(rel)?;
+        lock(&snap.stats).insert(key, st);
+        Ok(st)
+    }
 
     fn list(&self, rel: &Path) -> io::Result<Vec<OsString>> {
         let dir = self.root.join(rel);
-        let mut names = self.in_dir(rel, crate::fsx::read_names)?;
-        // Bytewise order, and never the build's own output.
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let snapshot = self.snapshot.as_ref();
+        let known = snapshot.and_then(|snap| lock(&snap.lists).get(&dir).cloned());
+        let mut names = match known {
+            Some(names) => names,
+            None => {
+                let mut names = self.in_dir(rel, crate::fsx::read_names)?;
+                // Bytewise order.
+                names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                if let Some(snap) = snapshot {
+                    lock(&snap.lists).insert(dir.clone(), names.clone());
+                }
+                names
+            }
+        };
+        // Never the build's own output.
         // Only a folder holding a skipped one (or lying in one) can hide a
         // name: the others are not checked name by name.
         let near = self
@@ -118,6 +173,11 @@ impl Context for DiskContext {
     fn read_link(&self, rel: &Path) -> io::Result<PathBuf> {
         std::fs::read_link(self.root.join(rel))
     }
+}
+
+/// Locks a snapshot's map (a poisoned lock still holds what was seen).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `path` is a skipped folder, is below one, or is a staging or
@@ -187,5 +247,39 @@ impl Stamp {
             ctime_ns: ns(md.ctime(), md.ctime_nsec()),
             mode: md.mode(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_of_one_snapshot_look_once_and_hide_each_their_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::write(root.join("a.txt"), "a").unwrap();
+        std::fs::create_dir(root.join("out1")).unwrap();
+        std::fs::create_dir(root.join("out2")).unwrap();
+        let snap = Arc::new(Snapshot::default());
+        let one = DiskContext::open_in(&root, &[root.join("out1")], snap.clone()).unwrap();
+        let two = DiskContext::open_in(&root, &[root.join("out2")], snap).unwrap();
+        let alone = DiskContext::open(&root, &[]).unwrap();
+        let names = |c: &DiskContext| -> Vec<String> {
+            c.list(Path::new(""))
+                .unwrap()
+                .iter()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(names(&one), ["a.txt", "out2"]);
+        assert!(one.stat(Path::new("a.txt")).unwrap().is_some());
+        // Gone from the disk: the snapshot still has it, for every context
+        // of the run, each hiding its own output.
+        std::fs::remove_file(root.join("a.txt")).unwrap();
+        assert!(two.stat(Path::new("a.txt")).unwrap().is_some());
+        assert_eq!(names(&two), ["a.txt", "out1"]);
+        assert!(alone.stat(Path::new("a.txt")).unwrap().is_none());
+        assert_eq!(names(&alone), ["out1", "out2"]);
     }
 }

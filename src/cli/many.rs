@@ -1,7 +1,8 @@
 //! `imgc build SPEC MORE_SPECS…`: several specs in one run, built in
 //! parallel by a few workers that share the layer cache (a layer the specs
-//! have in common is built once) and one display: a line per spec when it
-//! is done, and on a terminal one bar counting the specs.
+//! have in common is built once), one snapshot of their contexts (each path
+//! looked at once, however many specs plan it) and one display: a line per
+//! spec when it is done, and on a terminal one bar counting the specs.
 
 use super::render;
 use super::{BuildArgs, Failure, Format, Sharing, Shown};
@@ -78,6 +79,7 @@ struct Run<'a> {
     stop: AtomicBool,
     results: Mutex<Vec<Option<Result<Shown, ()>>>>,
     cache: Option<imgc::cache::LayerCache>,
+    snapshot: std::sync::Arc<imgc::sources::Snapshot>,
     display: Display,
     threads: usize,
 }
@@ -118,6 +120,7 @@ impl Run<'_> {
         };
         let sharing = Sharing {
             cache: self.cache.as_ref(),
+            snapshot: &self.snapshot,
             reporter: &reporter,
             threads: self.threads,
         };
@@ -187,6 +190,7 @@ pub(super) fn build_many(args: BuildArgs) -> Result<(), Failure> {
         stop: AtomicBool::new(false),
         results: Mutex::new((0..specs.len()).map(|_| None).collect()),
         cache,
+        snapshot: Default::default(),
         display,
         threads: (threads / workers).max(1),
     };

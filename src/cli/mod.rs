@@ -413,11 +413,14 @@ fn make_plan(
     common: &CommonArgs,
     remote: Option<std::sync::Arc<dyn imgc::base::RemoteBases>>,
     tags: &[String],
+    snapshot: Option<&std::sync::Arc<imgc::sources::Snapshot>>,
 ) -> Result<Plan, Failure> {
-    let context = imgc::sources::DiskContext::open(
-        common.context.as_deref().unwrap_or(&spec_dir(file)),
-        &skip_list(common.output.as_deref()),
-    )?;
+    let root = common.context.clone().unwrap_or_else(|| spec_dir(file));
+    let skip = skip_list(common.output.as_deref());
+    let context = match snapshot {
+        Some(snap) => imgc::sources::DiskContext::open_in(&root, &skip, snap.clone())?,
+        None => imgc::sources::DiskContext::open(&root, &skip)?,
+    };
     let bases = imgc::base::LayoutBases {
         spec_dir: spec_dir(file),
         remote,
@@ -540,6 +543,8 @@ enum Shown {
 /// spec, and the compression threads each spec gets.
 struct Sharing<'a> {
     cache: Option<&'a imgc::cache::LayerCache>,
+    /// What the run's specs saw of their contexts (each path looked at once).
+    snapshot: &'a std::sync::Arc<imgc::sources::Snapshot>,
     reporter: &'a dyn imgc::progress::Reporter,
     threads: usize,
 }
@@ -568,7 +573,13 @@ fn build_one(args: &BuildArgs, sharing: Option<&Sharing>) -> Result<Shown, Failu
         update: false,
     };
     let (resolver, _) = registry::bases(&args.common.spec, client.clone(), mode)?;
-    let plan = make_plan(&file, &args.common, Some(resolver), &args.tags)?;
+    let plan = make_plan(
+        &file,
+        &args.common,
+        Some(resolver),
+        &args.tags,
+        sharing.map(|s| s.snapshot),
+    )?;
     let target = push_target(args, &plan, &file)?;
     let own = report::StderrReporter::new(args.quiet);
     let reporter: &dyn imgc::progress::Reporter = sharing.map_or(&own, |s| s.reporter);
@@ -718,7 +729,7 @@ fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
         update: false,
     };
     let (resolver, _) = registry::bases(&args.common.spec, client, mode)?;
-    let plan = make_plan(&file, &args.common, Some(resolver), &[])?;
+    let plan = make_plan(&file, &args.common, Some(resolver), &[], None)?;
     let mut stdout = std::io::stdout().lock();
     let text = match args.format {
         Format::Json => {
