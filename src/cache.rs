@@ -122,10 +122,13 @@ pub fn recipe_key(node: &LayerNode) -> String {
     h.update(format!("imgc layer recipe {CACHE_FORMAT}\n{}\n", node.key));
     for (_, _, p) in context_files(node) {
         let s = &p.stamp;
-        h.update(format!(
-            "{} {} {} {} {} {}\n",
-            p.id.0, p.id.1, p.size, s.mtime_ns, s.ctime_ns, s.mode
-        ));
+        for n in [p.id.0, p.id.1, p.size] {
+            h.update(n.to_le_bytes());
+        }
+        for n in [s.mtime_ns, s.ctime_ns] {
+            h.update(n.to_le_bytes());
+        }
+        h.update(s.mode.to_le_bytes());
     }
     hex::encode(h.finalize())
 }

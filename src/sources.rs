@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 /// see the same snapshot.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    stats: Mutex<BTreeMap<PathBuf, Option<Stat>>>,
+    /// By context root, then path in it.
+    stats: Mutex<BTreeMap<PathBuf, BTreeMap<PathBuf, Option<Stat>>>>,
     /// Folders' names, sorted, before the output is hidden (that depends
     /// on the spec).
     lists: Mutex<BTreeMap<PathBuf, Vec<OsString>>>,
@@ -132,12 +133,17 @@ impl Context for DiskContext {
         let Some(snap) = &self.snapshot else {
             return self.look(rel);
         };
-        let key = self.root.join(rel);
-        if let Some(st) = lock(&snap.stats).get(&key) {
-            return Ok(*st);
+        let seen = lock(&snap.stats)
+            .get(&self.root)
+            .and_then(|m| m.get(rel).copied());
+        if let Some(st) = seen {
+            return Ok(st);
         }
         let st = self.look(rel)?;
-        lock(&snap.stats).insert(key, st);
+        lock(&snap.stats)
+            .entry(self.root.clone())
+            .or_default()
+            .insert(rel.to_path_buf(), st);
         Ok(st)
     }
 

@@ -158,8 +158,8 @@ fn shown_digest(shown: &Shown) -> String {
 }
 
 /// `imgc build SPEC MORE_SPECS…`: every spec into its default output, by
-/// up to `-j` workers at once (each spec's layers then get `-j / workers`
-/// compression threads); a failure is shown, named by its spec file, and
+/// up to `-j` workers at once (each compressing with up to `-j` threads);
+/// a failure is shown, named by its spec file, and
 /// the others still build (unless `--fail-fast`: then no spec starts after
 /// a failure). Exit 1 if any failed.
 pub(super) fn build_many(args: BuildArgs) -> Result<(), Failure> {
@@ -192,7 +192,9 @@ pub(super) fn build_many(args: BuildArgs) -> Result<(), Failure> {
         cache,
         snapshot: Default::default(),
         display,
-        threads: (threads / workers).max(1),
+        // Each spec compresses with all the threads: a worker waiting for
+        // a shared layer leaves its core to the one building it.
+        threads,
     };
     std::thread::scope(|s| {
         for _ in 0..workers {

@@ -1241,8 +1241,30 @@ struct KeyEntry<'a> {
     mode: u32,
     path: &'a str,
     size: u64,
-    source: String,
+    source: KeySource<'a>,
     uid: u32,
+}
+
+/// Where an entry's bytes come from, as the key writes it:
+/// `context:<rel>`, `inline:<sha256>`, a symlink's target, or nothing.
+enum KeySource<'a> {
+    None,
+    Context(&'a str),
+    Inline(&'a [u8]),
+    Target(&'a str),
+}
+
+impl Serialize for KeySource<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            KeySource::None => s.serialize_str(""),
+            KeySource::Context(rel) => s.collect_str(&format_args!("context:{rel}")),
+            KeySource::Inline(b) => {
+                s.collect_str(&format_args!("inline:{}", hex::encode(Sha256::digest(b))))
+            }
+            KeySource::Target(t) => s.serialize_str(t),
+        }
+    }
 }
 
 /// The layer key's document, fields in sorted order (see [`KeyEntry`]).
@@ -1265,14 +1287,14 @@ impl Serialize for KeyEntries<'_> {
 
 fn key_entry(e: &Entry) -> KeyEntry<'_> {
     let (kind, size, source) = match &e.kind {
-        EntryKind::Dir => ("dir", 0, String::new()),
-        EntryKind::Symlink { target } => ("symlink", 0, target.clone()),
+        EntryKind::Dir => ("dir", 0, KeySource::None),
+        EntryKind::Symlink { target } => ("symlink", 0, KeySource::Target(target)),
         EntryKind::File { source, size } => (
             "file",
             *size,
             match source {
-                FileSource::Context { rel, .. } => format!("context:{rel}"),
-                FileSource::Inline(b) => format!("inline:{}", hex::encode(Sha256::digest(b))),
+                FileSource::Context { rel, .. } => KeySource::Context(rel),
+                FileSource::Inline(b) => KeySource::Inline(b),
             },
         ),
     };
