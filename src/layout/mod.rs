@@ -276,10 +276,14 @@ impl LayoutWriter {
                 return Ok(Placement::Held);
             }
             let src = crate::oci::blob_path(src_dir, &desc.digest);
-            if is_file_of(&src, id, desc.size)
-                && fs::hard_link(&src, self.staged(&desc.digest)).is_ok()
-            {
-                return Ok(Placement::Linked);
+            let staged = self.staged(&desc.digest);
+            if is_file_of(&src, id, desc.size) && fs::hard_link(&src, &staged).is_ok() {
+                // The link names what was at `src` when linked: if that was
+                // swapped since the check, it is not the file vouched for.
+                if is_file_of(&staged, id, desc.size) {
+                    return Ok(Placement::Linked);
+                }
+                let _ = fs::remove_file(&staged);
             }
         }
         Ok(match self.copy_blob(src_dir, desc)? {
@@ -531,6 +535,51 @@ mod tests {
         let digest = oci::sha256_digest(bytes);
         fs::write(blobs.join(digest.hex()), bytes).unwrap();
         Descriptor::new(oci::MEDIA_TYPE_LAYER, digest, bytes.len() as u64)
+    }
+
+    fn inode(path: &Path) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).unwrap();
+        (m.dev(), m.ino())
+    }
+
+    #[test]
+    fn a_vouched_blob_is_linked_or_kept_and_any_other_is_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        let layer = layout_with(&store, b"cached layer");
+        let src = crate::oci::blob_path(&store, &layer.digest);
+        let id = inode(&src);
+        // Vouched for: hard-linked, not read.
+        let out = tmp.path().join("out");
+        let mut w = LayoutWriter::create(&out).unwrap();
+        assert_eq!(
+            w.place_blob(&store, &layer, Some(id)).unwrap(),
+            Placement::Linked
+        );
+        assert_eq!(inode(&w.staged(&layer.digest)), id);
+        // The output holds that very file: kept without reading it.
+        let held = tmp.path().join("held");
+        layout_with(&held, b"x");
+        fs::hard_link(&src, crate::oci::blob_path(&held, &layer.digest)).unwrap();
+        let mut w = LayoutWriter::create(&held).unwrap();
+        assert_eq!(
+            w.place_blob(&store, &layer, Some(id)).unwrap(),
+            Placement::Held
+        );
+        // Vouched for with another inode (the file was replaced since its
+        // stamp was taken): copied with its digest checked, and a damaged
+        // one refused.
+        fs::remove_file(&src).unwrap();
+        fs::write(&src, b"damaged lay!").unwrap();
+        let other = tmp.path().join("other");
+        let mut w = LayoutWriter::create(&other).unwrap();
+        assert!(matches!(
+            w.place_blob(&store, &layer, Some(id)),
+            Err(LayoutError::DigestMismatch { .. })
+        ));
+        let mut w = LayoutWriter::create(&other).unwrap();
+        assert!(w.place_blob(&store, &layer, None).is_err());
     }
 
     #[test]

@@ -377,6 +377,11 @@ impl Client {
         match resp.status().as_u16() {
             200 => return Ok(Started::Done(BlobOutcome::Existed)),
             404 => {}
+            // The registry cannot say (seen from one restarted while it
+            // committed this blob: its HEAD failed with 500 until the blob
+            // was uploaded again). Uploading is always safe: the registry
+            // checks the digest, and a failed upload is retried.
+            500..=599 => {}
             _ => return Err(self.status_error(call, resp, None)),
         }
         let start_url = match mount_from {

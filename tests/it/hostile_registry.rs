@@ -480,3 +480,42 @@ fn a_client_certificate_in_the_certificate_folder_is_presented() {
         "{err}"
     );
 }
+
+/// A registry whose blob HEADs fail with 500 (as one restarted while it
+/// committed a blob does, until the blob is uploaded again): the push
+/// uploads the blobs instead of giving up, and the image arrives whole.
+#[test]
+fn a_blob_head_failing_with_500_is_answered_by_uploading() {
+    let reg = Registry::start();
+    let env = Env::new();
+    let (_t, dir) = copy_example("hello");
+    let layout = env.path("out");
+    let built = run(env
+        .imgc()
+        .arg("build")
+        .arg(dir.join("image.toml"))
+        .args(["-q", "-o"])
+        .arg(oci_arg(&layout)));
+    let proxy = Proxy::start(
+        addr(&reg),
+        vec![Rule::status(500).method("HEAD").path("/blobs/").always()],
+    );
+    let host = proxy.host_port();
+    let out = output(
+        env.imgc()
+            .arg("push")
+            .arg(oci_arg(&layout))
+            .arg(format!("{host}/app:1"))
+            .args(insecure(&host)),
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(digest_line(&stdout(&out)), built.trim());
+    assert!(proxy.count("HEAD", "/blobs/") > 0, "no blob HEAD was asked");
+    // Every blob went up through the registry, which checked its digest.
+    let inspected = run(env
+        .imgc()
+        .args(["inspect", "--raw", &format!("{}/app:1", reg.host_port())])
+        .args(insecure(&reg.host_port())));
+    assert!(!inspected.is_empty());
+}
