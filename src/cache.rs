@@ -84,10 +84,7 @@ impl BlobStamp {
             dev: md.dev(),
             ino: md.ino(),
             size: md.len(),
-            mtime_ns: md
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(md.mtime_nsec()),
+            mtime_ns: crate::plan::sources::Stamp::of(md).mtime_ns,
         }
     }
 }

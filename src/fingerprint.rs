@@ -91,8 +91,9 @@ pub struct Fingerprints {
     /// The table's rows, read on the first lookup (a rebuild that finds
     /// every layer by its recipe key never reads them).
     known: std::sync::OnceLock<BTreeMap<String, Row>>,
-    /// Rows confirmed or recorded by this build.
-    seen: Mutex<BTreeMap<String, Row>>,
+    /// Rows this build recorded that the table did not hold: the table is
+    /// written only when there are some (or there was no table).
+    recorded: Mutex<BTreeMap<String, Row>>,
 }
 
 impl Fingerprints {
@@ -111,7 +112,7 @@ impl Fingerprints {
             existed: std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()),
             path,
             known: std::sync::OnceLock::new(),
-            seen: Mutex::new(BTreeMap::new()),
+            recorded: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -135,7 +136,6 @@ impl Fingerprints {
     /// `print`, as recorded.
     pub fn lookup(&self, rel: &str, print: &Print) -> Option<Digest> {
         let row = self.known().get(rel).filter(|(p, _)| p == print)?;
-        self.lock().insert(rel.to_string(), *row);
         Digest::from_hex(&hex::encode(row.1)).ok()
     }
 
@@ -147,25 +147,32 @@ impl Fingerprints {
             return;
         }
         let mut sha = [0u8; 32];
-        if hex::decode_to_slice(digest.hex(), &mut sha).is_ok() {
-            self.lock().insert(rel.to_string(), (*print, sha));
+        if hex::decode_to_slice(digest.hex(), &mut sha).is_err() {
+            return;
         }
+        let row = (*print, sha);
+        if self.existed && self.known().get(rel) == Some(&row) {
+            return;
+        }
+        self.lock().insert(rel.to_string(), row);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Row>> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+        self.recorded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the table: this build's rows, and the others it knew (unless
-    /// there are too many), under a temporary name then renamed.
+    /// Writes the table, if this build recorded anything new: its rows,
+    /// and the others it knew (unless there are too many), under a
+    /// temporary name then renamed.
     pub fn save(&self) -> io::Result<()> {
-        let seen = self.lock();
-        if self.existed && seen.is_empty() {
+        let recorded = self.lock();
+        if self.existed && recorded.is_empty() {
             return Ok(());
         }
-        let mut rows: BTreeMap<&str, &Row> = seen.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut rows: BTreeMap<&str, &Row> =
+            recorded.iter().map(|(k, v)| (k.as_str(), v)).collect();
         let known = self.known();
-        if known.len() + seen.len() <= MAX_ROWS {
+        if known.len() + recorded.len() <= MAX_ROWS {
             for (k, v) in known {
                 rows.entry(k.as_str()).or_insert(v);
             }
@@ -300,6 +307,13 @@ mod tests {
         );
         assert_eq!(t.lookup("a b/c.txt", &print(9, now - 10 * SEC)), None);
         assert_eq!(t.lookup("a b/c.txt", &print(7, now - 9 * SEC)), None);
+        // Nothing new (a lookup, a row recorded again): not written again.
+        t.record("a b/c.txt", &print(7, now - 10 * SEC), &d, now);
+        let table = t.path.clone();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+        let before = inode(&table);
+        t.save().unwrap();
+        assert_eq!(inode(&table), before, "rewritten with nothing new");
         // Another context has its own table.
         assert!(Fingerprints::open(dir.path(), Path::new("/other")).is_new());
         // A table with no settled row is still saved: the context is known.

@@ -202,30 +202,6 @@ pub fn build_layer(
     Ok((layer, files))
 }
 
-/// The diff_id and size of the layer's tar stream, made from the sources
-/// and hashed, not kept: what a cached blob is checked against before use.
-pub fn tar_digest(
-    node: &LayerNode,
-    settings: &LayerSettings<'_>,
-) -> Result<(Digest, u64), LayerError> {
-    let mut progress = |_| {};
-    let mut w = EntryWriter::new(
-        node,
-        settings,
-        HashingWriter::new(io::sink()),
-        &mut progress,
-    );
-    for entry in &node.entries {
-        w.write_entry(entry)?;
-    }
-    let hashed = w.tar.finish().map_err(|source| LayerError::Write {
-        layer: node.name.clone(),
-        source,
-    })?;
-    let (_, diff_id, size) = hashed.finish();
-    Ok((diff_id, size))
-}
-
 /// Reads and hashes one context file of `node` (planned as `id`, `size`
 /// bytes), opened beneath the context like a file being packed.
 pub fn hash_file(
