@@ -27,26 +27,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'scripts/bench-cache.sh: error: %s\n' "$*" >&2; exit 1; }
-
-WRITE_BOOK=0
-KEEP=0
-for arg in "$@"; do
-  case $arg in
-    --write-book) WRITE_BOOK=1 ;;
-    --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument \`$arg\` (use --write-book, --keep)" ;;
-  esac
-done
-RUNS=${BENCH_RUNS:-5}
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive number, not \`$RUNS\`"
-BOOK=book/src/benchmarks.md
-if [ "$WRITE_BOOK" = 1 ]; then
-  [ "$(grep -c '^<!-- bench-cache:begin -->$' "$BOOK")" = 1 ] && [ "$(grep -c '^<!-- bench-cache:end -->$' "$BOOK")" = 1 ] \
-    || die "$BOOK must hold the lines <!-- bench-cache:begin --> and <!-- bench-cache:end --> once each"
-fi
+BENCH_MARKER=bench-cache
+source scripts/bench-lib.sh
+bench_args "$@"
+bench_runs 5
 
 say "cargo build --release --locked"
 cargo build --release --locked
@@ -56,10 +40,7 @@ trap cleanup EXIT
 cp target/release/imgc "$T/imgc"
 IMGC=$T/imgc
 unset IMGC_THREADS SOURCE_DATE_EPOCH IMGC_CACHE_DIR
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-  COMMIT="$COMMIT+uncommitted"
-fi
+COMMIT=$(bench_commit)
 
 mkdir -p "$T/ctx/tree" "$T/ctx/app"
 if [ -n "${BENCH_TREE:-}" ]; then
@@ -239,10 +220,5 @@ REPORT=$(
 printf '%s\n' "$REPORT"
 if [ "$WRITE_BOOK" = 1 ]; then
   printf '%s\n' "$REPORT" >"$T/report.md"
-  awk -v rep="$T/report.md" '
-    $0 == "<!-- bench-cache:begin -->" { print; print ""; while ((getline l < rep) > 0) print l; print ""; skip = 1; next }
-    $0 == "<!-- bench-cache:end -->" { skip = 0 }
-    !skip { print }' "$BOOK" >"$T/book.md"
-  cat "$T/book.md" >"$BOOK"
-  say "wrote the results into $BOOK"
+  bench_write_book "$T/report.md" "$T/book.md"
 fi

@@ -38,32 +38,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'scripts/bench-push.sh: error: %s\n' "$*" >&2; exit 1; }
-
-WRITE_BOOK=0
-KEEP=0
-for arg in "$@"; do
-  case $arg in
-    --write-book) WRITE_BOOK=1 ;;
-    --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument \`$arg\` (use --write-book, --keep)" ;;
-  esac
-done
-
-RUNS=${BENCH_RUNS:-3}
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive number, not \`$RUNS\`"
+BENCH_MARKER=bench-push
+source scripts/bench-lib.sh
+bench_args "$@"
+bench_runs 3
 RANDOM_SIZE=${BENCH_RANDOM_SIZE:-100M}
 RANDOM_BYTES=$(numfmt --from=iec "$RANDOM_SIZE" 2>/dev/null) \
   || die "BENCH_RANDOM_SIZE must be a size like 100M or 0, not \`$RANDOM_SIZE\`"
-BOOK=book/src/benchmarks.md
-if [ "$WRITE_BOOK" = 1 ]; then
-  [ -f "$BOOK" ] || die "$BOOK not found"
-  if [ "$(grep -c '^<!-- bench-push:begin -->$' "$BOOK")" != 1 ] || [ "$(grep -c '^<!-- bench-push:end -->$' "$BOOK")" != 1 ]; then
-    die "$BOOK must hold the lines <!-- bench-push:begin --> and <!-- bench-push:end --> once each"
-  fi
-fi
 
 # ---------------------------------------------------------------- tools
 # command -> Debian package.
@@ -128,10 +109,7 @@ unset IMGC_THREADS SOURCE_DATE_EPOCH IMGC_CONFIG
 # imgc keeps pulled blobs there; a push needs none, but nothing of the user's.
 export IMGC_CACHE_DIR=$T/cache
 
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-  COMMIT="$COMMIT+uncommitted"
-fi
+COMMIT=$(bench_commit)
 
 # ---------------------------------------------------------------- image
 mkdir -p "$T/ctx/tree"
@@ -444,10 +422,5 @@ printf '%s\n' "$REPORT"
 
 if [ "$WRITE_BOOK" = 1 ]; then
   printf '%s\n' "$REPORT" >"$T/report.md"
-  awk -v rep="$T/report.md" '
-    $0 == "<!-- bench-push:begin -->" { print; print ""; while ((getline l < rep) > 0) print l; print ""; skip = 1; next }
-    $0 == "<!-- bench-push:end -->" { skip = 0 }
-    !skip { print }' "$BOOK" >"$T/book.md"
-  cat "$T/book.md" >"$BOOK"
-  say "wrote the results into $BOOK"
+  bench_write_book "$T/report.md" "$T/book.md"
 fi

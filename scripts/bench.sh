@@ -26,29 +26,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'scripts/bench.sh: error: %s\n' "$*" >&2; exit 1; }
-
-WRITE_BOOK=0
-KEEP=0
-for arg in "$@"; do
-  case $arg in
-    --write-book) WRITE_BOOK=1 ;;
-    --keep) KEEP=1 ;;
-    -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "unknown argument \`$arg\` (use --write-book, --keep)" ;;
-  esac
-done
-
-RUNS=${BENCH_RUNS:-3}
-[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive number, not \`$RUNS\`"
+BENCH_MARKER=bench
+source scripts/bench-lib.sh
+bench_args "$@"
+bench_runs 3
 MEM_SIZE=${BENCH_MEM_SIZE:-1G}
-BOOK=book/src/benchmarks.md
-if [ "$WRITE_BOOK" = 1 ]; then
-  [ -f "$BOOK" ] || die "$BOOK not found"
-  [ "$(grep -c '^<!-- bench:begin -->$' "$BOOK")" = 1 ] && [ "$(grep -c '^<!-- bench:end -->$' "$BOOK")" = 1 ] \
-    || die "$BOOK must hold the lines <!-- bench:begin --> and <!-- bench:end --> once each"
-fi
 
 # ---------------------------------------------------------------- tools
 # command -> Debian package. `time` is a bash keyword: check the file.
@@ -94,10 +76,7 @@ IMGC=$T/imgc
 # The spec decides; nothing from the caller's environment.
 unset IMGC_THREADS SOURCE_DATE_EPOCH
 
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-  COMMIT="$COMMIT+uncommitted"
-fi
+COMMIT=$(bench_commit)
 
 # ---------------------------------------------------------------- input
 mkdir -p "$T/ctx/tree"
@@ -306,10 +285,5 @@ printf '%s\n' "$REPORT"
 
 if [ "$WRITE_BOOK" = 1 ]; then
   printf '%s\n' "$REPORT" >"$T/report.md"
-  awk -v rep="$T/report.md" '
-    $0 == "<!-- bench:begin -->" { print; print ""; while ((getline l < rep) > 0) print l; print ""; skip = 1; next }
-    $0 == "<!-- bench:end -->" { skip = 0 }
-    !skip { print }' "$BOOK" >"$T/book.md"
-  cat "$T/book.md" >"$BOOK"
-  say "wrote the results into $BOOK"
+  bench_write_book "$T/report.md" "$T/book.md"
 fi
