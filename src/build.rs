@@ -256,18 +256,17 @@ fn build_layers(
             platforms: &node.platforms,
             content_bytes: node.content_bytes(),
         });
+        let used = cache.as_ref().map(|c| (c, crate::cache::recipe_key(node)));
         // Another spec built by this process may be making the same layer.
-        let _claim = cache
-            .as_ref()
-            .map(|c| c.cache.claim(&crate::cache::recipe_key(node)));
-        let from_cache = match &cache {
-            Some(c) => cached_layer(node, &settings, c, writer, reporter)?,
+        let _claim = used.as_ref().map(|(c, recipe)| c.cache.claim(recipe));
+        let from_cache = match &used {
+            Some((c, recipe)) => cached_layer(node, &settings, (c, recipe), writer, reporter)?,
             None => None,
         };
         let cached = from_cache.is_some();
         let (layer, held) = match from_cache {
             Some(found) => found,
-            None => fresh_layer(node, &settings, cache.as_ref(), writer, reporter)?,
+            None => fresh_layer(node, &settings, used.as_ref(), writer, reporter)?,
         };
         reporter.report(Event::LayerFinished {
             name: &node.name,
@@ -292,7 +291,7 @@ fn build_layers(
 fn fresh_layer(
     node: &crate::plan::LayerNode,
     settings: &layers::LayerSettings<'_>,
-    cache: Option<&CacheUse>,
+    cache: Option<&(&CacheUse, String)>,
     writer: &mut LayoutWriter,
     reporter: &dyn Reporter,
 ) -> Result<(BuiltLayer, bool), Error> {
@@ -312,9 +311,9 @@ fn fresh_layer(
     let desc = Descriptor::new(String::new(), layer.digest.clone(), layer.size);
     let held = writer.holds(&desc);
     writer.add_blob_file(&tmp, &layer.digest)?;
-    if let Some(c) = cache {
+    if let Some((c, recipe)) = cache {
         remember_layer(
-            node,
+            (node, recipe),
             c,
             &layer,
             &files,
@@ -329,7 +328,7 @@ fn fresh_layer(
 /// its files were hashed, and under its recipe key when every file stands
 /// for its bytes; records the files' fingerprints.
 fn remember_layer(
-    node: &crate::plan::LayerNode,
+    (node, recipe): (&crate::plan::LayerNode, &str),
     c: &CacheUse,
     layer: &BuiltLayer,
     files: &[layers::FileRead],
@@ -345,7 +344,7 @@ fn remember_layer(
         keys.push(crate::cache::content_key(node, digests));
     }
     if crate::cache::all_stand(node, files) {
-        keys.push(crate::cache::recipe_key(node));
+        keys.push(recipe.to_string());
     }
     let entry = CacheEntry {
         format: crate::cache::CACHE_FORMAT,
@@ -375,13 +374,12 @@ fn remember_layer(
 fn cached_layer(
     node: &crate::plan::LayerNode,
     settings: &layers::LayerSettings<'_>,
-    c: &CacheUse,
+    (c, recipe): (&CacheUse, &str),
     writer: &mut LayoutWriter,
     reporter: &dyn Reporter,
 ) -> Result<Option<(BuiltLayer, bool)>, Error> {
-    let recipe = crate::cache::recipe_key(node);
-    if let Some(found) = c.cache.get(&recipe) {
-        return place_cached(node, c, &recipe, found, writer, reporter);
+    if let Some(found) = c.cache.get(recipe) {
+        return place_cached(node, c, recipe, found, writer, reporter);
     }
     // A first build of the context: nothing of it can be cached under a
     // content key, and hashing before packing would read every file twice.
@@ -396,7 +394,7 @@ fn cached_layer(
     let entry = found.entry.clone();
     let placed = place_cached(node, c, &key, found, writer, reporter)?;
     if placed.is_some() && stand {
-        c.cache.alias(&recipe, &entry);
+        c.cache.alias(recipe, &entry);
     }
     Ok(placed)
 }
