@@ -67,8 +67,8 @@ impl Error {
 /// What a build produced.
 #[derive(Clone, Debug)]
 pub struct BuildOutput {
-    /// The layout folder.
-    pub layout: PathBuf,
+    /// The layout folder (`None` once a shallow one was pushed and removed).
+    pub layout: Option<PathBuf>,
     /// The image index's descriptor.
     pub index: Descriptor,
     /// The image index itself (entries, annotations, media type).
@@ -91,6 +91,9 @@ pub struct BuildOptions<'a> {
     pub threads: usize,
     /// The layer cache, if used.
     pub cache: Option<&'a LayerCache>,
+    /// Leave registry bases' layers out of the output (a layout only a push
+    /// reads, which mounts or fetches them): nothing of a base is downloaded.
+    pub shallow: bool,
 }
 
 /// One platform's image as built.
@@ -138,7 +141,7 @@ pub fn build(
     let mut children = Vec::new();
     let mut images = Vec::new();
     for image in &plan.images {
-        let (desc, layers) = write_image(plan, image, &built, &types, &mut writer, reporter)?;
+        let (desc, layers) = write_image(plan, image, &built, &types, &mut writer, opts, reporter)?;
         images.push(ImageOutcome {
             platform: image.platform.to_string(),
             digest: desc.digest.clone(),
@@ -167,12 +170,14 @@ pub fn build(
         .map(|t| (t.clone(), index_desc.clone()))
         .collect();
     report_gc(reporter, writer.commit(&refs)?);
-    reporter.report(Event::LayoutWritten {
-        path: output,
-        digest: &index_desc.digest,
-    });
+    if !opts.shallow {
+        reporter.report(Event::LayoutWritten {
+            path: output,
+            digest: &index_desc.digest,
+        });
+    }
     Ok(BuildOutput {
-        layout: output.to_path_buf(),
+        layout: Some(output.to_path_buf()),
         index: index_desc,
         index_doc: index,
         positions: plan.images.iter().map(|i| i.position).collect(),
@@ -180,6 +185,19 @@ pub fn build(
         images,
         context_bytes_read,
     })
+}
+
+/// The layers of the plan's registry bases, each with the base reference
+/// it comes from: what a push of a shallow output mounts or fetches.
+pub fn registry_base_layers(plan: &Plan) -> BTreeMap<Digest, String> {
+    let mut out = BTreeMap::new();
+    for image in plan.images.iter().filter(|i| i.base.remote.is_some()) {
+        for l in &image.base.layers {
+            out.entry(l.digest.clone())
+                .or_insert_with(|| image.base.reference.clone());
+        }
+    }
+    out
 }
 
 /// The media types of what a build writes: OCI or Docker's.
@@ -442,12 +460,13 @@ fn write_image(
     built: &[(BuiltLayer, bool)],
     types: &MediaTypes,
     writer: &mut LayoutWriter,
+    opts: &BuildOptions,
     reporter: &dyn Reporter,
 ) -> Result<(Descriptor, Vec<LayerOutcome>), Error> {
     let layers = image_layers(plan, image, built, types);
     let mut outcomes = Vec::new();
     for layer in &layers {
-        let reused = layer.place(writer, reporter)?;
+        let reused = layer.place(writer, opts.shallow, reporter)?;
         outcomes.push(LayerOutcome {
             digest: layer.desc.digest.clone(),
             size: layer.desc.size,
@@ -494,12 +513,20 @@ struct ImageLayer<'a> {
 
 impl ImageLayer<'_> {
     /// Makes sure the layer's blob is in the output (a built layer's is
-    /// there since it was built); returns whether the output held it before
-    /// this build.
-    fn place(&self, writer: &mut LayoutWriter, reporter: &dyn Reporter) -> Result<bool, Error> {
+    /// there since it was built; a registry base's is left out of a shallow
+    /// output); returns whether the output held it before this build.
+    fn place(
+        &self,
+        writer: &mut LayoutWriter,
+        shallow: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<bool, Error> {
         let Some((base, dir, desc)) = self.base else {
             return Ok(self.held);
         };
+        if shallow && base.remote.is_some() {
+            return Ok(false);
+        }
         let copied = copy_base_layer(writer, dir, base, desc)?;
         if copied {
             reporter.report(Event::BaseBlobCopied {

@@ -576,11 +576,18 @@ fn build_one(args: &BuildArgs, sharing: Option<&Sharing>) -> Result<Shown, Failu
     let plan = make_plan(
         &file,
         &args.common,
-        Some(resolver),
+        Some(resolver.clone()),
         &args.tags,
         sharing.map(|s| s.snapshot),
     )?;
     let target = push_target(args, &plan, &file)?;
+    // A push with no --output writes no layout: a private one, without the
+    // registry bases' layers, is pushed and removed.
+    let shallow = match (&target, &args.common.output) {
+        (Some(_), None) => Some(registry::ShallowDir::create()?),
+        _ => None,
+    };
+    let output = shallow.as_ref().map_or(output, |d| d.layout());
     let own = report::StderrReporter::new(args.quiet);
     let reporter: &dyn imgc::progress::Reporter = sharing.map_or(&own, |s| s.reporter);
     let own_cache = match sharing {
@@ -590,29 +597,66 @@ fn build_one(args: &BuildArgs, sharing: Option<&Sharing>) -> Result<Shown, Failu
     let opts = imgc::BuildOptions {
         threads,
         cache: sharing.map_or(own_cache.as_ref(), |s| s.cache),
+        shallow: shallow.is_some(),
     };
-    let out = imgc::build(&plan, &output, &opts, reporter)?;
-    let mut pushed = Vec::new();
-    if let Some(target) = &target {
-        let opts = imgc::registry::push::PushOptions {
-            tags: out.tags.clone(),
-            by_digest: args.push_by_digest,
-        };
-        let outcome = client.push_layout(&output, &out.index, target, &opts)?;
-        if !args.quiet {
-            eprintln!("{}", registry::push_summary(target, &outcome));
-        }
-        pushed = outcome.pushed;
+    let mut out = imgc::build(&plan, &output, &opts, reporter)?;
+    let push = match &target {
+        Some(target) => Some(push_built(args, &client, resolver, &plan, &out, target)?),
+        None => None,
+    };
+    if shallow.is_some() {
+        out.layout = None;
     }
-    write_build_files(args, target.as_ref(), &plan, &out, pushed.clone())?;
+    let pushed = push.as_ref().map(|p| p.pushed.clone()).unwrap_or_default();
+    write_build_files(args, target.as_ref(), &plan, &out, pushed)?;
+    let transfer = push.map(|p| (p, client.bytes_downloaded()));
     Ok(match args.format {
         Format::Text => Shown::Digest(out.index.digest.to_string()),
-        Format::Json => Shown::Summary(build_summary(&out, &pushed)),
+        Format::Json => Shown::Summary(build_summary(&out, transfer)),
     })
 }
 
+/// Pushes a build's output to `target`; returns what the push did. A
+/// registry base's layer the output lacks (a shallow build) is mounted from
+/// the base's repository, or fetched and uploaded.
+fn push_built(
+    args: &BuildArgs,
+    client: &imgc::registry::Client,
+    resolver: std::sync::Arc<imgc::registry::pull::RegistryBases>,
+    plan: &Plan,
+    out: &imgc::BuildOutput,
+    target: &imgc::registry::ImageRef,
+) -> Result<imgc::registry::push::PushOutcome, Failure> {
+    let opts = imgc::registry::push::PushOptions {
+        tags: out.tags.clone(),
+        by_digest: args.push_by_digest,
+        bases: imgc::build::registry_base_layers(plan),
+        fetcher: Some(resolver),
+    };
+    let layout = out.layout.as_deref().unwrap_or(Path::new("."));
+    let outcome = client.push_layout(layout, &out.index, target, &opts)?;
+    if !args.quiet {
+        let downloaded = client.bytes_downloaded();
+        eprintln!("{}", registry::push_summary(target, &outcome, downloaded));
+    }
+    Ok(outcome)
+}
+
 /// `build --format json`: what was built, written and pushed.
-fn build_summary(out: &imgc::BuildOutput, pushed: &[String]) -> serde_json::Value {
+/// `transfer` is the push's outcome and the bytes the run downloaded.
+fn build_summary(
+    out: &imgc::BuildOutput,
+    transfer: Option<(imgc::registry::push::PushOutcome, u64)>,
+) -> serde_json::Value {
+    let pushed = transfer.as_ref().map(|(p, _)| p.pushed.clone());
+    let bytes = transfer.map(|(p, downloaded)| {
+        serde_json::json!({
+            "uploaded": p.bytes_uploaded,
+            "mounted": p.bytes_mounted,
+            "existed": p.bytes_existed,
+            "downloaded": downloaded,
+        })
+    });
     serde_json::json!({
         "index": {
             "digest": out.index.digest,
@@ -623,7 +667,8 @@ fn build_summary(out: &imgc::BuildOutput, pushed: &[String]) -> serde_json::Valu
         "tags": out.tags,
         "images": out.images,
         "context_bytes_read": out.context_bytes_read,
-        "pushed": pushed,
+        "pushed": pushed.unwrap_or_default(),
+        "bytes": bytes,
     })
 }
 

@@ -191,17 +191,81 @@ pub fn write_metadata(path: &Path, m: &Metadata) -> Result<(), Failure> {
     write_file(path, text.as_bytes())
 }
 
-/// A one-line summary of a push.
-pub fn push_summary(target: &ImageRef, o: &PushOutcome) -> String {
+/// A one-line summary of a push: blobs and bytes uploaded, mounted and
+/// already there, and the bytes this run downloaded (base blobs).
+pub fn push_summary(target: &ImageRef, o: &PushOutcome, downloaded: u64) -> String {
+    use super::human;
     format!(
-        "pushed {} ({} blob(s) uploaded, {} {}, {} mounted, {} already there)",
+        "pushed {} ({} blob(s) uploaded, {} sent; {} mounted, {}; {} already there, {}; {} downloaded)",
         target.name(),
         o.uploaded,
-        super::human(o.bytes_uploaded),
-        "sent",
+        human(o.bytes_uploaded),
         o.mounted,
-        o.existed
+        human(o.bytes_mounted),
+        o.existed,
+        human(o.bytes_existed),
+        human(downloaded),
     )
+}
+
+/// The folder a shallow build (`build --push` without `--output`) writes
+/// its layout in: a private folder under the cache folder, removed when
+/// dropped. Folders left by killed runs are swept after a day.
+pub struct ShallowDir(PathBuf);
+
+impl ShallowDir {
+    /// Makes a new private folder.
+    pub fn create() -> Result<ShallowDir, Failure> {
+        let root = cache_dir()
+            .map(|d| d.join("shallow"))
+            .unwrap_or_else(|_| std::env::temp_dir().join("imgc-shallow"));
+        let fail = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| {
+                Failure::Cli(
+                    format!("failed to create folder `{}`", p.display()),
+                    Some(e),
+                )
+            }
+        };
+        std::fs::create_dir_all(&root).map_err(fail(&root))?;
+        sweep_shallow(&root);
+        let dir = root.join(format!("{}-{}", std::process::id(), imgc::fsx::unique()));
+        std::fs::create_dir(&dir).map_err(fail(&dir))?;
+        Ok(ShallowDir(dir))
+    }
+
+    /// Where the layout goes (inside the private folder).
+    pub fn layout(&self) -> PathBuf {
+        self.0.join("layout")
+    }
+}
+
+impl Drop for ShallowDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes shallow folders not touched for a day (a killed run's).
+fn sweep_shallow(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for e in entries.flatten() {
+        // `symlink_metadata`: a link is judged (and removed) as itself.
+        let old = e
+            .path()
+            .symlink_metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -264,10 +328,14 @@ pub fn cmd_push(args: PushArgs) -> Result<(), Failure> {
         &PushOptions {
             tags: tags.clone(),
             by_digest: args.push_by_digest,
+            ..PushOptions::default()
         },
     )?;
     if !args.quiet {
-        eprintln!("{}", push_summary(&target, &outcome));
+        eprintln!(
+            "{}",
+            push_summary(&target, &outcome, client.bytes_downloaded())
+        );
     }
     let digest = outcome.digest.clone().unwrap_or_else(|| top.digest.clone());
     if let Some(f) = &args.digest_file {

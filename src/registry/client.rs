@@ -170,6 +170,8 @@ pub struct Client {
     /// Held while a token is fetched: one fetch per scope set, not one per thread.
     token_fetch: Mutex<()>,
     reporter: Arc<dyn Reporter>,
+    /// Bytes of blobs downloaded (verified) by this client.
+    downloaded: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -259,6 +261,7 @@ impl Client {
             http: Mutex::new(BTreeMap::new()),
             state: Mutex::new(State::default()),
             token_fetch: Mutex::new(()),
+            downloaded: Default::default(),
             reporter,
         })
     }
@@ -288,6 +291,17 @@ impl Client {
     /// The options.
     pub fn options(&self) -> &RegistryOptions {
         &self.opts
+    }
+
+    /// Bytes of blobs this client downloaded (and verified) so far.
+    pub fn bytes_downloaded(&self) -> u64 {
+        self.downloaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a blob downloaded.
+    pub(crate) fn count_download(&self, bytes: u64) {
+        self.downloaded
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn reporter(&self) -> &dyn Reporter {

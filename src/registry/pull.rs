@@ -364,6 +364,7 @@ impl Client {
             })?;
             store.commit(tmp, &desc.digest)
         })?;
+        self.count_download(desc.size);
         self.reporter().report(Event::BlobPulled {
             digest: &desc.digest,
             size: desc.size,
@@ -693,6 +694,20 @@ fn check_lock(
         }
     }
     Ok(())
+}
+
+impl super::push::BlobFetcher for RegistryBases {
+    fn fetch_blob_file(
+        &self,
+        reference: &str,
+        desc: &Descriptor,
+    ) -> Result<(PathBuf, u64), RegistryError> {
+        let r = ImageRef::parse(reference)?;
+        let store = self.store()?;
+        let had = store.has(&desc.digest, desc.size);
+        self.fetch_blob(&r, reference, desc)?;
+        Ok((store.path(&desc.digest), if had { 0 } else { desc.size }))
+    }
 }
 
 impl RemoteBases for RegistryBases {

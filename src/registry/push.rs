@@ -23,6 +23,24 @@ pub struct PushOptions {
     pub tags: Vec<String>,
     /// Push only the platform manifests (by digest): no index, no tags.
     pub by_digest: bool,
+    /// Layers of registry bases, by digest: the base reference they come
+    /// from. A shallow layout lacks their blobs; they are mounted when the
+    /// registry can, else fetched (through `fetcher`) and uploaded.
+    pub bases: BTreeMap<Digest, String>,
+    /// Fetches a base blob the layout lacks into a local store.
+    pub fetcher: Option<Arc<dyn BlobFetcher>>,
+}
+
+/// Fetches a blob of a registry base into local storage (verified), for a
+/// push whose layout lacks it.
+pub trait BlobFetcher: Send + Sync + std::fmt::Debug {
+    /// Makes sure the blob is stored locally; returns its path and the bytes
+    /// downloaded for it (0 when it was there already).
+    fn fetch_blob_file(
+        &self,
+        reference: &str,
+        desc: &Descriptor,
+    ) -> Result<(PathBuf, u64), RegistryError>;
 }
 
 /// What a push did.
@@ -42,6 +60,13 @@ pub struct PushOutcome {
     pub existed: usize,
     /// Bytes uploaded.
     pub bytes_uploaded: u64,
+    /// Bytes of the blobs mounted.
+    pub bytes_mounted: u64,
+    /// Bytes of the blobs the registry already had.
+    pub bytes_existed: u64,
+    /// Bytes of base blobs downloaded during the push (a shallow layout's
+    /// blobs the registry could not mount).
+    pub bytes_fetched: u64,
 }
 
 /// One document read from a layout, checked against its descriptor.
@@ -100,8 +125,18 @@ fn platform_manifests(layout: &Path, top: &LayoutDoc) -> Result<Vec<LayoutDoc>, 
 }
 
 /// Every blob of the manifests once, with a mount source when a manifest
-/// names a base in another repository of the same registry.
-fn blob_jobs(manifests: &[LayoutDoc], target: &ImageRef) -> Result<Vec<BlobJob>, RegistryError> {
+/// (or `bases`) names a base in another repository of the same registry.
+fn blob_jobs(
+    manifests: &[LayoutDoc],
+    target: &ImageRef,
+    bases: &BTreeMap<Digest, String>,
+) -> Result<Vec<BlobJob>, RegistryError> {
+    let same_registry = |name: &str| {
+        ImageRef::parse(name)
+            .ok()
+            .filter(|b| b.registry == target.registry && b.repository != target.repository)
+            .map(|b| b.repository)
+    };
     let mut jobs: BTreeMap<Digest, BlobJob> = BTreeMap::new();
     for m in manifests {
         let manifest: Manifest =
@@ -110,24 +145,18 @@ fn blob_jobs(manifests: &[LayoutDoc], target: &ImageRef) -> Result<Vec<BlobJob>,
                 digest: m.desc.digest.clone(),
                 source,
             })?;
-        let mount_from = manifest
-            .annotations
-            .get(oci::ANNOTATION_BASE_NAME)
-            .and_then(|n| ImageRef::parse(n).ok())
-            .filter(|b| b.registry == target.registry && b.repository != target.repository)
-            .map(|b| b.repository);
+        let named = manifest.annotations.get(oci::ANNOTATION_BASE_NAME);
         jobs.entry(manifest.config.digest.clone())
-            .or_insert(BlobJob {
-                desc: manifest.config.clone(),
-                mount_from: None,
-            });
+            .or_insert_with(|| BlobJob::new(manifest.config.clone()));
         for l in &manifest.layers {
-            let job = jobs.entry(l.digest.clone()).or_insert(BlobJob {
-                desc: l.clone(),
-                mount_from: None,
-            });
+            let job = jobs
+                .entry(l.digest.clone())
+                .or_insert_with(|| BlobJob::new(l.clone()));
+            if job.base.is_none() {
+                job.base = bases.get(&l.digest).cloned();
+            }
             if job.mount_from.is_none() {
-                job.mount_from = mount_from.clone();
+                job.mount_from = named.or(job.base.as_ref()).and_then(|n| same_registry(n));
             }
         }
     }
@@ -147,7 +176,56 @@ enum Started {
 /// A blob to push, with where a mount may find it.
 struct BlobJob {
     desc: Descriptor,
+    /// A repository of the target's registry that has it (a base's).
     mount_from: Option<String>,
+    /// For a registry base's layer: the base reference (to fetch it from
+    /// when the layout lacks it).
+    base: Option<String>,
+}
+
+impl BlobJob {
+    fn new(desc: Descriptor) -> BlobJob {
+        BlobJob {
+            desc,
+            mount_from: None,
+            base: None,
+        }
+    }
+}
+
+/// Where a blob's bytes are: the layout, or (for a shallow layout's base
+/// layer) a store the fetcher fills on demand.
+struct BlobSource<'a> {
+    layout_path: PathBuf,
+    base: Option<&'a str>,
+    fetcher: Option<&'a dyn BlobFetcher>,
+}
+
+impl BlobSource<'_> {
+    /// Whether the bytes are local (else they are fetched when needed).
+    fn local(&self) -> bool {
+        self.layout_path.exists() || self.base.is_none() || self.fetcher.is_none()
+    }
+
+    /// The file to upload; fetched first when the layout lacks it. Returns
+    /// the path and the bytes downloaded for it.
+    fn file(&self, desc: &Descriptor) -> Result<(PathBuf, u64), RegistryError> {
+        match (self.base, self.fetcher) {
+            (Some(base), Some(f)) if !self.layout_path.exists() => f.fetch_blob_file(base, desc),
+            _ => Ok((self.layout_path.clone(), 0)),
+        }
+    }
+}
+
+/// How a blob push asks the registry to mount it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mount<'a> {
+    /// No mount: a plain upload.
+    No,
+    /// From this repository of the same registry.
+    From(&'a str),
+    /// OCI 1.1's `mount=` without `from`: the registry may find it anywhere.
+    Anonymous,
 }
 
 /// Counts bytes read and reports progress.
@@ -174,6 +252,46 @@ impl<R: Read> Read for Progress<R> {
     }
 }
 
+impl PushOutcome {
+    /// Counts one blob pushed: how, its size, the bytes fetched for it.
+    fn count(&mut self, (how, size, fetched): (BlobOutcome, u64, u64)) {
+        self.bytes_fetched += fetched;
+        match how {
+            BlobOutcome::Existed => {
+                self.existed += 1;
+                self.bytes_existed += size;
+            }
+            BlobOutcome::Mounted => {
+                self.mounted += 1;
+                self.bytes_mounted += size;
+            }
+            BlobOutcome::Uploaded => {
+                self.uploaded += 1;
+                self.bytes_uploaded += size;
+            }
+        }
+    }
+}
+
+/// Checks that a layout's blob file is a regular file of the declared size.
+fn check_blob_file(path: &Path, desc: &Descriptor) -> Result<(), RegistryError> {
+    let meta = crate::fsx::open_regular(path, crate::fsx::Links::Refuse)
+        .and_then(|f| f.metadata())
+        .map_err(|source| RegistryError::Io {
+            action: "read",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if meta.len() != desc.size {
+        return Err(RegistryError::SizeMismatch {
+            path: path.to_path_buf(),
+            actual: meta.len(),
+            declared: desc.size,
+        });
+    }
+    Ok(())
+}
+
 impl Client {
     /// Pushes the image `top` (an index or manifest) of the layout at
     /// `layout` to `target`'s repository.
@@ -187,9 +305,10 @@ impl Client {
         let top_doc = read_layout_doc(layout, top)?;
         let is_index = oci::is_index_media_type(&top.media_type);
         let manifests = platform_manifests(layout, &top_doc)?;
-        let jobs = blob_jobs(&manifests, target)?;
+        let jobs = blob_jobs(&manifests, target, &opts.bases)?;
         let mut outcome = PushOutcome::default();
-        self.push_blobs(layout, target, jobs, &mut outcome)?;
+        let fetcher = opts.fetcher.as_deref();
+        self.push_blobs(layout, target, jobs, fetcher, &mut outcome)?;
 
         for m in &manifests {
             self.push_manifest(target, m.desc.digest.as_str(), &m.desc.media_type, &m.bytes)?;
@@ -226,21 +345,30 @@ impl Client {
         layout: &Path,
         target: &ImageRef,
         jobs: Vec<BlobJob>,
+        fetcher: Option<&dyn BlobFetcher>,
         outcome: &mut PushOutcome,
     ) -> Result<(), RegistryError> {
         let mut jobs = jobs;
+        let one = |job: &BlobJob| {
+            let source = BlobSource {
+                layout_path: blob_path(layout, &job.desc.digest),
+                base: job.base.as_deref(),
+                fetcher,
+            };
+            let mount = match (&job.mount_from, &job.base) {
+                (Some(repo), _) => Mount::From(repo),
+                (None, Some(_)) => Mount::Anonymous,
+                (None, None) => Mount::No,
+            };
+            let (how, fetched) = self.push_blob(target, &source, &job.desc, mount)?;
+            Ok::<_, RegistryError>((how, job.desc.size, fetched))
+        };
         // The first blob alone: it meets the registry's auth challenge and
         // gets the token the others then share (one login, not one per worker).
         let Some(first) = jobs.pop() else {
             return Ok(());
         };
-        let how = self.push_blob(
-            target,
-            &blob_path(layout, &first.desc.digest),
-            &first.desc,
-            first.mount_from.as_deref(),
-        )?;
-        let results: Mutex<Vec<(BlobOutcome, u64)>> = Mutex::new(vec![(how, first.desc.size)]);
+        let results = Mutex::new(vec![one(&first)?]);
         let workers = self.options().jobs.max(1).min(jobs.len().max(1));
         let queue = Mutex::new(jobs);
         let failure: Mutex<Option<RegistryError>> = Mutex::new(None);
@@ -253,11 +381,10 @@ impl Client {
                     let Some(job) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                         return;
                     };
-                    let path = blob_path(layout, &job.desc.digest);
-                    match self.push_blob(target, &path, &job.desc, job.mount_from.as_deref()) {
-                        Ok(how) => {
-                            if let Ok(mut r) = results.lock() {
-                                r.push((how, job.desc.size));
+                    match one(&job) {
+                        Ok(r) => {
+                            if let Ok(mut all) = results.lock() {
+                                all.push(r);
                             }
                         }
                         Err(e) => {
@@ -273,67 +400,54 @@ impl Client {
         if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
-        for (how, size) in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            match how {
-                BlobOutcome::Existed => outcome.existed += 1,
-                BlobOutcome::Mounted => outcome.mounted += 1,
-                BlobOutcome::Uploaded => {
-                    outcome.uploaded += 1;
-                    outcome.bytes_uploaded += size;
-                }
-            }
+        for r in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            outcome.count(r);
         }
         Ok(())
     }
 
-    /// Puts one blob into the repository: skip, mount or upload; retried whole.
+    /// Puts one blob into the repository: skip, mount or upload; retried
+    /// whole. Returns how, and the bytes fetched to upload it.
     fn push_blob(
         &self,
         target: &ImageRef,
-        path: &Path,
+        source: &BlobSource<'_>,
         desc: &Descriptor,
-        mount_from: Option<&str>,
-    ) -> Result<BlobOutcome, RegistryError> {
-        let meta = crate::fsx::open_regular(path, crate::fsx::Links::Refuse)
-            .and_then(|f| f.metadata())
-            .map_err(|source| RegistryError::Io {
-                action: "read",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        if meta.len() != desc.size {
-            return Err(RegistryError::SizeMismatch {
-                path: path.to_path_buf(),
-                actual: meta.len(),
-                declared: desc.size,
-            });
+        mount: Mount<'_>,
+    ) -> Result<(BlobOutcome, u64), RegistryError> {
+        if source.local() {
+            check_blob_file(&source.layout_path, desc)?;
         }
         self.reporter().report(Event::PushStarted {
             digest: &desc.digest,
             size: desc.size,
         });
-        let how = self.retrying(&format!("pushing {}", desc.digest), || {
-            self.push_blob_once(target, path, desc, mount_from)
+        let (how, fetched) = self.retrying(&format!("pushing {}", desc.digest), || {
+            self.push_blob_once(target, source, desc, mount)
         })?;
         self.reporter().report(Event::BlobPushed {
             digest: &desc.digest,
             size: desc.size,
             how,
         });
-        Ok(how)
+        Ok((how, fetched))
     }
 
     fn push_blob_once(
         &self,
         target: &ImageRef,
-        path: &Path,
+        source: &BlobSource<'_>,
         desc: &Descriptor,
-        mount_from: Option<&str>,
-    ) -> Result<BlobOutcome, RegistryError> {
+        mount: Mount<'_>,
+    ) -> Result<(BlobOutcome, u64), RegistryError> {
         let host = target.api_host().to_string();
-        let mount_from = mount_from.filter(|src| !self.mount_refused(&host, src));
+        let mount = match mount {
+            Mount::From(src) if self.mount_refused(&host, src) => Mount::No,
+            Mount::Anonymous if self.mount_refused(&host, "") => Mount::No,
+            m => m,
+        };
         let mut scopes = vec![format!("repository:{}:pull,push", target.repository)];
-        if let Some(src) = mount_from {
+        if let Mount::From(src) = mount {
             scopes.push(format!("repository:{src}:pull"));
         }
         let call = Call {
@@ -341,25 +455,26 @@ impl Client {
             repository: &target.repository,
             scopes: &scopes,
         };
-        let location = match self.start_upload(&call, target, desc, mount_from)? {
-            Started::Done(how) => return Ok(how),
+        let location = match self.start_upload(&call, target, desc, mount)? {
+            Started::Done(how) => return Ok((how, 0)),
             // A mount we may not do: upload instead, and stop asking.
             Started::MountRefused(src) => {
                 self.refuse_mount(&host, &src);
-                return self.push_blob_once(target, path, desc, None);
+                return self.push_blob_once(target, source, desc, Mount::No);
             }
             Started::Upload(location) => location,
         };
+        let (path, fetched) = source.file(desc)?;
         let chunk = match self.options().chunk_size {
             Some(c) => Some(c),
             None if desc.size >= self.options().chunk_threshold => Some(64 * 1024 * 1024),
             None => None,
         };
         match chunk.filter(|&c| c > 0 && desc.size > 0) {
-            Some(chunk) => self.upload_chunked(&call, location, path, desc, chunk)?,
-            None => self.upload_whole(&call, location, path, desc)?,
+            Some(chunk) => self.upload_chunked(&call, location, &path, desc, chunk)?,
+            None => self.upload_whole(&call, location, &path, desc)?,
         }
-        Ok(BlobOutcome::Uploaded)
+        Ok((BlobOutcome::Uploaded, fetched))
     }
 
     /// Asks whether the registry has the blob (HEAD), then mounts it or
@@ -369,7 +484,7 @@ impl Client {
         call: &Call<'_>,
         target: &ImageRef,
         desc: &Descriptor,
-        mount_from: Option<&str>,
+        mount: Mount<'_>,
     ) -> Result<Started, RegistryError> {
         let base = self.base(call.host);
         let head_url = format!("{base}{}/blobs/{}", target.repository, desc.digest);
@@ -384,25 +499,32 @@ impl Client {
             500..=599 => {}
             _ => return Err(self.status_error(call, resp, None)),
         }
-        let start_url = match mount_from {
-            Some(src) => format!(
-                "{base}{}/blobs/uploads/?mount={}&from={src}",
-                target.repository, desc.digest
-            ),
-            None => format!("{base}{}/blobs/uploads/", target.repository),
+        let uploads = format!("{base}{}/blobs/uploads/", target.repository);
+        let start_url = match mount {
+            Mount::From(src) => format!("{uploads}?mount={}&from={src}", desc.digest),
+            Mount::Anonymous => format!("{uploads}?mount={}", desc.digest),
+            Mount::No => uploads,
         };
-        let refused = || Started::MountRefused(mount_from.unwrap_or_default().to_string());
+        let mounting = mount != Mount::No;
+        let refused = || {
+            Started::MountRefused(match mount {
+                Mount::From(src) => src.to_string(),
+                _ => String::new(),
+            })
+        };
         let sent = self.send(call, &|http| {
             Ok(http.post(&start_url).header("Content-Length", "0"))
         });
         let resp = match sent {
-            Err(RegistryError::Unauthorized { .. }) if mount_from.is_some() => return Ok(refused()),
+            Err(RegistryError::Unauthorized { .. }) if mounting => return Ok(refused()),
             other => other?,
         };
-        match (resp.status().as_u16(), mount_from.is_some()) {
-            (201, true) => Ok(Started::Done(BlobOutcome::Mounted)),
-            (401 | 403, true) => Ok(refused()),
+        match (resp.status().as_u16(), mount) {
+            (201, Mount::From(_) | Mount::Anonymous) => Ok(Started::Done(BlobOutcome::Mounted)),
+            (401 | 403, Mount::From(_) | Mount::Anonymous) => Ok(refused()),
             (201 | 202, _) => Ok(Started::Upload(self.location(call.host, &resp)?)),
+            // A registry that does not take `mount=` without `from`.
+            (400..=499, Mount::Anonymous) => Ok(refused()),
             _ => Err(self.status_error(call, resp, None)),
         }
     }

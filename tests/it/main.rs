@@ -17,6 +17,7 @@ mod proxy;
 mod registry;
 mod repro;
 mod runtime;
+mod shallow;
 mod snapshots;
 mod support;
 mod tls;

@@ -209,6 +209,8 @@ pub struct Record {
     pub method: String,
     /// The request target without its query string.
     pub path: String,
+    /// The query string (after `?`), empty without one.
+    pub query: String,
     /// The status the client was sent; None when it got no response
     /// (connection dropped, or not answered yet).
     pub status: Option<u16>,
@@ -342,7 +344,8 @@ struct ProxyState {
 
 impl ProxyState {
     /// Records the request; returns its index and the fault to apply, if any.
-    fn begin(&self, method: &str, path: &str, auth: Option<String>) -> (usize, Option<Action>) {
+    fn begin(&self, method: &str, target: &str, auth: Option<String>) -> (usize, Option<Action>) {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let action = lock(&self.rules)
             .iter_mut()
             .find(|r| r.matches(method, path))
@@ -358,6 +361,7 @@ impl ProxyState {
         records.push(Record {
             method: method.to_string(),
             path: path.to_string(),
+            query: query.to_string(),
             status: None,
             faulted: action.is_some(),
             auth,
@@ -512,7 +516,7 @@ fn serve_connection(client: TcpStream, up: TcpStream, state: &ProxyState) -> io:
             .header("authorization")
             .and_then(|v| v.split_whitespace().next())
             .map(str::to_string);
-        let (index, action) = state.begin(&method, &path, auth);
+        let (index, action) = state.begin(&method, &target, auth);
         let body = req.request_framing();
         let client_wants_close = req.has_token("connection", "close");
         if req.has_token("expect", "100-continue") {
