@@ -3,7 +3,9 @@
 //! index, and commits the layout atomically. Reports through a `Reporter`.
 
 use crate::base::{BaseError, BaseImage, MAX_DOCUMENT_SIZE};
-use crate::cache::{CacheEntry, LayerCache};
+use crate::cache::{CacheEntry, LayerCache, RemoteCache};
+
+mod remote;
 use crate::layers::{self, BuiltLayer, LayerError};
 use crate::layout::{GcSkipped, LayoutError, LayoutWriter, Placement};
 use crate::oci::{
@@ -94,6 +96,8 @@ pub struct BuildOptions<'a> {
     /// Leave registry bases' layers out of the output (a layout only a push
     /// reads, which mounts or fetches them): nothing of a base is downloaded.
     pub shallow: bool,
+    /// The registry-shared layer cache (used with the local one only).
+    pub remote: Option<&'a dyn RemoteCache>,
 }
 
 /// One platform's image as built.
@@ -122,6 +126,10 @@ pub struct LayerOutcome {
     /// Whether the output layout already held the blob before this build
     /// (nothing was written for it).
     pub reused: bool,
+    /// For a built layer taken from a cache: `local` (the layer cache) or
+    /// `repo` (the cache repository, checked against the sources).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
 }
 
 /// Builds `plan` into the OCI layout at `output`.
@@ -235,10 +243,22 @@ impl MediaTypes {
     }
 }
 
-/// The layer cache and the context's fingerprints, when the cache is used.
+/// The layer cache and the context's fingerprints, when the cache is used,
+/// and the registry-shared cache, when there is one.
 struct CacheUse<'a> {
     cache: &'a LayerCache,
     prints: crate::fingerprint::Fingerprints,
+    remote: Option<&'a dyn RemoteCache>,
+}
+
+/// A layer as the build has it: built or taken from a cache, and whether
+/// the output held its blob before this build.
+#[derive(Clone, Debug)]
+struct Made {
+    layer: BuiltLayer,
+    held: bool,
+    /// `local` or `repo` when taken from a cache.
+    cache: Option<&'static str>,
 }
 
 /// Builds every distinct layer of the plan into the writer's staging;
@@ -248,7 +268,7 @@ fn build_layers(
     writer: &mut LayoutWriter,
     opts: &BuildOptions,
     reporter: &dyn Reporter,
-) -> Result<(Vec<(BuiltLayer, bool)>, u64), Error> {
+) -> Result<(Vec<Made>, u64), Error> {
     let context =
         crate::fsx::ContextDir::open(&plan.context).map_err(|source| LayerError::Read {
             layer: "(context)".to_string(),
@@ -258,6 +278,7 @@ fn build_layers(
     let cache = opts.cache.map(|cache| CacheUse {
         cache,
         prints: cache.fingerprints(&plan.context),
+        remote: opts.remote,
     });
     // A first build of the context hashes nothing (see `cached_layer`).
     let settings = layers::LayerSettings {
@@ -274,26 +295,16 @@ fn build_layers(
             platforms: &node.platforms,
             content_bytes: node.content_bytes(),
         });
-        let used = cache.as_ref().map(|c| (c, crate::cache::recipe_key(node)));
-        // Another spec built by this process may be making the same layer.
-        let _claim = used.as_ref().map(|(c, recipe)| c.cache.claim(recipe));
-        let from_cache = match &used {
-            Some((c, recipe)) => cached_layer(node, &settings, (c, recipe), writer, reporter)?,
-            None => None,
-        };
-        let cached = from_cache.is_some();
-        let (layer, held) = match from_cache {
-            Some(found) => found,
-            None => fresh_layer(node, &settings, used.as_ref(), writer, reporter)?,
-        };
+        let made = make_layer(node, &settings, cache.as_ref(), writer, reporter)?;
         reporter.report(Event::LayerFinished {
             name: &node.name,
-            digest: &layer.digest,
-            size: layer.size,
-            tar_size: layer.tar_size,
-            cached,
+            digest: &made.layer.digest,
+            size: made.layer.size,
+            tar_size: made.layer.tar_size,
+            cached: made.cache.is_some(),
+            from_repo: made.cache == Some("repo"),
         });
-        built.push((layer, held));
+        built.push(made);
     }
     if let Some(Err(e)) = cache.as_ref().map(|c| c.prints.save()) {
         reporter.report(Event::Warning(&format!(
@@ -303,16 +314,82 @@ fn build_layers(
     Ok((built, context.bytes_read()))
 }
 
+/// One layer: from the local cache, else from the cache repository
+/// (checked against the sources), else built (and filed in both).
+fn make_layer(
+    node: &crate::plan::LayerNode,
+    settings: &layers::LayerSettings<'_>,
+    cache: Option<&CacheUse>,
+    writer: &mut LayoutWriter,
+    reporter: &dyn Reporter,
+) -> Result<Made, Error> {
+    let Some(c) = cache else {
+        let (layer, held, _) = fresh_layer(node, settings, None, writer, reporter)?;
+        return Ok(Made {
+            layer,
+            held,
+            cache: None,
+        });
+    };
+    let recipe = crate::cache::recipe_key(node);
+    // Another spec built by this process may be making the same layer.
+    let _claim = c.cache.claim(&recipe);
+    let key = match cached_layer(node, settings, (c, &recipe), writer, reporter)? {
+        Cached::Hit(layer, held) => {
+            return Ok(Made {
+                layer,
+                held,
+                cache: Some("local"),
+            })
+        }
+        Cached::Miss(key) => key,
+    };
+    if let (Some(remote), Some((key, stand))) = (c.remote, &key) {
+        let job = remote::Job {
+            node,
+            settings,
+            cache: c.cache,
+            remote,
+            reporter,
+        };
+        if let Some((layer, held)) = job.take(key, stand.then_some(recipe.as_str()), writer)? {
+            return Ok(Made {
+                layer,
+                held,
+                cache: Some("repo"),
+            });
+        }
+    }
+    // With a cache repository, the key published is the one of the bytes
+    // packed (a file may change after it was hashed for the lookup).
+    let settings = layers::LayerSettings {
+        hash_files: settings.hash_files || c.remote.is_some(),
+        ..*settings
+    };
+    let used = (c, recipe);
+    let (layer, held, content) = fresh_layer(node, &settings, Some(&used), writer, reporter)?;
+    if let (Some(remote), Some(key)) = (c.remote, content) {
+        let blob = writer.staged_path(&layer.digest);
+        remote::publish(remote, node, &key, &layer, &blob, settings.codec, reporter);
+    }
+    Ok(Made {
+        layer,
+        held,
+        cache: None,
+    })
+}
+
 /// Builds a layer into the output's staging (and remembers it, and the
-/// fingerprints of the files it read, in the cache); returns it, and
-/// whether the output held its blob already.
+/// fingerprints of the files it read, in the cache); returns it, whether
+/// the output held its blob already, and its content key when its files
+/// were hashed as packed.
 fn fresh_layer(
     node: &crate::plan::LayerNode,
     settings: &layers::LayerSettings<'_>,
     cache: Option<&(&CacheUse, String)>,
     writer: &mut LayoutWriter,
     reporter: &dyn Reporter,
-) -> Result<(BuiltLayer, bool), Error> {
+) -> Result<(BuiltLayer, bool, Option<String>), Error> {
     let (file, tmp) = writer.temp_file()?;
     let mut progress = |tar_bytes| {
         reporter.report(Event::LayerProgress {
@@ -329,22 +406,17 @@ fn fresh_layer(
     let desc = Descriptor::new(String::new(), layer.digest.clone(), layer.size);
     let held = writer.holds(&desc);
     writer.add_blob_file(&tmp, &layer.digest)?;
+    let mut content = None;
     if let Some((c, recipe)) = cache {
-        remember_layer(
-            (node, recipe),
-            c,
-            &layer,
-            &files,
-            &writer.staged_path(&layer.digest),
-            reporter,
-        );
+        let blob = writer.staged_path(&layer.digest);
+        content = remember_layer((node, recipe), c, &layer, &files, &blob, reporter);
     }
-    Ok((layer, held))
+    Ok((layer, held, content))
 }
 
 /// Files a freshly built layer in the cache: under its content key when
 /// its files were hashed, and under its recipe key when every file stands
-/// for its bytes; records the files' fingerprints.
+/// for its bytes; records the files' fingerprints. Returns the content key.
 fn remember_layer(
     (node, recipe): (&crate::plan::LayerNode, &str),
     c: &CacheUse,
@@ -352,15 +424,14 @@ fn remember_layer(
     files: &[layers::FileRead],
     blob: &Path,
     reporter: &dyn Reporter,
-) {
+) -> Option<String> {
     let mut keys = Vec::new();
     for read in files {
         crate::cache::remember(&c.prints, read);
     }
     let digests: Option<Vec<&Digest>> = files.iter().map(|f| f.digest.as_ref()).collect();
-    if let Some(digests) = digests {
-        keys.push(crate::cache::content_key(node, digests));
-    }
+    let content = digests.map(|d| crate::cache::content_key(node, d));
+    keys.extend(content.clone());
     if crate::cache::all_stand(node, files) {
         keys.push(recipe.to_string());
     }
@@ -374,7 +445,7 @@ fn remember_layer(
         blob: None,
     };
     if keys.is_empty() {
-        return;
+        return content;
     }
     if let Err(e) = c.cache.put(&keys, &entry, blob) {
         reporter.report(Event::Warning(&format!(
@@ -382,6 +453,14 @@ fn remember_layer(
             node.name
         )));
     }
+    content
+}
+
+/// What the local cache answered: a layer, or a miss with the content key
+/// when it was computed (and whether every file stands for its bytes).
+enum Cached {
+    Hit(BuiltLayer, bool),
+    Miss(Option<(String, bool)>),
 }
 
 /// A layer from the cache, found by its recipe key (nothing read), else by
@@ -395,26 +474,31 @@ fn cached_layer(
     (c, recipe): (&CacheUse, &str),
     writer: &mut LayoutWriter,
     reporter: &dyn Reporter,
-) -> Result<Option<(BuiltLayer, bool)>, Error> {
+) -> Result<Cached, Error> {
+    let hit = |placed: Option<(BuiltLayer, bool)>| match placed {
+        Some((layer, held)) => Cached::Hit(layer, held),
+        None => Cached::Miss(None),
+    };
     if let Some(found) = c.cache.get(recipe) {
-        return place_cached(node, c, recipe, found, writer, reporter);
+        return Ok(hit(place_cached(node, c, recipe, found, writer, reporter)?));
     }
     // A first build of the context: nothing of it can be cached under a
-    // content key, and hashing before packing would read every file twice.
-    if c.prints.is_new() {
-        return Ok(None);
+    // content key, and hashing before packing would read every file twice
+    // (unless a cache repository may have it).
+    if c.prints.is_new() && c.remote.is_none() {
+        return Ok(Cached::Miss(None));
     }
     let (digests, stand) = crate::cache::file_digests(node, &c.prints, settings)?;
     let key = crate::cache::content_key(node, &digests);
     let Some(found) = c.cache.get(&key) else {
-        return Ok(None);
+        return Ok(Cached::Miss(Some((key, stand))));
     };
     let entry = found.entry.clone();
     let placed = place_cached(node, c, &key, found, writer, reporter)?;
     if placed.is_some() && stand {
         c.cache.alias(recipe, &entry);
     }
-    Ok(placed)
+    Ok(hit(placed))
 }
 
 /// Puts a cache entry's blob into the output (see `cached_layer`).
@@ -457,7 +541,7 @@ fn place_cached(
 fn write_image(
     plan: &Plan,
     image: &ImagePlan,
-    built: &[(BuiltLayer, bool)],
+    built: &[Made],
     types: &MediaTypes,
     writer: &mut LayoutWriter,
     opts: &BuildOptions,
@@ -477,6 +561,7 @@ fn write_image(
             },
             name: layer.built.as_ref().map(|(n, _)| n.to_string()),
             reused,
+            cache: layer.cache,
         });
     }
     let diff_ids: Vec<(&str, Digest)> = layers.iter().filter_map(|l| l.built.clone()).collect();
@@ -509,6 +594,8 @@ struct ImageLayer<'a> {
     base: Option<(&'a BaseImage, &'a Path, &'a Descriptor)>,
     /// A built layer: whether the output held its blob before this build.
     held: bool,
+    /// A built layer taken from a cache: which.
+    cache: Option<&'static str>,
 }
 
 impl ImageLayer<'_> {
@@ -542,7 +629,7 @@ impl ImageLayer<'_> {
 fn image_layers<'a>(
     plan: &'a Plan,
     image: &'a ImagePlan,
-    built: &[(BuiltLayer, bool)],
+    built: &[Made],
     types: &MediaTypes,
 ) -> Vec<ImageLayer<'a>> {
     let base = &image.base;
@@ -555,16 +642,22 @@ fn image_layers<'a>(
                 built: None,
                 base: Some((base, dir.as_path(), desc)),
                 held: false,
+                cache: None,
             }
         })
     });
     let own = image.layers.iter().map(|&i| {
-        let (l, held) = &built[i];
+        let Made {
+            layer: l,
+            held,
+            cache,
+        } = &built[i];
         ImageLayer {
             desc: Descriptor::new(types.layer.clone(), l.digest.clone(), l.size),
             built: Some((plan.layers[i].name.as_str(), l.diff_id.clone())),
             base: None,
             held: *held,
+            cache: *cache,
         }
     });
     from_base.chain(own).collect()

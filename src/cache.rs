@@ -65,6 +65,37 @@ pub struct CacheEntry {
     pub blob: Option<BlobStamp>,
 }
 
+/// A layer cache shared through a registry repository (`--cache-repo`):
+/// entries found by content key, blobs fetched into the local store. What
+/// it answers is not trusted: the build checks a hit against the sources
+/// (see `build::remote_layer`) before using it.
+pub trait RemoteCache: Send + Sync + std::fmt::Debug {
+    /// Where the entries are, for messages (`registry/repository`).
+    fn name(&self) -> String;
+    /// The entry filed under the content key `key`; `None` when there is none.
+    fn lookup(&self, key: &str) -> Result<Option<RemoteEntry>, RegistryError>;
+    /// Puts the entry's blob into the local store (its digest and size
+    /// checked); returns its path there.
+    fn fetch(&self, entry: &RemoteEntry) -> Result<PathBuf, RegistryError>;
+    /// Files a built layer (its blob at `blob`) under `key`.
+    fn publish(&self, key: &str, entry: &RemoteEntry, blob: &Path) -> Result<(), RegistryError>;
+}
+
+/// What a registry cache entry says of a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// The blob's media type.
+    pub media_type: String,
+    /// The compressed blob's digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// The tar stream's digest.
+    pub diff_id: Digest,
+    /// Its size.
+    pub tar_size: u64,
+}
+
 /// A store blob file's device, inode, size and mtime (nanoseconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobStamp {

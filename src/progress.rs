@@ -44,6 +44,8 @@ pub enum Event<'a> {
         /// Taken from the layer cache (checked against the sources), not
         /// compressed again.
         cached: bool,
+        /// Taken from the cache repository (`--cache-repo`).
+        from_repo: bool,
     },
     /// A base image blob was copied into the output layout.
     BaseBlobCopied {
@@ -139,4 +141,20 @@ pub struct NullReporter;
 
 impl Reporter for NullReporter {
     fn report(&self, _: Event<'_>) {}
+}
+
+/// An error with its causes, `: `-joined (a cause already in the text is
+/// not repeated), for a one-line warning.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        let t = x.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = x.source();
+    }
+    s
 }

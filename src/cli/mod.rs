@@ -98,6 +98,11 @@ struct BuildArgs {
     /// Compress every layer again: neither read nor write the layer cache.
     #[arg(long)]
     no_cache: bool,
+    /// A registry repository shared as a layer cache between machines
+    /// (overrides `[image].cache_repo`): layers are looked up there by
+    /// content, checked against the sources, and built ones are pushed there.
+    #[arg(long, value_name = "REPO", conflicts_with = "no_cache")]
+    cache_repo: Option<String>,
     /// More specs to build in the same run, each into its default output.
     #[arg(value_name = "MORE_SPECS")]
     more: Vec<PathBuf>,
@@ -594,10 +599,13 @@ fn build_one(args: &BuildArgs, sharing: Option<&Sharing>) -> Result<Shown, Failu
         Some(_) => None,
         None => layer_cache(args.no_cache, reporter),
     };
+    let cache = sharing.map_or(own_cache.as_ref(), |s| s.cache);
+    let remote = cache_repo(args, &plan, &client, cache.is_some())?;
     let opts = imgc::BuildOptions {
         threads,
-        cache: sharing.map_or(own_cache.as_ref(), |s| s.cache),
+        cache,
         shallow: shallow.is_some(),
+        remote: remote.as_ref().map(|r| r as &dyn imgc::cache::RemoteCache),
     };
     let mut out = imgc::build(&plan, &output, &opts, reporter)?;
     let push = match &target {
@@ -614,6 +622,25 @@ fn build_one(args: &BuildArgs, sharing: Option<&Sharing>) -> Result<Shown, Failu
         Format::Text => Shown::Digest(out.index.digest.to_string()),
         Format::Json => Shown::Summary(build_summary(&out, transfer)),
     })
+}
+
+/// The cache repository: `--cache-repo`, else `[image].cache_repo`. It
+/// needs the local layer cache (its blobs go into the store), and is not
+/// used `--offline`.
+fn cache_repo(
+    args: &BuildArgs,
+    plan: &Plan,
+    client: &std::sync::Arc<imgc::registry::Client>,
+    local: bool,
+) -> Result<Option<imgc::registry::cache_repo::CacheRepo>, Failure> {
+    let Some(repo) = args.cache_repo.as_ref().or(plan.cache_repo.as_ref()) else {
+        return Ok(None);
+    };
+    let Some(store) = registry::store_dir().filter(|_| local && !args.offline) else {
+        return Ok(None);
+    };
+    let repo = imgc::registry::cache_repo::CacheRepo::new(client.clone(), repo, &store)?;
+    Ok(Some(repo))
 }
 
 /// Pushes a build's output to `target`; returns what the push did. A

@@ -539,6 +539,18 @@ pub struct CacheArgs {
     command: CacheCommand,
 }
 
+/// `imgc cache prune --repo`: the cache repository and how to reach it.
+#[derive(Args, Debug)]
+struct PruneRepoArgs {
+    /// Delete the entries of this cache repository (`--cache-repo`) filed
+    /// at least `--older-than` days ago, instead of pruning the local store.
+    /// The registry must allow deletes.
+    #[arg(long, value_name = "REPO")]
+    repo: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
 #[derive(clap::Subcommand, Debug)]
 enum CacheCommand {
     /// Show where the local store is and how much it holds (blobs, and the
@@ -547,9 +559,11 @@ enum CacheCommand {
     /// Remove the blobs no build has used for a number of days (and layer
     /// cache entries left without a blob).
     Prune {
-        /// Remove blobs unused for at least this many days.
+        /// Remove blobs unused (or, with --repo, entries filed) at least this many days ago.
         #[arg(long, value_name = "DAYS", default_value_t = 30)]
         older_than: u64,
+        #[command(flatten)]
+        remote: PruneRepoArgs,
     },
     /// Remove every blob, layer cache entry and fingerprint table.
     Clean,
@@ -557,6 +571,16 @@ enum CacheCommand {
 
 pub fn cmd_cache(args: CacheArgs) -> Result<(), Failure> {
     let root = cache_dir()?.join("store");
+    if let CacheCommand::Prune {
+        older_than,
+        remote: PruneRepoArgs {
+            repo: Some(repo),
+            registry,
+        },
+    } = &args.command
+    {
+        return prune_repo(repo, registry, *older_than, &root);
+    }
     let mut out = std::io::stdout().lock();
     if !root.join("blobs").is_dir() {
         let _ = writeln!(
@@ -583,7 +607,7 @@ pub fn cmd_cache(args: CacheArgs) -> Result<(), Failure> {
             );
             return Ok(());
         }
-        CacheCommand::Prune { older_than } => {
+        CacheCommand::Prune { older_than, .. } => {
             let store = imgc::registry::store::Store::open_exclusive(&root)?;
             let removed = store.prune(days(older_than));
             let index = imgc::cache::prune_index(&root, false);
@@ -611,5 +635,21 @@ pub fn cmd_cache(args: CacheArgs) -> Result<(), Failure> {
             super::human(index.bytes)
         );
     }
+    Ok(())
+}
+
+/// `imgc cache prune --repo REPO`: deletes the cache repository's entries
+/// filed at least `days` days ago.
+fn prune_repo(repo: &str, registry: &RegistryArgs, days: u64, store: &Path) -> Result<(), Failure> {
+    let client = client(registry, None, true)?;
+    let cache = imgc::registry::cache_repo::CacheRepo::new(client, repo, store)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let done = cache.prune(days.saturating_mul(86_400), now)?;
+    println!(
+        "removed {} of {} cache entr(ies) filed {days} day(s) ago or more from {repo} (their blobs go with the registry's garbage collection)",
+        done.deleted, done.entries
+    );
     Ok(())
 }

@@ -164,9 +164,14 @@ impl StderrReporter {
                 size,
                 tar_size,
                 cached,
+                from_repo,
             } => {
                 self.end_bar();
-                let how = if cached { "cached" } else { "tar" };
+                let how = match (cached, from_repo) {
+                    (_, true) => "cache repo",
+                    (true, _) => "cached",
+                    _ => "tar",
+                };
                 self.line(format!(
                     "  layer {:<16} {} {:>10} ({how} {})",
                     fit(name, NAME_WIDTH),

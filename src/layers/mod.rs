@@ -202,6 +202,50 @@ pub fn build_layer(
     Ok((layer, files))
 }
 
+/// The diff_id and size of the layer's tar stream, made from the sources
+/// and hashed, not kept: what a registry cache entry is checked against
+/// before its blob is used (far cheaper than compressing).
+pub fn tar_digest(
+    node: &LayerNode,
+    settings: &LayerSettings<'_>,
+) -> Result<(Digest, u64), LayerError> {
+    let mut progress = |_| {};
+    let mut w = EntryWriter::new(
+        node,
+        settings,
+        HashingWriter::new(io::sink()),
+        &mut progress,
+    );
+    for entry in &node.entries {
+        w.write_entry(entry)?;
+    }
+    let hashed = w.tar.finish().map_err(|source| LayerError::Write {
+        layer: node.name.clone(),
+        source,
+    })?;
+    let (_, diff_id, size) = hashed.finish();
+    Ok((diff_id, size))
+}
+
+/// The digest and size of what a layer blob decompresses to, reading at
+/// most `limit + 1` decompressed bytes (a blob may lie about its size).
+pub fn decompressed_digest(
+    codec: crate::oci::Codec,
+    blob: File,
+    limit: u64,
+) -> io::Result<(Digest, u64)> {
+    let reader = io::BufReader::new(blob);
+    let mut decoded: Box<dyn Read> = match codec {
+        crate::oci::Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        crate::oci::Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+        crate::oci::Codec::None => Box::new(reader),
+    };
+    let mut out = HashingWriter::new(io::sink());
+    io::copy(&mut (&mut decoded).take(limit + 1), &mut out)?;
+    let (_, digest, size) = out.finish();
+    Ok((digest, size))
+}
+
 /// Reads and hashes one context file of `node` (planned as `id`, `size`
 /// bytes), opened beneath the context like a file being packed.
 pub fn hash_file(

@@ -59,6 +59,8 @@ use std::collections::BTreeMap;
 pub const MEDIA_TYPE_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// `application/vnd.oci.image.manifest.v1+json`
 pub const MEDIA_TYPE_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI 1.1's empty descriptor media type (an artifact's config `{}`).
+pub const MEDIA_TYPE_EMPTY: &str = "application/vnd.oci.empty.v1+json";
 /// `application/vnd.oci.image.config.v1+json`
 pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// `application/vnd.oci.image.layer.v1.tar` (a suffix `+gzip` or `+zstd` names the compression)

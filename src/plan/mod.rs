@@ -52,6 +52,8 @@ pub struct Plan {
     pub media_types: MediaTypesName,
     /// `[image].name`.
     pub name: Option<String>,
+    /// `[image].cache_repo`: the registry-shared layer cache.
+    pub cache_repo: Option<String>,
     /// Rendered tags (at least one).
     pub tags: Vec<String>,
     /// Annotations of the image index.
@@ -508,6 +510,7 @@ fn every_key_is_planned(spec: &crate::spec::Spec) {
         compression: _, // encoding
         media_types: _, // encoding
         epoch: _,       // build_epoch
+        cache_repo: _,  // plan: Plan::cache_repo
     } = image;
     for ov in platform.values() {
         let PlatformOverride {
@@ -545,12 +548,19 @@ pub fn plan(file: &SpecFile, opts: &PlanOptions, sources: Sources) -> Result<Pla
         .as_ref()
         .map(|n| p.r.sp(&p.global, n, "`[image].name`"))
         .transpose()?;
+    let cache_repo = spec
+        .image
+        .cache_repo
+        .as_ref()
+        .map(|n| p.r.sp(&p.global, n, "`[image].cache_repo`"))
+        .transpose()?;
     Ok(Plan {
         context: sources.context.root().to_path_buf(),
         epoch: p.epoch,
         codec,
         media_types,
         name,
+        cache_repo,
         tags,
         index_annotations,
         layers: p.layers,

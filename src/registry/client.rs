@@ -192,20 +192,6 @@ pub(crate) struct Call<'a> {
     pub scopes: &'a [String],
 }
 
-fn flatten(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        let t = x.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = x.source();
-    }
-    s
-}
-
 /// The settings every registry's HTTP client shares.
 fn http_builder(stall_timeout: Duration) -> reqwest::blocking::ClientBuilder {
     reqwest::blocking::Client::builder()
@@ -756,7 +742,7 @@ impl Client {
                         what,
                         attempt,
                         wait,
-                        reason: &flatten(&e),
+                        reason: &crate::progress::error_chain(&e),
                     });
                     std::thread::sleep(wait);
                     attempt += 1;

@@ -8,6 +8,7 @@
 //! `oci-client`'s.
 
 pub mod auth;
+pub mod cache_repo;
 mod client;
 pub mod lock;
 pub mod pull;
@@ -43,6 +44,12 @@ pub enum RegistryError {
     /// The reference does not parse.
     #[error(transparent)]
     Reference(#[from] ReferenceError),
+    /// A `--cache-repo` that names a tag or digest.
+    #[error("cache repository `{repo}` names a tag or digest; name only the repository (entries are tagged by imgc)")]
+    BadCacheRepo {
+        /// The repository as given.
+        repo: String,
+    },
     /// The HTTP client could not be set up (TLS setup, a request that
     /// cannot be built).
     #[error("failed to set up the HTTP client: {what}")]

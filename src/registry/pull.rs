@@ -146,7 +146,9 @@ impl Client {
         }
     }
 
-    fn get_manifest_once(&self, r: &ImageRef) -> Result<FetchedManifest, RegistryError> {
+    /// Fetches a manifest or index by tag or digest (a missing one is
+    /// `ManifestUnknown` or `RepositoryUnknown`, with no tag listing).
+    pub(crate) fn get_manifest_once(&self, r: &ImageRef) -> Result<FetchedManifest, RegistryError> {
         let pull = Pull::new(r);
         let (call, host) = (pull.call(), &pull.host);
         let url = format!(

@@ -274,7 +274,7 @@ impl PushOutcome {
 }
 
 /// Checks that a layout's blob file is a regular file of the declared size.
-fn check_blob_file(path: &Path, desc: &Descriptor) -> Result<(), RegistryError> {
+pub(crate) fn check_blob_file(path: &Path, desc: &Descriptor) -> Result<(), RegistryError> {
     let meta = crate::fsx::open_regular(path, crate::fsx::Links::Refuse)
         .and_then(|f| f.metadata())
         .map_err(|source| RegistryError::Io {
@@ -404,6 +404,23 @@ impl Client {
             outcome.count(r);
         }
         Ok(())
+    }
+
+    /// Puts a local file into `target`'s repository as the blob `desc`
+    /// (skipped when the registry has it).
+    pub(crate) fn push_file(
+        &self,
+        target: &ImageRef,
+        path: &Path,
+        desc: &Descriptor,
+    ) -> Result<BlobOutcome, RegistryError> {
+        let source = BlobSource {
+            layout_path: path.to_path_buf(),
+            base: None,
+            fetcher: None,
+        };
+        self.push_blob(target, &source, desc, Mount::No)
+            .map(|(how, _)| how)
     }
 
     /// Puts one blob into the repository: skip, mount or upload; retried
@@ -642,6 +659,30 @@ impl Client {
             len,
             digest: digest.clone(),
             reporter: self.reporter_arc(),
+        })
+    }
+
+    /// Deletes a manifest by digest (and so every tag of it); a registry
+    /// that does not allow deletes answers 405, an error that says so.
+    pub fn delete_manifest(&self, target: &ImageRef, digest: &Digest) -> Result<(), RegistryError> {
+        let host = target.api_host().to_string();
+        let scopes = vec![format!("repository:{}:delete", target.repository)];
+        let call = Call {
+            host: &host,
+            repository: &target.repository,
+            scopes: &scopes,
+        };
+        let url = format!(
+            "{}{}/manifests/{digest}",
+            self.base(&host),
+            target.repository
+        );
+        self.retrying(&format!("deleting {digest}"), || {
+            let resp = self.send(&call, &|http| Ok(http.delete(&url)))?;
+            match resp.status().as_u16() {
+                200..=299 | 404 => Ok(()),
+                _ => Err(self.status_error(&call, resp, None)),
+            }
         })
     }
 

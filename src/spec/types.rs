@@ -96,6 +96,8 @@ pub struct ImageSection {
     pub media_types: Option<MediaTypesName>,
     /// Build epoch in seconds since 1970 (`SOURCE_DATE_EPOCH` wins). Default 0.
     pub epoch: Option<u64>,
+    /// A registry repository shared as a layer cache between machines, e.g. `registry.example.com/acme/cache` (`--cache-repo` wins). Hits are checked against the sources before use.
+    pub cache_repo: Option<Sp<String>>,
 }
 
 /// Layer compression.

@@ -2,6 +2,7 @@
 mod bad_input;
 mod bearer;
 mod cache;
+mod cache_repo;
 mod cli;
 mod golden;
 mod hostile_base;

@@ -130,24 +130,38 @@ fn the_matrix_recipe_shards_and_joins_to_one_machine_digests() {
     let (tmp, specs) = two_specs(&host);
     let v: Value = serde_json::from_str(&matrix(&env, &specs, &[])).unwrap();
     let shards = tmp.path().join("shards");
-    for job in v["include"].as_array().unwrap() {
-        let s = |k: &str| job[k].as_str().unwrap().to_string();
-        let folder = shards.join(Path::new(&s("name")).file_name().unwrap());
-        fs::create_dir_all(&folder).unwrap();
-        run(env
-            .imgc()
-            .args([
-                "build",
-                &s("spec"),
-                "--platform",
-                &s("platform"),
-                "--push-by-digest",
-            ])
-            .arg("--metadata-file")
-            .arg(folder.join(format!("{}.json", s("shard"))))
-            .arg("--output")
-            .arg(oci_arg(&tmp.path().join(s("shard"))))
-            .args(insecure(&host)));
+    // Each shard runs on a machine of its own (an empty store, an empty
+    // working folder), as the recipe's jobs do; a second run of the
+    // pipeline takes every layer from the cache repository.
+    let cache = format!("{host}/cache");
+    for pass in 0..2 {
+        for job in v["include"].as_array().unwrap() {
+            let s = |k: &str| job[k].as_str().unwrap().to_string();
+            let folder = shards.join(Path::new(&s("name")).file_name().unwrap());
+            fs::create_dir_all(&folder).unwrap();
+            let machine = Env::new();
+            let out = output(
+                machine
+                    .imgc()
+                    .current_dir(machine.path(""))
+                    .args(["build", &s("spec"), "--platform", &s("platform")])
+                    .args(["--cache-repo", &cache, "--push-by-digest"])
+                    .arg("--metadata-file")
+                    .arg(folder.join(format!("{}.json", s("shard"))))
+                    .args(insecure(&host)),
+            );
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert!(
+                !machine.path("imgc-out").exists(),
+                "a shard keeps no layout"
+            );
+            let err = stderr(&out);
+            let layers: Vec<&str> = err.lines().filter(|l| l.starts_with("  layer ")).collect();
+            assert!(!layers.is_empty(), "{err}");
+            if pass == 1 {
+                assert!(layers.iter().all(|l| l.contains("(cache repo")), "{err}");
+            }
+        }
     }
     let mut joined = BTreeMap::new();
     for repo in ["ma", "hello"] {

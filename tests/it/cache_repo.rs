@@ -1,0 +1,301 @@
+//! The registry-shared layer cache (`--cache-repo`) against the real
+//! registry: a second machine (an empty store, another checkout path)
+//! compresses nothing; poisoned entries (a diff_id the sources do not
+//! make, a blob that decompresses to another diff_id) are refused, reported
+//! and rebuilt; `imgc cache prune --repo` deletes old entries.
+
+use crate::proxy::Proxy;
+use crate::registry::addr;
+use crate::support::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+/// One raw HTTP/1.1 request to 127.0.0.1:port; the status and body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).to_string();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, all[split + 4..].to_vec())
+}
+
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// The cache repository's entries: tag → manifest.
+fn entries(reg: &Registry) -> BTreeMap<String, Value> {
+    let (status, body) = http(reg.port(), "GET", "/v2/cache/tags/list", &[], b"");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let tags: Value = serde_json::from_slice(&body).unwrap();
+    let mut out = BTreeMap::new();
+    for t in tags["tags"].as_array().cloned().unwrap_or_default() {
+        let t = t.as_str().unwrap();
+        let path = format!("/v2/cache/manifests/{t}");
+        let (status, body) = http(reg.port(), "GET", &path, &[("Accept", MANIFEST)], b"");
+        assert_eq!(status, 200);
+        out.insert(t.to_string(), serde_json::from_slice(&body).unwrap());
+    }
+    out
+}
+
+/// Files `manifest` under `tag` in the cache repository.
+fn put_entry(reg: &Registry, tag: &str, manifest: &Value) {
+    let body = serde_json::to_vec(manifest).unwrap();
+    let path = format!("/v2/cache/manifests/{tag}");
+    let (status, answer) = http(
+        reg.port(),
+        "PUT",
+        &path,
+        &[("Content-Type", MANIFEST)],
+        &body,
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+}
+
+/// `imgc build SPEC --cache-repo HOST/cache --format json` in `env`; the summary.
+fn build_json(env: &Env, spec: &Path, host: &str, out: &Path) -> (Value, String) {
+    let o = output(
+        env.imgc()
+            .arg("build")
+            .arg(spec)
+            .arg("--output")
+            .arg(oci_arg(out))
+            .args(["--cache-repo", &format!("{host}/cache"), "--format", "json"])
+            .args(insecure(host)),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    (serde_json::from_slice(&o.stdout).unwrap(), stderr(&o))
+}
+
+/// Each built layer's digest → where it came from (`built`, `local`, `repo`).
+fn sources(summary: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for image in summary["images"].as_array().unwrap() {
+        for l in image["layers"].as_array().unwrap() {
+            if l["origin"] == "built" {
+                let from = l["cache"].as_str().unwrap_or("built").to_string();
+                out.insert(l["digest"].as_str().unwrap().to_string(), from);
+            }
+        }
+    }
+    out
+}
+
+fn all(map: &BTreeMap<String, String>, what: &str) -> bool {
+    !map.is_empty() && map.values().all(|v| v == what)
+}
+
+/// The digest of the spec built with no cache at all.
+fn reference_digest(spec: &Path) -> String {
+    let env = Env::new();
+    digest_line(&run(env
+        .imgc()
+        .arg("build")
+        .arg(spec)
+        .arg("--no-cache")
+        .arg("--output")
+        .arg(oci_arg(&env.path("ref")))))
+}
+
+#[test]
+fn a_second_machine_takes_every_layer_from_the_cache_repo_and_compresses_none() {
+    let reg = Registry::start();
+    let proxy = Proxy::start(addr(&reg), vec![]);
+    let host = proxy.host_port();
+    let (_t1, dir1) = copy_example("multi-arch");
+    let spec1 = dir1.join("image.toml");
+    let expected = reference_digest(&spec1);
+
+    let first = Env::new();
+    let (s1, _) = build_json(&first, &spec1, &host, &first.path("out"));
+    assert_eq!(s1["index"]["digest"], expected.as_str());
+    assert!(all(&sources(&s1), "built"), "{s1}");
+    let filed = entries(&reg);
+    assert_eq!(filed.len(), sources(&s1).len(), "{filed:#?}");
+    for (tag, m) in &filed {
+        assert!(tag.starts_with("imgc-layer-v"), "{tag}");
+        assert_eq!(m["artifactType"], "application/vnd.imgc.layer-cache.v1");
+    }
+
+    // Another machine: an empty store, the sources checked out elsewhere.
+    let (_t2, dir2) = copy_example("multi-arch");
+    let spec2 = dir2.join("image.toml");
+    let second = Env::new();
+    let before = proxy.requests().len();
+    let (s2, _) = build_json(&second, &spec2, &host, &second.path("out"));
+    assert_eq!(s2["index"]["digest"], expected.as_str());
+    assert!(all(&sources(&s2), "repo"), "{s2}");
+    // It uploaded nothing to the cache: every layer was a hit.
+    let uploads = proxy.requests()[before..]
+        .iter()
+        .filter(|r| r.method == "PUT" || r.method == "POST" || r.method == "PATCH")
+        .count();
+    assert_eq!(uploads, 0, "{:#?}", &proxy.requests()[before..]);
+
+    // And a rebuild there takes them from its local cache.
+    let (s3, _) = build_json(&second, &spec2, &host, &second.path("out2"));
+    assert_eq!(s3["index"]["digest"], expected.as_str());
+    assert!(all(&sources(&s3), "local"), "{s3}");
+}
+
+/// Two entries of the cache repository filled by a first build (tag,
+/// manifest): the largest layer's and another's.
+fn two_entries(reg: &Registry) -> ((String, Value), (String, Value)) {
+    let filed = entries(reg);
+    // The largest entry, and the next one.
+    let by_name = |needle: usize| {
+        let mut v: Vec<_> = filed.iter().collect();
+        v.sort_by_key(|(_, m)| m["layers"][0]["size"].as_u64().unwrap());
+        let (t, m) = v[v.len() - 1 - needle];
+        (t.clone(), m.clone())
+    };
+    (by_name(0), by_name(1))
+}
+
+/// A poisoned entry for one layer: the build says why it refused it,
+/// builds the layer, makes the right image, and files a good entry.
+fn poisoned_entry_is_refused(poison: fn(&Value, &Value) -> Value, reason: &str) {
+    let reg = Registry::start();
+    let host = reg.host_port();
+    let (_t, dir) = copy_example("multi-arch");
+    let spec = dir.join("image.toml");
+    let expected = reference_digest(&spec);
+    let first = Env::new();
+    build_json(&first, &spec, &host, &first.path("out"));
+    let ((_, good), (victim_tag, victim)) = two_entries(&reg);
+    put_entry(&reg, &victim_tag, &poison(&good, &victim));
+
+    let second = Env::new();
+    let (s, err) = build_json(&second, &spec, &host, &second.path("out"));
+    assert_eq!(s["index"]["digest"], expected.as_str(), "{err}");
+    assert!(err.contains("is refused") && err.contains(reason), "{err}");
+    let from = sources(&s);
+    assert!(from.values().any(|v| v == "built"), "{s}");
+    assert!(from.values().any(|v| v == "repo"), "{s}");
+    // The poisoned tag now holds a good entry: a third machine takes it.
+    assert_ne!(entries(&reg)[&victim_tag], poison(&good, &victim));
+    let third = Env::new();
+    let (s, err) = build_json(&third, &spec, &host, &third.path("out"));
+    assert!(all(&sources(&s), "repo"), "{s} {err}");
+    assert!(!err.contains("is refused"), "{err}");
+}
+
+#[test]
+fn an_entry_whose_diff_id_the_sources_do_not_make_is_refused_and_rebuilt() {
+    // The victim's key, with another layer's blob and diff_id.
+    poisoned_entry_is_refused(
+        |good, victim| {
+            let mut m = victim.clone();
+            m["layers"] = good["layers"].clone();
+            m
+        },
+        "is not the sources' tar stream",
+    );
+}
+
+#[test]
+fn an_entry_whose_blob_decompresses_to_another_diff_id_is_refused_and_rebuilt() {
+    // The victim's key and diff_id, with another layer's blob.
+    poisoned_entry_is_refused(
+        |good, victim| {
+            let mut m = victim.clone();
+            m["layers"][0]["digest"] = good["layers"][0]["digest"].clone();
+            m["layers"][0]["size"] = good["layers"][0]["size"].clone();
+            m
+        },
+        "decompresses to",
+    );
+}
+
+#[test]
+fn prune_repo_deletes_old_entries_only() {
+    let reg = Registry::start();
+    let host = reg.host_port();
+    let (_t, dir) = copy_example("multi-arch");
+    let env = Env::new();
+    build_json(&env, &dir.join("image.toml"), &host, &env.path("out"));
+    let before = entries(&reg).len();
+    assert!(before > 0);
+    let prune = |days: &str| {
+        run(env
+            .imgc()
+            .args([
+                "cache",
+                "prune",
+                "--repo",
+                &format!("{host}/cache"),
+                "--older-than",
+                days,
+            ])
+            .args(insecure(&host)))
+    };
+    let out = prune("1");
+    assert!(
+        out.contains(&format!("removed 0 of {before} cache")),
+        "{out}"
+    );
+    assert_eq!(entries(&reg).len(), before);
+    let out = prune("0");
+    assert!(
+        out.contains(&format!("removed {before} of {before} cache")),
+        "{out}"
+    );
+    assert!(entries(&reg).is_empty());
+}
+
+#[test]
+fn a_cache_repo_that_is_down_costs_one_warning_and_the_build_goes_on() {
+    let (_t, dir) = copy_example("multi-arch");
+    let spec = dir.join("image.toml");
+    let expected = reference_digest(&spec);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let host = format!("127.0.0.1:{port}");
+    let env = Env::new();
+    let (s, err) = build_json(&env, &spec, &host, &env.path("out"));
+    assert_eq!(s["index"]["digest"], expected.as_str());
+    assert_eq!(err.matches("not read (nor used again").count(), 1, "{err}");
+    assert!(err.contains(&host), "{err}");
+    assert!(all(&sources(&s), "built"), "{s}");
+}
+
+#[test]
+fn a_cache_repo_with_a_tag_is_refused_before_anything_is_built() {
+    let (_t, dir) = copy_example("multi-arch");
+    let env = Env::new();
+    let out = run_fails(
+        env.imgc()
+            .arg("build")
+            .arg(dir.join("image.toml"))
+            .arg("--output")
+            .arg(oci_arg(&env.path("out")))
+            .args(["--cache-repo", "127.0.0.1:5/cache:v1"]),
+    );
+    let err = stderr(&out);
+    assert!(err.contains("`127.0.0.1:5/cache:v1` names a tag"), "{err}");
+    assert!(!env.path("out").exists());
+}
