@@ -104,6 +104,14 @@ impl Job<'_> {
                 entry.diff_id, entry.tar_size
             )));
         }
+        // No codec makes a blob much larger than its tar stream: a larger
+        // declared size is a lie that would cost a download.
+        if entry.size > tar_size + tar_size / 64 + (1 << 16) {
+            return Ok(Some(format!(
+                "its blob is declared {} bytes, more than a {tar_size}-byte tar stream compresses to",
+                entry.size
+            )));
+        }
         let path = match self.remote.fetch(entry) {
             Ok(path) => path,
             Err(e) => return Ok(Some(format!("its blob was not fetched: {}", chain(&e)))),

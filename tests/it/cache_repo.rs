@@ -228,6 +228,19 @@ fn an_entry_whose_blob_decompresses_to_another_diff_id_is_refused_and_rebuilt() 
 }
 
 #[test]
+fn an_entry_declaring_a_blob_larger_than_its_tar_stream_is_refused_unfetched() {
+    // The victim's key, diff_id and blob, declared 10 GB.
+    poisoned_entry_is_refused(
+        |_, victim| {
+            let mut m = victim.clone();
+            m["layers"][0]["size"] = serde_json::json!(10_000_000_000u64);
+            m
+        },
+        "more than a",
+    );
+}
+
+#[test]
 fn prune_repo_deletes_old_entries_only() {
     let reg = Registry::start();
     let host = reg.host_port();
