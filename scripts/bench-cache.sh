@@ -12,6 +12,12 @@
 #   100 specs  of one context, sharing a docs layer, each with its own file:
 #              one `imgc build` of all (-j 2 and -j 1) against 100 separate
 #              invocations, each row from an empty cache
+#   ci-second  a second CI machine: an empty local cache and the
+#              `--cache-repo` a first machine (ci-first: empty local cache,
+#              empty cache repository) filled, on a loopback docker-registry
+#   push       an app on a 200 MB registry base in the same registry, from an
+#              empty local store: `build --push` without `--output` (shallow)
+#              against `build --push --output` (which downloads the base)
 # Targets (issue 9):
 #   no-op    <= 5% of cold, and < 100 ms
 #   one-file <= 20% of the cold three-layer build
@@ -19,6 +25,8 @@
 #            measurable: within the noise of these runs)
 #   100 specs in one run <= 0.5 x 100 separate invocations; -j 2 >= 1.6 x
 #            faster than -j 1
+#   ci-second compresses 0 layers and takes <= 30% of ci-first
+#   shallow push: 0 base-layer bytes downloaded or uploaded
 # Prints a Markdown table; --write-book puts it in book/src/benchmarks.md
 # between `<!-- bench-cache:begin -->` and `<!-- bench-cache:end -->`.
 #
@@ -32,10 +40,11 @@ source scripts/bench-lib.sh
 bench_args "$@"
 bench_runs 5
 
+bench_need docker-registry:docker-registry curl:curl cargo:
 say "cargo build --release --locked"
 cargo build --release --locked
 T=$(mktemp -d "${TMPDIR:-/tmp}/imgc-bench-cache.XXXXXX")
-cleanup() { if [ "$KEEP" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi; }
+cleanup() { reg_stop; if [ "$KEEP" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi; }
 trap cleanup EXIT
 cp target/release/imgc "$T/imgc"
 IMGC=$T/imgc
@@ -149,6 +158,42 @@ add many-separate "$(freshdir "$T/m-sep" "$T/c-sep")" "$(separate "$T/m-sep" "$T
 add many-j1 "$(freshdir "$T/m-j1" "$T/c-j1")" "$(many "$T/m-j1" "$T/c-j1" -j 1)"
 add many-j2 "$(freshdir "$T/m-j2" "$T/c-j2")" "$(many "$T/m-j2" "$T/c-j2" -j 2)"
 
+# A registry for the second-CI-machine and push rows.
+reg_start "$T/reg"
+REG=127.0.0.1:$REG_PORT
+# Second CI machine: each round, the first machine fills a new cache
+# repository (round N: cacheN) from an empty local cache; the second, with
+# an empty local cache too, takes every layer from it.
+echo 0 >"$T/ci-round"
+ci() { # CACHE OUT [ARGS...]
+  local cache=$1 out=$2; shift 2
+  printf 'IMGC_CACHE_DIR=%s %s build %s --output oci:%s -q --cache-repo %s/cache$(cat %s) --insecure-registry %s %s' \
+    "$(q "$cache")" "$(q "$IMGC")" "$(q "$T/ctx/one.toml")" "$(q "$out")" "$REG" "$(q "$T/ci-round")" "$REG" "$*"
+}
+add ci-first "$(fresh "$T/o-ci1" "$T/c-ci1") && echo \$((\$(cat $(q "$T/ci-round")) + 1)) >$(q "$T/ci-round")" \
+  "$(ci "$T/c-ci1" "$T/o-ci1") >/dev/null"
+add ci-second "$(fresh "$T/o-ci2" "$T/c-ci2")" "$(ci "$T/c-ci2" "$T/o-ci2" --format json) >$(q "$T/ci-second.json")"
+
+# Shallow push: a 200 MB base (incompressible) pushed once, untimed; an app
+# of 20 small files on it, pushed from an empty local store each run.
+mkdir -p "$T/basectx" "$T/appctx" "$T/pushdir"
+head -c 200M /dev/urandom >"$T/basectx/blob.bin"
+printf '[image]\nname = "%s/base"\ntags = ["1"]\nplatforms = ["linux/amd64"]\n\n[[layers]]\nname = "blob"\nfiles = [{ src = "blob.bin", dst = "/opt/blob.bin" }]\n' \
+  "$REG" >"$T/basectx/image.toml"
+cp -a "$T/ctx/app" "$T/appctx/app"
+printf '[image]\nname = "%s/app"\nbase = "%s/base:1"\n\n[[layers]]\nname = "app"\nfiles = [{ src = "app/**", dst = "/app/" }]\n' \
+  "$REG" "$REG" >"$T/appctx/image.toml"
+say "pushing the 200 MB base to $REG/base:1"
+IMGC_CACHE_DIR=$T/c-base "$IMGC" build "$T/basectx/image.toml" --push -q --insecure-registry "$REG" >/dev/null \
+  || die "pushing the base failed"
+push() { # CACHE [ARGS...]
+  local cache=$1; shift
+  printf 'cd %s && IMGC_CACHE_DIR=%s %s build %s --push -q --insecure-registry %s %s' \
+    "$(q "$T/pushdir")" "$(q "$cache")" "$(q "$IMGC")" "$(q "$T/appctx/image.toml")" "$REG" "$*"
+}
+add push-deep "$(fresh "$T/o-deep" "$T/c-deep")" "$(push "$T/c-deep" --output "oci:$(q "$T/o-deep")") >/dev/null"
+add push-shallow "rm -rf $(q "$T/c-sh")" "$(push "$T/c-sh" --format json) >$(q "$T/shallow.json")"
+
 say "priming the no-op and one-file rows' caches"
 bash -c "$(build "$T/o-noop" "$T/c-noop" "$T/ctx/one.toml")" || die "priming build failed"
 bash -c "$(build "$T/o-3w" "$T/c-3w" "$T/ctx/three.toml")" || die "priming build failed"
@@ -201,9 +246,28 @@ TABLE=$(
   row many-separate "100 specs, 100 separate \`imgc build\`s" many-separate -
   row many-j2 "100 specs, one \`imgc build\`, -j 2 (vs separate)" many-separate 0.5
   row many-j1 "100 specs, one \`imgc build\`, -j 1 (vs separate)" many-separate -
+  row ci-first "one layer, first CI machine: empty local cache, empty \`--cache-repo\`" ci-first -
+  row ci-second "one layer, second CI machine: empty local cache, filled \`--cache-repo\` (vs first)" ci-first 0.30
+  row push-deep "app on a 200 MB registry base, empty store, \`build --push --output\`" push-deep -
+  row push-shallow "the same, \`build --push\` without \`--output\` (shallow; vs \`--output\`)" push-deep -
 )
 SPEEDUP=$(awk -v a="$(cut -d' ' -f1 "$T/times/many-j1")" -v b="$(cut -d' ' -f1 "$T/times/many-j2")" 'BEGIN {
   r = a / b; printf "%.2f× (target ≥ 1.6×: %s)", r, (r >= 1.6 ? "**holds**" : "**missed**") }')
+# What the second CI machine's last run took from the cache repository, and
+# whether the first and second machines made the cold build's image.
+json_count() { grep -cE "$1" "$2" || true; } # PATTERN FILE
+BUILT=$(json_count '"origin": "built"' "$T/ci-second.json")
+FROM_REPO=$(json_count '"cache": "repo"' "$T/ci-second.json")
+same_ci=$(for o in o-cold o-ci1 o-ci2; do cat "$T/$o/index.json"; echo; done | sort -u | wc -l)
+[ "$same_ci" = 1 ] && SAME_CI=yes || SAME_CI="NO ($same_ci index files)"
+CI_NOTE="its last run took $FROM_REPO of $BUILT layer(s) from the cache repository (target: all, 0 compressed: $([ "$BUILT" -gt 0 ] && [ "$FROM_REPO" = "$BUILT" ] && echo '**holds**' || echo '**missed**')); both machines made the cold build's image: $SAME_CI. Each round used a new cache repository on one docker-registry (plain HTTP, 127.0.0.1)."
+json_num() { grep -oE "\"$1\": [0-9]+" "$2" | head -1 | grep -oE '[0-9]+$'; } # KEY FILE
+DOWN=$(json_num downloaded "$T/shallow.json")
+UP=$(json_num uploaded "$T/shallow.json")
+MOUNTED=$(json_num mounted "$T/shallow.json")
+EXISTED=$(json_num existed "$T/shallow.json")
+BASE_BYTES=$(stat -c %s "$T/basectx/blob.bin")
+PUSH_NOTE="the last shallow run downloaded $DOWN bytes (the base's config) and uploaded $UP; base layers $MOUNTED bytes mounted, $EXISTED bytes already there. 0 bytes of the $BASE_BYTES-byte base layer downloaded or uploaded: $([ "$DOWN" -lt 65536 ] && [ "$UP" -lt 65536 ] && echo '**holds**' || echo '**missed**'). The \`--output\` build downloads the whole base for its layout."
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 IN_MB=$(awk -v b="$TAR_BYTES" 'BEGIN { printf "%.1f", b / 1e6 }')
 REPORT=$(
@@ -215,6 +279,8 @@ REPORT=$(
   echo "- $RUNS runs per row, round-robin, wall time of the whole \`imgc build\` process; warm page cache."
   echo "- Same index from \`--no-cache\`, the cold build and the no-op rebuild: $SAME."
   echo "- 100 specs of one context share a docs layer (\`$DOCS\`) and have a file each; each many-spec row starts from an empty cache. One run, -j 2 against -j 1: $SPEEDUP."
+  echo "- Second CI machine: $CI_NOTE"
+  echo "- Shallow push: $PUSH_NOTE"
   echo "- Load average before/after: $LOAD_BEFORE / $LOAD_AFTER."
 )
 printf '%s\n' "$REPORT"

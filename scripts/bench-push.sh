@@ -47,27 +47,7 @@ RANDOM_BYTES=$(numfmt --from=iec "$RANDOM_SIZE" 2>/dev/null) \
   || die "BENCH_RANDOM_SIZE must be a size like 100M or 0, not \`$RANDOM_SIZE\`"
 
 # ---------------------------------------------------------------- tools
-# command -> Debian package.
-missing=()
-for pair in skopeo:skopeo docker-registry:docker-registry curl:curl sha256sum:coreutils numfmt:coreutils awk:mawk tar:tar cargo:; do
-  cmd=${pair%%:*} pkg=${pair#*:}
-  if ! command -v "$cmd" >/dev/null 2>&1; then
-    [ -n "$pkg" ] || die "$cmd not found (install Rust: https://rustup.rs)"
-    missing+=("$pkg")
-  fi
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing missing benchmark tools: ${missing[*]}"
-  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${missing[*]}"
-  sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || die "not root and no sudo; install by hand: ${missing[*]}"
-    sudo=(sudo)
-  fi
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q || die "apt-get update failed"
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
-    || die "apt-get install failed: ${missing[*]}"
-fi
+bench_need skopeo:skopeo docker-registry:docker-registry curl:curl sha256sum:coreutils numfmt:coreutils awk:mawk tar:tar cargo:
 
 TIMER=${BENCH_TIMER:-auto}
 case $TIMER in
@@ -92,14 +72,6 @@ BUSY_START=$(busy)
 say "cargo build --release --locked"
 cargo build --release --locked
 T=$(mktemp -d -t imgc-bench-push.XXXXXX)
-REG_PID=""
-reg_stop() {
-  if [ -n "$REG_PID" ]; then
-    kill "$REG_PID" 2>/dev/null || true
-    wait "$REG_PID" 2>/dev/null || true
-    REG_PID=""
-  fi
-}
 cleanup() { reg_stop; if [ "$KEEP" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi; }
 trap cleanup EXIT
 # A private copy: a rebuild by someone else during the run must not swap it.
@@ -175,52 +147,6 @@ sync  # no write-back of the build during the timed runs
 SRC="oci:$LAYOUT:$TAG"
 
 # ---------------------------------------------------------------- registry
-# A docker-registry on a free 127.0.0.1 port, plain HTTP, storing into DIR
-# (made empty). Sets REG_PID and REG_PORT.
-alive() { local st; st=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) && [ "$st" != Z ]; }
-reg_start() { # DIR
-  local dir=$1 port code deadline
-  rm -rf "$dir"
-  mkdir -p "$dir/storage"
-  for _ in 1 2 3 4 5 6 7 8 9 10; do
-    port=$((20000 + RANDOM % 40000))
-    # Taken when something accepts a connection there.
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
-    cat >"$dir/config.yml" <<YML
-version: 0.1
-log:
-  level: warn
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $dir/storage
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:$port
-  secret: imgc-bench-push
-YML
-    docker-registry serve "$dir/config.yml" </dev/null >"$dir/registry.log" 2>&1 &
-    REG_PID=$!
-    deadline=$(($(date +%s) + 20))
-    while alive "$REG_PID"; do
-      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/v2/" || true)
-      if [ "$code" = 200 ]; then REG_PORT=$port; return 0; fi
-      if [ "$(date +%s)" -ge "$deadline" ]; then
-        reg_stop
-        die "docker-registry not up after 20s on port $port; log: $(cat "$dir/registry.log")"
-      fi
-      sleep 0.05
-    done
-    # Exited: most likely the port was taken meanwhile. Try another one.
-    wait "$REG_PID" 2>/dev/null || true
-    REG_PID=""
-  done
-  die "could not start docker-registry on a free port; last log: $(cat "$dir/registry.log")"
-}
-
 q() { printf '%q' "$1"; }
 imgc_cmd() { # PORT: the imgc push command line
   printf '%s push %s 127.0.0.1:%s/bench:1 --insecure-registry 127.0.0.1:%s -q' "$(q "$IMGC")" "$(q "$SRC")" "$1" "$1"

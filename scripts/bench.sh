@@ -33,28 +33,8 @@ bench_runs 3
 MEM_SIZE=${BENCH_MEM_SIZE:-1G}
 
 # ---------------------------------------------------------------- tools
-# command -> Debian package. `time` is a bash keyword: check the file.
-missing=()
-for pair in umoci:umoci skopeo:skopeo pigz:pigz zstd:zstd gzip:gzip tar:tar awk:mawk cargo:; do
-  cmd=${pair%%:*} pkg=${pair#*:}
-  if ! command -v "$cmd" >/dev/null 2>&1; then
-    [ -n "$pkg" ] || die "$cmd not found (install Rust: https://rustup.rs)"
-    missing+=("$pkg")
-  fi
-done
-[ -x /usr/bin/time ] || missing+=(time)
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing missing benchmark tools: ${missing[*]}"
-  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${missing[*]}"
-  sudo=()
-  if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || die "not root and no sudo; install by hand: ${missing[*]}"
-    sudo=(sudo)
-  fi
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q || die "apt-get update failed"
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
-    || die "apt-get install failed: ${missing[*]}"
-fi
+# `time` is a bash keyword: its file is checked.
+bench_need umoci:umoci skopeo:skopeo pigz:pigz zstd:zstd gzip:gzip tar:tar awk:mawk /usr/bin/time:time cargo:
 
 TIMER=${BENCH_TIMER:-auto}
 case $TIMER in

@@ -360,15 +360,13 @@ fn make_layer(
             });
         }
     }
-    // With a cache repository, the key published is the one of the bytes
-    // packed (a file may change after it was hashed for the lookup).
-    let settings = layers::LayerSettings {
-        hash_files: settings.hash_files || c.remote.is_some(),
-        ..*settings
-    };
     let used = (c, recipe);
-    let (layer, held, content) = fresh_layer(node, &settings, Some(&used), writer, reporter)?;
-    if let (Some(remote), Some(key)) = (c.remote, content) {
+    let (layer, held, content) = fresh_layer(node, settings, Some(&used), writer, reporter)?;
+    // The key of the bytes packed when they were hashed, else the one the
+    // lookup hashed (a file changed in between makes an entry that the
+    // sources' tar stream check refuses everywhere: waste, not poison).
+    let key = content.or(key.map(|(k, _)| k));
+    if let (Some(remote), Some(key)) = (c.remote, key) {
         let blob = writer.staged_path(&layer.digest);
         remote::publish(remote, node, &key, &layer, &blob, settings.codec, reporter);
     }
