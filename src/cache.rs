@@ -213,19 +213,57 @@ pub fn file_digests(
     prints: &Fingerprints,
     settings: &LayerSettings<'_>,
 ) -> Result<(Vec<Digest>, bool), LayerError> {
-    let mut out = Vec::new();
-    let mut all = true;
-    for (path, rel, print) in context_files(node) {
-        if let Some(d) = prints.lookup(rel, &print) {
-            out.push(d);
-            continue;
+    let files: Vec<_> = context_files(node).collect();
+    let mut out: Vec<Option<Digest>> = files
+        .iter()
+        .map(|(_, rel, p)| prints.lookup(rel, p))
+        .collect();
+    let todo: Vec<usize> = (0..files.len()).filter(|&i| out[i].is_none()).collect();
+    // Files are read and hashed on up to `threads` threads, each with one
+    // buffer for all its files; the bytes worth hashing in parallel are many.
+    let bytes: u64 = todo.iter().map(|&i| files[i].2.size).sum();
+    let threads = if bytes < 8 << 20 {
+        1
+    } else {
+        settings.threads.clamp(1, 8)
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let hash_some = || -> Result<Vec<(usize, FileRead)>, LayerError> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut done = Vec::new();
+        loop {
+            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&i) = todo.get(k) else {
+                return Ok(done);
+            };
+            let (path, rel, print) = &files[i];
+            let read =
+                layers::hash_file(node, settings, (path, rel), print.id, print.size, &mut buf)?;
+            done.push((i, read));
         }
-        let read = layers::hash_file(node, settings, (path, rel), print.id, print.size)?;
+    };
+    let reads: Vec<Result<Vec<(usize, FileRead)>, LayerError>> = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(hash_some)).collect();
+        let mut all = vec![hash_some()];
+        all.extend(
+            others
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+        );
+        all
+    });
+    let mut all = true;
+    for (i, read) in reads
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+    {
         remember(prints, &read);
-        all &= stands(&read, &print);
-        out.extend(read.digest);
+        all &= stands(&read, &files[i].2);
+        out[i] = read.digest;
     }
-    Ok((out, all))
+    Ok((out.into_iter().flatten().collect(), all))
 }
 
 /// Records a hashed file read in the fingerprints, if it held still.

@@ -60,9 +60,13 @@ impl Job<'_> {
         }
         let desc = Descriptor::new(String::new(), entry.digest.clone(), entry.size);
         let held = writer.holds(&desc);
-        match writer.place_blob(self.cache.blobs_root(), &desc, None) {
+        // Filed locally first: the store blob's stamp lets it be linked.
+        self.file_locally(key, recipe, &entry);
+        let good = self.cache.get(key).and_then(|f| f.good);
+        match writer.place_blob(self.cache.blobs_root(), &desc, good) {
             Ok(_) => {}
             Err(e @ (LayoutError::DigestMismatch { .. } | LayoutError::Io { .. })) => {
+                self.cache.drop_entry(key, &entry.digest);
                 self.warn(&format!(
                     "its blob from {repo} was not placed: {}",
                     chain(&e)
@@ -71,7 +75,6 @@ impl Job<'_> {
             }
             Err(e) => return Err(e.into()),
         }
-        self.file_locally(key, recipe, &entry);
         Ok(Some((
             BuiltLayer {
                 digest: entry.digest,
@@ -83,52 +86,45 @@ impl Job<'_> {
         )))
     }
 
-    /// Why the entry may not be used (`None`: it may). Fetches its blob.
+    /// Why the entry may not be used (`None`: it may). Makes the tar
+    /// stream from the sources on one thread while the blob is fetched and
+    /// decompressed on this one.
     fn check(&self, entry: &RemoteEntry) -> Result<Option<String>, Error> {
-        let codec = self.settings.codec;
-        let expected_type = format!(
-            "{}{}",
-            crate::oci::MEDIA_TYPE_LAYER,
-            codec.media_type_suffix()
-        );
-        let docker = crate::oci::MEDIA_TYPE_DOCKER_LAYER_GZIP;
-        if entry.media_type != expected_type
-            && !(codec == Codec::Gzip && entry.media_type == docker)
-        {
-            return Ok(Some(format!("its media type is {}", entry.media_type)));
+        if let Some(why) = implausible(self.node, self.settings.codec, entry) {
+            return Ok(Some(why));
         }
-        let (diff_id, tar_size) = layers::tar_digest(self.node, self.settings)?;
+        let (tar, unpacked) = std::thread::scope(|s| {
+            let tar = s.spawn(|| layers::tar_digest(self.node, self.settings));
+            let unpacked = self.unpacked(entry);
+            (tar.join(), unpacked)
+        });
+        let (diff_id, tar_size) = tar.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
         if (&entry.diff_id, entry.tar_size) != (&diff_id, tar_size) {
             return Ok(Some(format!(
                 "its diff_id {} ({} bytes) is not the sources' tar stream {diff_id} ({tar_size} bytes)",
                 entry.diff_id, entry.tar_size
             )));
         }
-        // No codec makes a blob much larger than its tar stream: a larger
-        // declared size is a lie that would cost a download.
-        if entry.size > tar_size + tar_size / 64 + (1 << 16) {
-            return Ok(Some(format!(
-                "its blob is declared {} bytes, more than a {tar_size}-byte tar stream compresses to",
-                entry.size
-            )));
-        }
-        let path = match self.remote.fetch(entry) {
-            Ok(path) => path,
-            Err(e) => return Ok(Some(format!("its blob was not fetched: {}", chain(&e)))),
-        };
-        let unpacked = crate::fsx::open_regular(&path, crate::fsx::Links::Refuse)
-            .and_then(|f| layers::decompressed_digest(codec, f, tar_size));
         match unpacked {
             Ok((d, n)) if d == diff_id && n == tar_size => Ok(None),
             Ok((d, n)) => Ok(Some(format!(
                 "its blob {} decompresses to {d} ({n} bytes), not to its diff_id {diff_id}",
                 entry.digest
             ))),
-            Err(e) => Ok(Some(format!(
-                "its blob {} does not decompress: {e}",
-                entry.digest
-            ))),
+            Err(why) => Ok(Some(why)),
         }
+    }
+
+    /// Fetches the entry's blob (digest checked) and returns what it
+    /// decompresses to (at most the entry's tar size and one byte read).
+    fn unpacked(&self, entry: &RemoteEntry) -> Result<(crate::oci::Digest, u64), String> {
+        let path = self
+            .remote
+            .fetch(entry)
+            .map_err(|e| format!("its blob was not fetched: {}", chain(&e)))?;
+        crate::fsx::open_regular(&path, crate::fsx::Links::Refuse)
+            .and_then(|f| layers::decompressed_digest(self.settings.codec, f, entry.tar_size))
+            .map_err(|e| format!("its blob {} does not decompress: {e}", entry.digest))
     }
 
     /// Files a checked entry in the local cache (its blob is in the store).
@@ -152,6 +148,42 @@ impl Job<'_> {
             )));
         }
     }
+}
+
+/// Why an entry cannot be right whatever its bytes (checked before any
+/// download): a media type of another codec, a tar stream larger than the
+/// layer's entries can make, a blob larger than its tar stream compresses to.
+fn implausible(node: &LayerNode, codec: Codec, entry: &RemoteEntry) -> Option<String> {
+    let expected = layer_media_type(codec);
+    let docker = crate::oci::MEDIA_TYPE_DOCKER_LAYER_GZIP;
+    if entry.media_type != expected && !(codec == Codec::Gzip && entry.media_type == docker) {
+        return Some(format!("its media type is {}", entry.media_type));
+    }
+    // Each entry: a header, a PAX header for long names, padding; the end.
+    let names: u64 = node.entries.iter().map(|e| e.path.len() as u64).sum();
+    let most = node.content_bytes() + 2 * names + 4096 * node.entries.len() as u64 + 10_240;
+    if entry.tar_size > most {
+        return Some(format!(
+            "its tar stream is declared {} bytes, more than these sources can make ({most})",
+            entry.tar_size
+        ));
+    }
+    if entry.size > entry.tar_size + entry.tar_size / 64 + (1 << 16) {
+        return Some(format!(
+            "its blob is declared {} bytes, more than a {}-byte tar stream compresses to",
+            entry.size, entry.tar_size
+        ));
+    }
+    None
+}
+
+/// The OCI media type of a layer of this codec.
+fn layer_media_type(codec: Codec) -> String {
+    format!(
+        "{}{}",
+        crate::oci::MEDIA_TYPE_LAYER,
+        codec.media_type_suffix()
+    )
 }
 
 /// Files a built layer in the cache repository under its content key; a

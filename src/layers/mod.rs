@@ -247,17 +247,18 @@ pub fn decompressed_digest(
 }
 
 /// Reads and hashes one context file of `node` (planned as `id`, `size`
-/// bytes), opened beneath the context like a file being packed.
+/// bytes), opened beneath the context like a file being packed, through
+/// `buf` (reused across files: a fresh big buffer per file costs a mapping).
 pub fn hash_file(
     node: &LayerNode,
     settings: &LayerSettings<'_>,
     (path, rel): (&Path, &str),
     id: (u64, u64),
     size: u64,
+    buf: &mut [u8],
 ) -> Result<FileRead, LayerError> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let streamed = stream_file(settings.context, rel, id, size, &mut buf, &mut |b| {
+    let streamed = stream_file(settings.context, rel, id, size, buf, &mut |b| {
         hasher.update(b);
         Ok(())
     })

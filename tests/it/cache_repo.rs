@@ -241,6 +241,21 @@ fn an_entry_declaring_a_blob_larger_than_its_tar_stream_is_refused_unfetched() {
 }
 
 #[test]
+fn an_entry_declaring_a_tar_stream_larger_than_the_sources_make_is_refused_unfetched() {
+    // The victim's key and blob, its tar stream (and so the decompression
+    // bound) declared 1 TB.
+    poisoned_entry_is_refused(
+        |_, victim| {
+            let mut m = victim.clone();
+            m["layers"][0]["annotations"]["dev.imgc.layer.tar-size"] =
+                serde_json::json!("1000000000000");
+            m
+        },
+        "more than these sources can make",
+    );
+}
+
+#[test]
 fn prune_repo_deletes_old_entries_only() {
     let reg = Registry::start();
     let host = reg.host_port();
