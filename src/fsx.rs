@@ -108,7 +108,7 @@ fn open_flags(links: Links) -> libc::c_int {
 
 /// Checks that an opened file is a regular file, and the one looked at
 /// before opening (same device and inode) when `seen` is given.
-fn check_opened(file: File, seen: Option<&Metadata>) -> io::Result<File> {
+fn check_opened(file: File, seen: Option<&Metadata>) -> io::Result<(File, Metadata)> {
     let md = file.metadata()?;
     if !md.file_type().is_file() {
         return Err(not_regular(md.file_type()));
@@ -120,7 +120,7 @@ fn check_opened(file: File, seen: Option<&Metadata>) -> io::Result<File> {
             ));
         }
     }
-    Ok(file)
+    Ok((file, md))
 }
 
 /// Opens a regular file for reading, refusing anything else (see the module
@@ -141,7 +141,7 @@ pub fn open_regular(path: &Path, links: Links) -> io::Result<File> {
     }
     // SAFETY: `fd` was just opened and is owned by nothing else.
     let file = unsafe { File::from_raw_fd(fd) };
-    check_opened(file, Some(&seen))
+    check_opened(file, Some(&seen)).map(|(file, _)| file)
 }
 
 /// Reads a whole opened file of at most `limit` bytes; a larger one is an
@@ -229,6 +229,16 @@ impl ContextDir {
     /// beneath the context, following no symlink on the way, and checks it
     /// is the file planned: device and inode `planned`, when given.
     pub fn open_file(&self, rel: &Path, planned: Option<(u64, u64)>) -> io::Result<File> {
+        self.open_file_stat(rel, planned).map(|(file, _)| file)
+    }
+
+    /// [`ContextDir::open_file`], also returning the file's metadata as
+    /// checked (one `fstat` for the checks and the caller).
+    pub fn open_file_stat(
+        &self,
+        rel: &Path,
+        planned: Option<(u64, u64)>,
+    ) -> io::Result<(File, Metadata)> {
         check_relative(rel)?;
         let file = match self.open_beneath(rel, open_flags(Links::Refuse)) {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
@@ -243,16 +253,13 @@ impl ContextDir {
             ),
             _ => e,
         })?;
-        let file = check_opened(file, None)?;
-        if let Some(id) = planned {
-            let md = file.metadata()?;
-            if (md.dev(), md.ino()) != id {
-                return Err(io::Error::other(
-                    "it is not the file that was planned (it was replaced since)",
-                ));
-            }
+        let (file, md) = check_opened(file, None)?;
+        if planned.is_some_and(|id| (md.dev(), md.ino()) != id) {
+            return Err(io::Error::other(
+                "it is not the file that was planned (it was replaced since)",
+            ));
         }
-        Ok(file)
+        Ok((file, md))
     }
 
     /// Opens the folder at `rel` beneath the context (`""` is the context

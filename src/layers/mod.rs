@@ -325,10 +325,9 @@ fn stream_file(
     sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<Streamed, StreamError> {
     let began_ns = crate::fingerprint::now_ns();
-    let mut file = context
-        .open_file(Path::new(rel), Some(id))
+    let (mut file, md) = context
+        .open_file_stat(Path::new(rel), Some(id))
         .map_err(StreamError::Read)?;
-    let md = file.metadata().map_err(StreamError::Read)?;
     if md.len() != size {
         return Err(StreamError::Changed);
     }

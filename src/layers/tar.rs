@@ -232,16 +232,33 @@ fn ustar_block(
 }
 
 /// Zero-padded octal digits followed by a NUL, filling `field`.
+/// (The lowest digits when the value has more: callers bound their values.)
 fn octal(field: &mut [u8], value: u64) {
     let digits = field.len() - 1;
-    let s = format!("{value:0digits$o}");
-    field[..digits].copy_from_slice(&s.as_bytes()[s.len() - digits..]);
+    let mut v = value;
+    for b in field[..digits].iter_mut().rev() {
+        *b = b'0' + (v & 7) as u8;
+        v >>= 3;
+    }
     field[digits] = 0;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn octal_fields_are_zero_padded_and_nul_ended() {
+        let mut f = [b'x'; 8];
+        octal(&mut f, 0o755);
+        assert_eq!(&f, b"0000755\0");
+        let mut f = [b'x'; 12];
+        for v in [0u64, 1, 7, 8, 0o777, 1 << 30, 0o77777777777] {
+            octal(&mut f, v);
+            assert_eq!(&f[..11], format!("{v:011o}").as_bytes(), "{v}");
+            assert_eq!(f[11], 0);
+        }
+    }
 
     #[test]
     fn pax_record_length_counts_itself() {
