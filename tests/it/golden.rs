@@ -14,6 +14,8 @@ const MULTI_ARCH_NONE: &str =
     "sha256:f677847362b5bd4c2a294d09d476fd4883cfbd811f6012e22f2bb31cc7c8a83e";
 const BIG_GZIP: &str = "sha256:51368e85ce0de93d65fd91f9c143394fecae398351b78fc2a9d545543f23c112";
 const BIG_ZSTD: &str = "sha256:a55575164905744229679a2a8a940074a98bc086a130d0e3a32ba8ed20de68df";
+/// A zstd layer of several of libzstd's multithreaded jobs: pins the job size.
+const JOBS_ZSTD: &str = "sha256:7653c29c5214043a18452febba99364d65465d46edc232334dc3be83e375a834";
 
 fn check(name: &str, got: &str, want: &str) {
     assert_eq!(
@@ -96,4 +98,25 @@ fn a_multi_block_layer_matches_its_golden_digest() {
     let z2 = build(&spec, &ctx.join("z2"), &["-j", "2"]);
     assert_eq!(z1, z2, "zstd bytes depend on the thread count");
     check("3 MiB zstd layer", &z1, BIG_ZSTD);
+}
+
+#[test]
+fn a_zstd_layer_of_several_jobs_matches_its_golden_digest() {
+    let tmp = tempdir();
+    let ctx = tmp.path();
+    fs::write(
+        ctx.join("big.bin"),
+        pseudo_random_bytes(13 * 1024 * 1024 + 4_321),
+    )
+    .unwrap();
+    let spec = ctx.join("image.toml");
+    fs::write(
+        &spec,
+        "[image]\nplatforms = [\"linux/amd64\"]\ncompression = \"zstd\"\n[[layers]]\nname = \"big\"\nfiles = [{ src = \"big.bin\", dst = \"/big.bin\" }]\n",
+    )
+    .unwrap();
+    let z1 = build(&spec, &ctx.join("z1"), &["-j", "1", "--no-cache"]);
+    let z3 = build(&spec, &ctx.join("z3"), &["-j", "3", "--no-cache"]);
+    assert_eq!(z1, z3, "zstd bytes depend on the thread count");
+    check("13 MiB zstd layer", &z1, JOBS_ZSTD);
 }
