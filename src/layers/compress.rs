@@ -44,6 +44,12 @@ const MAX_THREADS: usize = 256;
 /// zstd compression level (part of the format).
 const ZSTD_LEVEL: i32 = 3;
 
+/// libzstd's multithreaded job size (part of the format: it decides where
+/// jobs, and so matches, are cut). Its default at level 3 is 8 MiB; 4 MiB
+/// cuts the encoder's memory by about 30 MB with 2 workers for 0.8% more
+/// bytes (measured in the book's design chapter).
+const ZSTD_JOB_SIZE: u32 = 4 << 20;
+
 /// The parameters of the gzip block scheme. All of them are part of the byte
 /// format: changing any of them changes the output and must change
 /// [`crate::oci::Codec::format_id`].
@@ -234,6 +240,7 @@ fn zstd_encoder<W: Write + Send + 'static>(
     let workers = u32::try_from(threads.max(1)).unwrap_or(u32::MAX);
     let mut encoder = zstd::stream::write::Encoder::new(HashingWriter::new(out), ZSTD_LEVEL)?;
     encoder.multithread(workers)?;
+    encoder.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
     encoder.include_checksum(true)?;
     encoder.include_contentsize(false)?;
     encoder.include_dictid(false)?;
@@ -888,7 +895,7 @@ mod tests {
                 1_185_033,
             ),
             (
-                "zstd/libzstd-1.5.7/l3/mt/ck1/cs0/v1",
+                "zstd/libzstd-1.5.7/l3/mt/j4m/ck1/cs0/v1",
                 "ec31724d4484bf786ca980b5c18c44d1049ddb957a700aeee600e8ed8707d879",
                 875_217,
             ),

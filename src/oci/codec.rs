@@ -43,6 +43,7 @@ impl Codec {
 /// independent blocks, sync flush between them, one gzip member.
 const GZIP_FORMAT_ID: &str = "gzip/zlib-rs/l2/b1m/v1";
 
-/// The zstd format: libzstd version, level, multithreaded encoder, checksum
-/// flag on, content-size flag off (a test checks the libzstd version).
-const ZSTD_FORMAT_ID: &str = "zstd/libzstd-1.5.7/l3/mt/ck1/cs0/v1";
+/// The zstd format: libzstd version, level, multithreaded encoder with
+/// 4 MiB jobs, checksum flag on, content-size flag off (a test checks the
+/// libzstd version).
+const ZSTD_FORMAT_ID: &str = "zstd/libzstd-1.5.7/l3/mt/j4m/ck1/cs0/v1";

@@ -15,7 +15,7 @@ const MULTI_ARCH_NONE: &str =
 const BIG_GZIP: &str = "sha256:51368e85ce0de93d65fd91f9c143394fecae398351b78fc2a9d545543f23c112";
 const BIG_ZSTD: &str = "sha256:a55575164905744229679a2a8a940074a98bc086a130d0e3a32ba8ed20de68df";
 /// A zstd layer of several of libzstd's multithreaded jobs: pins the job size.
-const JOBS_ZSTD: &str = "sha256:7653c29c5214043a18452febba99364d65465d46edc232334dc3be83e375a834";
+const JOBS_ZSTD: &str = "sha256:3200d440cf06e514b98ae3ebfcbe21c583e23e5dc596c0d483e9e2d0eb1b5141";
 
 fn check(name: &str, got: &str, want: &str) {
     assert_eq!(
