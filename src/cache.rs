@@ -148,7 +148,7 @@ pub fn content_key<'a>(node: &LayerNode, files: impl IntoIterator<Item = &'a Dig
 pub fn recipe_key(node: &LayerNode) -> String {
     let mut h = Sha256::new();
     h.update(format!("imgc layer recipe {CACHE_FORMAT}\n{}\n", node.key));
-    for (_, _, p) in context_files(node) {
+    for (_, p) in context_files(node) {
         let s = &p.stamp;
         for n in [p.id.0, p.id.1, p.size] {
             h.update(n.to_le_bytes());
@@ -171,29 +171,22 @@ pub fn stands(read: &FileRead, planned: &Print) -> bool {
 /// `now_ns`: its layer cannot be filed under its recipe key, so a build
 /// that would not hash hashes it (to file it by content).
 pub fn any_racy(node: &LayerNode, now_ns: i64) -> bool {
-    context_files(node).any(|(_, _, p)| !settled(&p.stamp, now_ns))
+    context_files(node).any(|(_, p)| !settled(&p.stamp, now_ns))
 }
 
 /// Whether every context file of `node`, read as `reads`, [`stands`].
 pub fn all_stand(node: &LayerNode, reads: &[FileRead]) -> bool {
-    let planned: Vec<Print> = context_files(node).map(|(_, _, p)| p).collect();
+    let planned: Vec<Print> = context_files(node).map(|(_, p)| p).collect();
     planned.len() == reads.len() && reads.iter().zip(&planned).all(|(r, p)| stands(r, p))
 }
 
-/// The context files `node` packs: (path, rel, print), in entry order.
-fn context_files(node: &LayerNode) -> impl Iterator<Item = (&Path, &str, Print)> {
+/// The context files `node` packs: (rel, print), in entry order.
+fn context_files(node: &LayerNode) -> impl Iterator<Item = (&str, Print)> {
     node.entries.iter().filter_map(|e| match &e.kind {
         EntryKind::File {
-            source:
-                FileSource::Context {
-                    path,
-                    rel,
-                    id,
-                    stamp,
-                },
+            source: FileSource::Context { rel, id, stamp },
             size,
         } => Some((
-            path.as_path(),
             rel.as_str(),
             Print {
                 id: *id,
@@ -214,14 +207,11 @@ pub fn file_digests(
     settings: &LayerSettings<'_>,
 ) -> Result<(Vec<Digest>, bool), LayerError> {
     let files: Vec<_> = context_files(node).collect();
-    let mut out: Vec<Option<Digest>> = files
-        .iter()
-        .map(|(_, rel, p)| prints.lookup(rel, p))
-        .collect();
+    let mut out: Vec<Option<Digest>> = files.iter().map(|(rel, p)| prints.lookup(rel, p)).collect();
     let todo: Vec<usize> = (0..files.len()).filter(|&i| out[i].is_none()).collect();
     // Files are read and hashed on up to `threads` threads, each with one
     // buffer for all its files; the bytes worth hashing in parallel are many.
-    let bytes: u64 = todo.iter().map(|&i| files[i].2.size).sum();
+    let bytes: u64 = todo.iter().map(|&i| files[i].1.size).sum();
     let threads = if bytes < 8 << 20 {
         1
     } else {
@@ -236,9 +226,8 @@ pub fn file_digests(
             let Some(&i) = todo.get(k) else {
                 return Ok(done);
             };
-            let (path, rel, print) = &files[i];
-            let read =
-                layers::hash_file(node, settings, (path, rel), print.id, print.size, &mut buf)?;
+            let (rel, print) = &files[i];
+            let read = layers::hash_file(node, settings, rel, print.id, print.size, &mut buf)?;
             done.push((i, read));
         }
     };
@@ -260,7 +249,7 @@ pub fn file_digests(
         .flatten()
     {
         remember(prints, &read);
-        all &= stands(&read, &files[i].2);
+        all &= stands(&read, &files[i].1);
         out[i] = read.digest;
     }
     Ok((out.into_iter().flatten().collect(), all))

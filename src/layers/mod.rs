@@ -252,7 +252,7 @@ pub fn decompressed_digest(
 pub fn hash_file(
     node: &LayerNode,
     settings: &LayerSettings<'_>,
-    (path, rel): (&Path, &str),
+    rel: &str,
     id: (u64, u64),
     size: u64,
     buf: &mut [u8],
@@ -262,7 +262,7 @@ pub fn hash_file(
         hasher.update(b);
         Ok(())
     })
-    .map_err(|e| e.into_layer_error(&node.name, path, size))?;
+    .map_err(|e| e.into_layer_error(&node.name, &settings.context.path().join(rel), size))?;
     Ok(streamed.read(rel, Some(&hasher.finalize())))
 }
 
@@ -423,9 +423,7 @@ impl<'a, W: Write> EntryWriter<'a, W> {
         if let EntryKind::File { source, size } = &entry.kind {
             match source {
                 FileSource::Inline(bytes) => self.tar.data(bytes).map_err(|e| self.write_err(e))?,
-                FileSource::Context { path, rel, id, .. } => {
-                    self.copy_file(path, rel, *id, *size)?
-                }
+                FileSource::Context { rel, id, .. } => self.copy_file(rel, *id, *size)?,
             }
             self.tar.pad(*size).map_err(|e| self.write_err(e))?;
         }
@@ -434,13 +432,7 @@ impl<'a, W: Write> EntryWriter<'a, W> {
 
     /// Streams a context file into the tar (see [`stream_file`]), hashing
     /// it on the way when asked.
-    fn copy_file(
-        &mut self,
-        path: &Path,
-        rel: &str,
-        id: (u64, u64),
-        size: u64,
-    ) -> Result<(), LayerError> {
+    fn copy_file(&mut self, rel: &str, id: (u64, u64), size: u64) -> Result<(), LayerError> {
         let mut hasher = self.hash_files.then(Sha256::new);
         let (tar, progress) = (&mut self.tar, &mut self.progress);
         let mut sink = |data: &[u8]| {
@@ -455,7 +447,7 @@ impl<'a, W: Write> EntryWriter<'a, W> {
             Ok(())
         };
         let streamed = stream_file(self.context, rel, id, size, &mut self.buf, &mut sink)
-            .map_err(|e| e.into_layer_error(self.layer, path, size))?;
+            .map_err(|e| e.into_layer_error(self.layer, &self.context.path().join(rel), size))?;
         let sha = hasher.map(|h| h.finalize());
         self.files.push(streamed.read(rel, sha.as_deref()));
         Ok(())

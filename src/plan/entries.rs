@@ -543,7 +543,6 @@ fn make_entry(
                 .file_mode
                 .map_or(if st.executable { 0o755 } else { 0o644 }, |m| m.0);
             let source = FileSource::Context {
-                path: ctx.root().join(rel),
                 rel: utf8(rel, location)?,
                 id: st.id,
                 stamp: st.stamp,

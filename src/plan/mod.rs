@@ -163,10 +163,9 @@ pub enum EntryKind {
 /// Where a file's bytes come from.
 #[derive(Clone, Debug)]
 pub enum FileSource {
-    /// A file of the build context.
+    /// A file of the build context (its path on disk: the plan's context
+    /// joined with `rel`, made only for messages).
     Context {
-        /// Its path on disk.
-        path: PathBuf,
         /// Its path relative to the context.
         rel: String,
         /// Its device and inode when planned: building opens it beneath the

@@ -264,7 +264,9 @@ fn builds_killed_at_random_moments_never_damage_the_layout_or_change_the_next_di
     // The time of one build, to spread the interruptions over it.
     let started = Instant::now();
     c.build();
-    let span = started.elapsed().as_millis().max(50) as u64;
+    // (A rebuild from the layer cache takes a few ms: a longer floor would
+    // land most signals after the build.)
+    let span = started.elapsed().as_millis().max(5) as u64;
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -279,7 +281,7 @@ fn builds_killed_at_random_moments_never_damage_the_layout_or_change_the_next_di
     // Until 20 builds were cut short by SIGKILL and 5 by SIGINT (a signal
     // that lands after a build ended does not count).
     let (mut kills, mut ints) = (0, 0);
-    for round in 0..100 {
+    for round in 0..300 {
         if kills >= 20 && ints >= 5 {
             break;
         }
