@@ -400,14 +400,14 @@ fn fresh_layer(
             || (cache.is_some() && crate::cache::any_racy(node, crate::fingerprint::now_ns())),
         ..*settings
     };
-    let (layer, files) = layers::build_layer(node, &settings, file, &mut progress)?;
+    let (layer, reads) = layers::build_layer(node, &settings, file, &mut progress)?;
     let desc = Descriptor::new(String::new(), layer.digest.clone(), layer.size);
     let held = writer.holds(&desc);
     writer.add_blob_file(&tmp, &layer.digest)?;
     let mut content = None;
     if let Some((c, recipe)) = cache {
         let blob = writer.staged_path(&layer.digest);
-        content = remember_layer((node, recipe), c, &layer, &files, &blob, reporter);
+        content = remember_layer((node, recipe), c, &layer, &reads, &blob, reporter);
     }
     Ok((layer, held, content))
 }
@@ -419,18 +419,22 @@ fn remember_layer(
     (node, recipe): (&crate::plan::LayerNode, &str),
     c: &CacheUse,
     layer: &BuiltLayer,
-    files: &[layers::FileRead],
+    reads: &layers::Reads,
     blob: &Path,
     reporter: &dyn Reporter,
 ) -> Option<String> {
     let mut keys = Vec::new();
-    for read in files {
+    for read in &reads.files {
         crate::cache::remember(&c.prints, read);
     }
-    let digests: Option<Vec<&Digest>> = files.iter().map(|f| f.digest.as_ref()).collect();
+    // Unhashed reads give no content key (they are not even kept).
+    let digests: Option<Vec<&Digest>> = reads
+        .hashed
+        .then(|| reads.files.iter().map(|f| f.digest.as_ref()).collect())
+        .flatten();
     let content = digests.map(|d| crate::cache::content_key(node, d));
     keys.extend(content.clone());
-    if crate::cache::all_stand(node, files) {
+    if reads.all_stand {
         keys.push(recipe.to_string());
     }
     let entry = CacheEntry {

@@ -161,23 +161,11 @@ pub fn recipe_key(node: &LayerNode) -> String {
     hex::encode(h.finalize())
 }
 
-/// Whether a file read as `read` was the file planned (`planned`), did not
-/// change while read, and had settled: its fingerprint stands for its bytes.
-pub fn stands(read: &FileRead, planned: &Print) -> bool {
-    read.steady && read.print == *planned && settled(&read.print.stamp, read.began_ns)
-}
-
 /// Whether some context file of `node` had not settled, as planned, by
 /// `now_ns`: its layer cannot be filed under its recipe key, so a build
 /// that would not hash hashes it (to file it by content).
 pub fn any_racy(node: &LayerNode, now_ns: i64) -> bool {
     context_files(node).any(|(_, p)| !settled(&p.stamp, now_ns))
-}
-
-/// Whether every context file of `node`, read as `reads`, [`stands`].
-pub fn all_stand(node: &LayerNode, reads: &[FileRead]) -> bool {
-    let planned: Vec<Print> = context_files(node).map(|(_, p)| p).collect();
-    planned.len() == reads.len() && reads.iter().zip(&planned).all(|(r, p)| stands(r, p))
 }
 
 /// The context files `node` packs: (rel, print), in entry order.
@@ -249,7 +237,7 @@ pub fn file_digests(
         .flatten()
     {
         remember(prints, &read);
-        all &= stands(&read, &files[i].1);
+        all &= read.stands(&files[i].1);
         out[i] = read.digest;
     }
     Ok((out.into_iter().flatten().collect(), all))

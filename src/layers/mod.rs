@@ -151,9 +151,32 @@ pub struct FileRead {
     pub steady: bool,
 }
 
+/// What a build of a layer saw of its context files.
+#[derive(Clone, Debug, Default)]
+pub struct Reads {
+    /// Whether the files were hashed (`settings.hash_files`).
+    pub hashed: bool,
+    /// Each context file as read, in entry order, when hashed (else none:
+    /// 150 bytes a file that a cold build does not need).
+    pub files: Vec<FileRead>,
+    /// Whether every context file [`FileRead::stands`] for its bytes.
+    pub all_stand: bool,
+}
+
+impl FileRead {
+    /// Whether the file read was the file planned (`planned`), did not
+    /// change while read, and had settled: its fingerprint stands for its
+    /// bytes.
+    pub fn stands(&self, planned: &Print) -> bool {
+        self.steady
+            && self.print == *planned
+            && crate::fingerprint::settled(&self.print.stamp, self.began_ns)
+    }
+}
+
 /// Builds the layer `node` into `out` (a fresh, empty file, synced to disk
-/// before this returns), returning its digests and sizes, and each context
-/// file as read (in entry order; hashed when `settings.hash_files`).
+/// before this returns), returning its digests and sizes, and what it saw
+/// of its context files (see [`Reads`]).
 ///
 /// `progress` is called with the number of tar bytes written so far, about
 /// every [`PROGRESS_STEP`] bytes.
@@ -162,7 +185,7 @@ pub fn build_layer(
     settings: &LayerSettings<'_>,
     out: File,
     progress: &mut dyn FnMut(u64),
-) -> Result<(BuiltLayer, Vec<FileRead>), LayerError> {
+) -> Result<(BuiltLayer, Reads), LayerError> {
     let write_err = |source| LayerError::Write {
         layer: node.name.clone(),
         source,
@@ -182,7 +205,11 @@ pub fn build_layer(
     for entry in &node.entries {
         w.write_entry(entry)?;
     }
-    let files = std::mem::take(&mut w.files);
+    let reads = Reads {
+        hashed: w.hash_files,
+        files: std::mem::take(&mut w.files),
+        all_stand: w.all_stand,
+    };
     let (compressor, diff_id, tar_size) = w.tar.finish().map_err(write_err)?.finish();
     let compressed = compressor.finish().map_err(write_err)?;
     let file = compressed
@@ -199,7 +226,7 @@ pub fn build_layer(
         size: compressed.size,
         tar_size,
     };
-    Ok((layer, files))
+    Ok((layer, reads))
 }
 
 /// The diff_id and size of the layer's tar stream, made from the sources
@@ -369,6 +396,8 @@ struct EntryWriter<'a, W: Write> {
     /// Each context file as read, when hashing files.
     files: Vec<FileRead>,
     hash_files: bool,
+    /// Whether every context file so far stands for its bytes.
+    all_stand: bool,
 }
 
 impl<'a, W: Write> EntryWriter<'a, W> {
@@ -387,6 +416,7 @@ impl<'a, W: Write> EntryWriter<'a, W> {
             progress,
             files: Vec::new(),
             hash_files: settings.hash_files,
+            all_stand: true,
         }
     }
 
@@ -423,7 +453,14 @@ impl<'a, W: Write> EntryWriter<'a, W> {
         if let EntryKind::File { source, size } = &entry.kind {
             match source {
                 FileSource::Inline(bytes) => self.tar.data(bytes).map_err(|e| self.write_err(e))?,
-                FileSource::Context { rel, id, .. } => self.copy_file(rel, *id, *size)?,
+                FileSource::Context { rel, id, stamp } => {
+                    let planned = Print {
+                        id: *id,
+                        size: *size,
+                        stamp: *stamp,
+                    };
+                    self.copy_file(rel, &planned)?
+                }
             }
             self.tar.pad(*size).map_err(|e| self.write_err(e))?;
         }
@@ -432,7 +469,8 @@ impl<'a, W: Write> EntryWriter<'a, W> {
 
     /// Streams a context file into the tar (see [`stream_file`]), hashing
     /// it on the way when asked.
-    fn copy_file(&mut self, rel: &str, id: (u64, u64), size: u64) -> Result<(), LayerError> {
+    fn copy_file(&mut self, rel: &str, planned: &Print) -> Result<(), LayerError> {
+        let (id, size) = (planned.id, planned.size);
         let mut hasher = self.hash_files.then(Sha256::new);
         let (tar, progress) = (&mut self.tar, &mut self.progress);
         let mut sink = |data: &[u8]| {
@@ -449,7 +487,11 @@ impl<'a, W: Write> EntryWriter<'a, W> {
         let streamed = stream_file(self.context, rel, id, size, &mut self.buf, &mut sink)
             .map_err(|e| e.into_layer_error(self.layer, &self.context.path().join(rel), size))?;
         let sha = hasher.map(|h| h.finalize());
-        self.files.push(streamed.read(rel, sha.as_deref()));
+        let read = streamed.read(rel, sha.as_deref());
+        self.all_stand &= read.stands(planned);
+        if self.hash_files {
+            self.files.push(read);
+        }
         Ok(())
     }
 }
