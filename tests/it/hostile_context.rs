@@ -51,11 +51,20 @@ impl Race {
     /// Starts a build, runs `change` as soon as planning is done, and waits
     /// (at most 60 s, then kills it). Returns (exit code, stderr, seconds).
     fn build_changing(&self, change: impl FnOnce(&Path)) -> (Option<i32>, String, f64) {
+        self.build_changing_with("1", change)
+    }
+
+    /// [`Race::build_changing`] with `-j jobs`.
+    fn build_changing_with(
+        &self,
+        jobs: &str,
+        change: impl FnOnce(&Path),
+    ) -> (Option<i32>, String, f64) {
         let started = Instant::now();
         let mut child = imgc()
             .arg("build")
             .arg(self.ctx.join("image.toml"))
-            .args(["-j", "1", "--output"])
+            .args(["-j", jobs, "--output"])
             .arg(oci_arg(&self.out()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -160,4 +169,41 @@ fn fifos_and_sockets_in_the_context_are_refused_when_planning() {
         );
         assert!(err.contains("image.toml:5:"), "{err}");
     }
+}
+
+/// Small files are read ahead on another thread (with `-j 2`): a file that
+/// changed after planning still fails the build, naming it, and a failure
+/// while the reader has filled its queue does not hang the build.
+#[test]
+fn files_read_ahead_are_checked_and_a_failure_stops_the_reader() {
+    let race = Race::new();
+    let many = race.ctx.join("many");
+    fs::create_dir(&many).unwrap();
+    // Sorted first in the layer: a file too big to be read ahead.
+    fs::write(many.join("0.bin"), noise(3, 200_000)).unwrap();
+    for i in 0..600 {
+        fs::write(many.join(format!("f{i:04}.txt")), format!("small {i}\n")).unwrap();
+    }
+    fs::write(
+        race.ctx.join("image.toml"),
+        SPEC.replace("src = \"sub/f\"", "src = \"many/**\"")
+            .replace("dst = \"/f\"", "dst = \"/many/\""),
+    )
+    .unwrap();
+    // The big file shrinks after planning: the writer fails on it while the
+    // reader has 256 small files queued.
+    let (code, err, secs) = race.build_changing_with("2", |ctx| {
+        fs::write(ctx.join("many/0.bin"), b"short").unwrap();
+    });
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("many/0.bin"), "{err}");
+    assert!(secs < 30.0, "{secs} s");
+    // A small file changed after planning fails the build too, named.
+    fs::write(many.join("0.bin"), noise(3, 200_000)).unwrap();
+    let (code, err, _) = race.build_changing_with("2", |ctx| {
+        fs::write(ctx.join("many/f0300.txt"), b"another size entirely").unwrap();
+    });
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("many/f0300.txt"), "{err}");
+    assert!(!race.out().exists(), "a layout was written");
 }
