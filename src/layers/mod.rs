@@ -380,10 +380,12 @@ fn stream_file(
         sink(&buf[..n]).map_err(StreamError::Write)?;
         left -= n as u64;
     }
-    if file.read(&mut buf[..1]).map_err(StreamError::Read)? != 0 {
+    // A file that grew while read says so in its size (one `fstat`, not
+    // another `read` at the end).
+    let after = file.metadata().map_err(StreamError::Read)?;
+    if after.len() != size {
         return Err(StreamError::Changed);
     }
-    let after = file.metadata().map_err(StreamError::Read)?;
     Ok(Streamed {
         steady: Stamp::of(&after) == print.stamp && after.len() == size,
         print,
