@@ -7,7 +7,6 @@
 //! given; it knows nothing of layouts, manifests or registries.
 
 pub mod compress;
-mod prefetch;
 pub mod tar;
 
 pub use compress::Codec;
@@ -203,14 +202,9 @@ pub fn build_layer(
     )
     .map_err(write_err)?;
     let mut w = EntryWriter::new(node, settings, HashingWriter::new(compressor), progress);
-    std::thread::scope(|scope| {
-        w.prefetched = prefetch::start(scope, node, settings.context, settings.threads);
-        let written = node.entries.iter().try_for_each(|e| w.write_entry(e));
-        // Stops the reader, also after an error (else the scope would wait
-        // for a reader blocked on a full queue).
-        w.prefetched = None;
-        written
-    })?;
+    for entry in &node.entries {
+        w.write_entry(entry)?;
+    }
     let reads = Reads {
         hashed: w.hash_files,
         files: std::mem::take(&mut w.files),
@@ -406,8 +400,6 @@ struct EntryWriter<'a, W: Write> {
     hash_files: bool,
     /// Whether every context file so far stands for its bytes.
     all_stand: bool,
-    /// Small files read ahead (see [`prefetch`]), when a reader runs.
-    prefetched: Option<std::sync::mpsc::Receiver<prefetch::Prefetched>>,
 }
 
 impl<'a, W: Write> EntryWriter<'a, W> {
@@ -427,7 +419,6 @@ impl<'a, W: Write> EntryWriter<'a, W> {
             files: Vec::new(),
             hash_files: settings.hash_files,
             all_stand: true,
-            prefetched: None,
         }
     }
 
@@ -495,19 +486,8 @@ impl<'a, W: Write> EntryWriter<'a, W> {
             }
             Ok(())
         };
-        // A small file the reader has read (or failed to): taken in order.
-        let ahead = match &self.prefetched {
-            Some(rx) if size <= prefetch::MAX_FILE => rx.recv().ok(),
-            _ => None,
-        };
-        let streamed = match ahead {
-            Some((data, streamed)) => streamed.and_then(|s| {
-                sink(&data).map_err(StreamError::Write)?;
-                Ok(s)
-            }),
-            None => stream_file(self.context, rel, id, size, &mut self.buf, &mut sink),
-        }
-        .map_err(|e| e.into_layer_error(self.layer, &self.context.path().join(rel), size))?;
+        let streamed = stream_file(self.context, rel, id, size, &mut self.buf, &mut sink)
+            .map_err(|e| e.into_layer_error(self.layer, &self.context.path().join(rel), size))?;
         let sha = hasher.map(|h| h.finalize());
         let read = streamed.read(rel, sha.as_deref());
         self.all_stand &= read.stands(planned);
