@@ -3,7 +3,8 @@
 //! index, and commits the layout atomically. Reports through a `Reporter`.
 
 use crate::base::{BaseError, BaseImage, MAX_DOCUMENT_SIZE};
-use crate::cache::{CacheEntry, LayerCache, RemoteCache};
+use crate::cache::{CacheEntry, LayerCache};
+use crate::shared_cache::RemoteCache;
 
 mod remote;
 use crate::layers::{self, BuiltLayer, LayerError};

@@ -38,9 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// The version of the cache's entries and keys; a change makes a new
-/// folder, so no entry of another version is ever read.
-pub const CACHE_FORMAT: u32 = 2;
+pub use crate::shared_cache::CACHE_FORMAT;
 
 /// A used blob whose mtime is older than this is touched (the store's
 /// pruning goes by mtime) and its stamp recorded again.
@@ -63,37 +61,6 @@ pub struct CacheEntry {
     pub tar_size: u64,
     /// The blob file's stamp when its digest was last known good.
     pub blob: Option<BlobStamp>,
-}
-
-/// A layer cache shared through a registry repository (`--cache-repo`):
-/// entries found by content key, blobs fetched into the local store. What
-/// it answers is not trusted: the build checks a hit against the sources
-/// (see `build::remote_layer`) before using it.
-pub trait RemoteCache: Send + Sync + std::fmt::Debug {
-    /// Where the entries are, for messages (`registry/repository`).
-    fn name(&self) -> String;
-    /// The entry filed under the content key `key`; `None` when there is none.
-    fn lookup(&self, key: &str) -> Result<Option<RemoteEntry>, RegistryError>;
-    /// Puts the entry's blob into the local store (its digest and size
-    /// checked); returns its path there.
-    fn fetch(&self, entry: &RemoteEntry) -> Result<PathBuf, RegistryError>;
-    /// Files a built layer (its blob at `blob`) under `key`.
-    fn publish(&self, key: &str, entry: &RemoteEntry, blob: &Path) -> Result<(), RegistryError>;
-}
-
-/// What a registry cache entry says of a layer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteEntry {
-    /// The blob's media type.
-    pub media_type: String,
-    /// The compressed blob's digest.
-    pub digest: Digest,
-    /// Its size.
-    pub size: u64,
-    /// The tar stream's digest.
-    pub diff_id: Digest,
-    /// Its size.
-    pub tar_size: u64,
 }
 
 /// A store blob file's device, inode, size and mtime (nanoseconds).
@@ -188,7 +155,7 @@ fn context_files(node: &LayerNode) -> impl Iterator<Item = (&str, Print)> {
 
 /// The digest of each context file `node` packs, from the fingerprints
 /// where they know it; the others are read and hashed (and remembered).
-/// Also says whether every file [`stands`] (a row of the table does).
+/// Also says whether every file [`FileRead::stands`] (a row of the table does).
 pub fn file_digests(
     node: &LayerNode,
     prints: &Fingerprints,

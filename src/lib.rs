@@ -17,6 +17,7 @@ pub mod oci;
 pub mod plan;
 pub mod progress;
 pub mod registry;
+pub mod shared_cache;
 pub mod sources;
 pub mod spec;
 

@@ -6,12 +6,13 @@
 //! cheaper than compressing. Anything else is reported and the layer built.
 //! The cache never fails a build: a registry error is a warning.
 
-use crate::cache::{CacheEntry, LayerCache, RemoteCache, RemoteEntry};
+use crate::cache::{CacheEntry, LayerCache};
 use crate::layers::{self, BuiltLayer, LayerSettings};
 use crate::layout::{LayoutError, LayoutWriter};
 use crate::oci::{Codec, Descriptor};
 use crate::plan::LayerNode;
 use crate::progress::{error_chain as chain, Event, Reporter};
+use crate::shared_cache::{RemoteCache, RemoteEntry};
 use std::path::Path;
 
 use super::Error;
@@ -49,7 +50,7 @@ impl Job<'_> {
             Err(e) => {
                 self.warn(&format!(
                     "cache repository {repo} not read (nor used again in this build): {}",
-                    chain(&e)
+                    chain(e.as_ref())
                 ));
                 return Ok(None);
             }
@@ -121,7 +122,7 @@ impl Job<'_> {
         let path = self
             .remote
             .fetch(entry)
-            .map_err(|e| format!("its blob was not fetched: {}", chain(&e)))?;
+            .map_err(|e| format!("its blob was not fetched: {}", chain(e.as_ref())))?;
         crate::fsx::open_regular(&path, crate::fsx::Links::Refuse)
             .and_then(|f| layers::decompressed_digest(self.settings.codec, f, entry.tar_size))
             .map_err(|e| format!("its blob {} does not decompress: {e}", entry.digest))
@@ -213,7 +214,7 @@ pub(super) fn publish(
             "layer {} was not saved in the cache repository {} (nor will other layers of this build be): {}",
             node.name,
             remote.name(),
-            chain(&e)
+            chain(e.as_ref())
         )));
     }
 }

@@ -605,7 +605,9 @@ fn build_one(args: &BuildArgs, sharing: Option<&Sharing>) -> Result<Shown, Failu
         threads,
         cache,
         shallow: shallow.is_some(),
-        remote: remote.as_ref().map(|r| r as &dyn imgc::cache::RemoteCache),
+        remote: remote
+            .as_ref()
+            .map(|r| r as &dyn imgc::shared_cache::RemoteCache),
     };
     let mut out = imgc::build(&plan, &output, &opts, reporter)?;
     let push = match &target {

@@ -10,8 +10,8 @@
 
 use super::store::Store;
 use super::{Client, ImageRef, RegistryError};
-use crate::cache::{RemoteCache, RemoteEntry, CACHE_FORMAT};
 use crate::oci::{self, Descriptor, Digest, Manifest};
+use crate::shared_cache::{RemoteCache, RemoteEntry, RemoteError, CACHE_FORMAT};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -197,7 +197,7 @@ impl RemoteCache for CacheRepo {
         self.repo.name()
     }
 
-    fn lookup(&self, key: &str) -> Result<Option<RemoteEntry>, RegistryError> {
+    fn lookup(&self, key: &str) -> Result<Option<RemoteEntry>, RemoteError> {
         if self.unread.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -206,15 +206,15 @@ impl RemoteCache for CacheRepo {
             self.unread.store(true, Ordering::Relaxed);
             self.unwritten.store(true, Ordering::Relaxed);
         }
-        found
+        Ok(found?)
     }
 
-    fn fetch(&self, entry: &RemoteEntry) -> Result<PathBuf, RegistryError> {
+    fn fetch(&self, entry: &RemoteEntry) -> Result<PathBuf, RemoteError> {
         let desc = Descriptor::new(entry.media_type.clone(), entry.digest.clone(), entry.size);
-        self.client.get_blob(&self.repo, &desc, &self.store)
+        Ok(self.client.get_blob(&self.repo, &desc, &self.store)?)
     }
 
-    fn publish(&self, key: &str, entry: &RemoteEntry, blob: &Path) -> Result<(), RegistryError> {
+    fn publish(&self, key: &str, entry: &RemoteEntry, blob: &Path) -> Result<(), RemoteError> {
         if self.unwritten.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -222,7 +222,7 @@ impl RemoteCache for CacheRepo {
         if filed.is_err() {
             self.unwritten.store(true, Ordering::Relaxed);
         }
-        filed
+        Ok(filed?)
     }
 }
 

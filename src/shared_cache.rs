@@ -1,0 +1,45 @@
+//! What the layer caches share with the registry module: the cache format
+//! version, and the interface of a layer cache shared through a registry
+//! (`--cache-repo`), which the registry module implements and the build
+//! uses. A leaf: it depends on nothing of imgc but [`crate::oci`].
+
+use crate::oci::Digest;
+use std::path::{Path, PathBuf};
+
+/// The version of the caches' entries and keys; a change makes a new local
+/// folder and new registry tags, so no entry of another version is read.
+pub const CACHE_FORMAT: u32 = 2;
+
+/// Why a registry-shared cache could not answer (rendered as a warning).
+pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A layer cache shared through a registry repository (`--cache-repo`):
+/// entries found by content key, blobs fetched into the local store. What
+/// it answers is not trusted: the build checks a hit against the sources
+/// before using it.
+pub trait RemoteCache: Send + Sync + std::fmt::Debug {
+    /// Where the entries are, for messages (`registry/repository`).
+    fn name(&self) -> String;
+    /// The entry filed under the content key `key`; `None` when there is none.
+    fn lookup(&self, key: &str) -> Result<Option<RemoteEntry>, RemoteError>;
+    /// Puts the entry's blob into the local store (its digest and size
+    /// checked); returns its path there.
+    fn fetch(&self, entry: &RemoteEntry) -> Result<PathBuf, RemoteError>;
+    /// Files a built layer (its blob at `blob`) under `key`.
+    fn publish(&self, key: &str, entry: &RemoteEntry, blob: &Path) -> Result<(), RemoteError>;
+}
+
+/// What a registry cache entry says of a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// The blob's media type.
+    pub media_type: String,
+    /// The compressed blob's digest.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// The tar stream's digest.
+    pub diff_id: Digest,
+    /// Its size.
+    pub tar_size: u64,
+}
