@@ -236,13 +236,19 @@ impl CacheRepo {
             ) => return Ok(None),
             other => other?,
         };
-        parse_entry(&fetched.bytes, key)
-            .map(Some)
-            .map_err(|reason| RegistryError::BadDocument {
-                registry: self.repo.registry.clone(),
-                what: format!("cache entry {}", r),
-                reason,
-            })
+        // A bad entry is that entry's fault, not the repository's: it is
+        // refused (its layer is built and filed again), the cache stays on.
+        match parse_entry(&fetched.bytes, key) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(reason) => {
+                self.client
+                    .reporter()
+                    .report(crate::progress::Event::Warning(&format!(
+                        "cache entry {r} is refused: {reason}; its layer is built instead"
+                    )));
+                Ok(None)
+            }
+        }
     }
 
     fn file_entry(&self, key: &str, entry: &RemoteEntry, blob: &Path) -> Result<(), RegistryError> {

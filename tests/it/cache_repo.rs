@@ -192,6 +192,16 @@ fn poisoned_entry_is_refused(poison: fn(&Value, &Value) -> Value, reason: &str) 
     let from = sources(&s);
     assert!(from.values().any(|v| v == "built"), "{s}");
     assert!(from.values().any(|v| v == "repo"), "{s}");
+    // Only the victim's layer was built: the cache stayed in use.
+    let victim_layer = victim["layers"][0]["digest"].as_str().unwrap();
+    for (digest, how) in &from {
+        let want = if digest == victim_layer {
+            "built"
+        } else {
+            "repo"
+        };
+        assert_eq!(how, want, "{digest}: {s}");
+    }
     // The poisoned tag now holds a good entry: a third machine takes it.
     assert_ne!(entries(&reg)[&victim_tag], poison(&good, &victim));
     let third = Env::new();
@@ -211,6 +221,12 @@ fn an_entry_whose_diff_id_the_sources_do_not_make_is_refused_and_rebuilt() {
         },
         "is not the sources' tar stream",
     );
+}
+
+#[test]
+fn an_entry_filed_under_another_key_is_refused_and_the_cache_stays_on() {
+    // Another layer's whole entry (its own key inside) under the victim's tag.
+    poisoned_entry_is_refused(|good, _| good.clone(), "another key");
 }
 
 #[test]
