@@ -703,12 +703,11 @@ impl super::push::BlobFetcher for RegistryBases {
         &self,
         reference: &str,
         desc: &Descriptor,
-    ) -> Result<(PathBuf, u64), RegistryError> {
+    ) -> Result<PathBuf, RegistryError> {
         let r = ImageRef::parse(reference)?;
         let store = self.store()?;
-        let had = store.has(&desc.digest, desc.size);
         self.fetch_blob(&r, reference, desc)?;
-        Ok((store.path(&desc.digest), if had { 0 } else { desc.size }))
+        Ok(store.path(&desc.digest))
     }
 }
 

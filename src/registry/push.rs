@@ -34,13 +34,10 @@ pub struct PushOptions {
 /// Fetches a blob of a registry base into local storage (verified), for a
 /// push whose layout lacks it.
 pub trait BlobFetcher: Send + Sync + std::fmt::Debug {
-    /// Makes sure the blob is stored locally; returns its path and the bytes
-    /// downloaded for it (0 when it was there already).
-    fn fetch_blob_file(
-        &self,
-        reference: &str,
-        desc: &Descriptor,
-    ) -> Result<(PathBuf, u64), RegistryError>;
+    /// Makes sure the blob is stored locally (the client counts the bytes
+    /// downloaded); returns its path.
+    fn fetch_blob_file(&self, reference: &str, desc: &Descriptor)
+        -> Result<PathBuf, RegistryError>;
 }
 
 /// What a push did.
@@ -64,9 +61,6 @@ pub struct PushOutcome {
     pub bytes_mounted: u64,
     /// Bytes of the blobs the registry already had.
     pub bytes_existed: u64,
-    /// Bytes of base blobs downloaded during the push (a shallow layout's
-    /// blobs the registry could not mount).
-    pub bytes_fetched: u64,
 }
 
 /// One document read from a layout, checked against its descriptor.
@@ -203,16 +197,21 @@ struct BlobSource<'a> {
 
 impl BlobSource<'_> {
     /// Whether the bytes are local (else they are fetched when needed).
+    /// Anything at the path counts, a symlink too (dangling or not), so
+    /// that `check_blob_file` refuses it rather than fetching around it.
     fn local(&self) -> bool {
-        self.layout_path.exists() || self.base.is_none() || self.fetcher.is_none()
+        self.in_layout() || self.base.is_none() || self.fetcher.is_none()
     }
 
-    /// The file to upload; fetched first when the layout lacks it. Returns
-    /// the path and the bytes downloaded for it.
-    fn file(&self, desc: &Descriptor) -> Result<(PathBuf, u64), RegistryError> {
+    fn in_layout(&self) -> bool {
+        std::fs::symlink_metadata(&self.layout_path).is_ok()
+    }
+
+    /// The file to upload; fetched first when the layout lacks it.
+    fn file(&self, desc: &Descriptor) -> Result<PathBuf, RegistryError> {
         match (self.base, self.fetcher) {
-            (Some(base), Some(f)) if !self.layout_path.exists() => f.fetch_blob_file(base, desc),
-            _ => Ok((self.layout_path.clone(), 0)),
+            (Some(base), Some(f)) if !self.in_layout() => f.fetch_blob_file(base, desc),
+            _ => Ok(self.layout_path.clone()),
         }
     }
 }
@@ -253,9 +252,8 @@ impl<R: Read> Read for Progress<R> {
 }
 
 impl PushOutcome {
-    /// Counts one blob pushed: how, its size, the bytes fetched for it.
-    fn count(&mut self, (how, size, fetched): (BlobOutcome, u64, u64)) {
-        self.bytes_fetched += fetched;
+    /// Counts one blob pushed: how, and its size.
+    fn count(&mut self, (how, size): (BlobOutcome, u64)) {
         match how {
             BlobOutcome::Existed => {
                 self.existed += 1;
@@ -360,8 +358,8 @@ impl Client {
                 (None, Some(_)) => Mount::Anonymous,
                 (None, None) => Mount::No,
             };
-            let (how, fetched) = self.push_blob(target, &source, &job.desc, mount)?;
-            Ok::<_, RegistryError>((how, job.desc.size, fetched))
+            let how = self.push_blob(target, &source, &job.desc, mount)?;
+            Ok::<_, RegistryError>((how, job.desc.size))
         };
         // The first blob alone: it meets the registry's auth challenge and
         // gets the token the others then share (one login, not one per worker).
@@ -420,18 +418,17 @@ impl Client {
             fetcher: None,
         };
         self.push_blob(target, &source, desc, Mount::No)
-            .map(|(how, _)| how)
     }
 
     /// Puts one blob into the repository: skip, mount or upload; retried
-    /// whole. Returns how, and the bytes fetched to upload it.
+    /// whole. Returns how.
     fn push_blob(
         &self,
         target: &ImageRef,
         source: &BlobSource<'_>,
         desc: &Descriptor,
         mount: Mount<'_>,
-    ) -> Result<(BlobOutcome, u64), RegistryError> {
+    ) -> Result<BlobOutcome, RegistryError> {
         if source.local() {
             check_blob_file(&source.layout_path, desc)?;
         }
@@ -439,7 +436,7 @@ impl Client {
             digest: &desc.digest,
             size: desc.size,
         });
-        let (how, fetched) = self.retrying(&format!("pushing {}", desc.digest), || {
+        let how = self.retrying(&format!("pushing {}", desc.digest), || {
             self.push_blob_once(target, source, desc, mount)
         })?;
         self.reporter().report(Event::BlobPushed {
@@ -447,7 +444,7 @@ impl Client {
             size: desc.size,
             how,
         });
-        Ok((how, fetched))
+        Ok(how)
     }
 
     fn push_blob_once(
@@ -456,7 +453,7 @@ impl Client {
         source: &BlobSource<'_>,
         desc: &Descriptor,
         mount: Mount<'_>,
-    ) -> Result<(BlobOutcome, u64), RegistryError> {
+    ) -> Result<BlobOutcome, RegistryError> {
         let host = target.api_host().to_string();
         let mount = match mount {
             Mount::From(src) if self.mount_refused(&host, src) => Mount::No,
@@ -473,7 +470,7 @@ impl Client {
             scopes: &scopes,
         };
         let location = match self.start_upload(&call, target, desc, mount)? {
-            Started::Done(how) => return Ok((how, 0)),
+            Started::Done(how) => return Ok(how),
             // A mount we may not do: upload instead, and stop asking.
             Started::MountRefused(src) => {
                 self.refuse_mount(&host, &src);
@@ -481,7 +478,7 @@ impl Client {
             }
             Started::Upload(location) => location,
         };
-        let (path, fetched) = source.file(desc)?;
+        let path = source.file(desc)?;
         let chunk = match self.options().chunk_size {
             Some(c) => Some(c),
             None if desc.size >= self.options().chunk_threshold => Some(64 * 1024 * 1024),
@@ -491,7 +488,7 @@ impl Client {
             Some(chunk) => self.upload_chunked(&call, location, &path, desc, chunk)?,
             None => self.upload_whole(&call, location, &path, desc)?,
         }
-        Ok((BlobOutcome::Uploaded, fetched))
+        Ok(BlobOutcome::Uploaded)
     }
 
     /// Asks whether the registry has the blob (HEAD), then mounts it or
@@ -769,5 +766,38 @@ impl FileBody {
             reporter: self.reporter.clone(),
         };
         Ok(reqwest::blocking::Body::sized(reader, self.len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct NoFetch;
+
+    impl BlobFetcher for NoFetch {
+        fn fetch_blob_file(&self, _: &str, _: &Descriptor) -> Result<PathBuf, RegistryError> {
+            panic!("a blob the layout has is never fetched")
+        }
+    }
+
+    #[test]
+    fn a_dangling_symlink_in_a_shallow_layout_is_local_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("blob");
+        std::os::unix::fs::symlink(dir.path().join("missing"), &link).unwrap();
+        let source = BlobSource {
+            layout_path: link.clone(),
+            base: Some("registry.example/base:1"),
+            fetcher: Some(&NoFetch),
+        };
+        assert!(
+            source.local(),
+            "a symlink counts as present, so it is checked"
+        );
+        let desc = Descriptor::new(oci::MEDIA_TYPE_LAYER, oci::sha256_digest(b"abc"), 3);
+        let err = check_blob_file(&link, &desc).unwrap_err().to_string();
+        assert!(err.contains(&link.display().to_string()), "{err}");
     }
 }
