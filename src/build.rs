@@ -4,19 +4,19 @@
 
 use crate::base::{BaseError, BaseImage, MAX_DOCUMENT_SIZE};
 use crate::cache::{CacheEntry, LayerCache};
-use crate::shared_cache::RemoteCache;
-
-mod remote;
 use crate::layers::{self, BuiltLayer, LayerError};
 use crate::layout::{GcSkipped, LayoutError, LayoutWriter, Placement};
 use crate::oci::{
     self, ContainerConfig, Descriptor, Digest, History, ImageConfig, Index, Manifest, Platform,
 };
 use crate::plan::{ImagePlan, Plan};
-use crate::progress::{Event, Reporter};
+use crate::progress::{CacheHit, Event, Reporter};
+use crate::shared_cache::RemoteCache;
 use crate::spec::MediaTypesName;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+mod remote;
 
 /// What [`build`] fails with.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +130,7 @@ pub struct LayerOutcome {
     /// For a built layer taken from a cache: `local` (the layer cache) or
     /// `repo` (the cache repository, checked against the sources).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cache: Option<&'static str>,
+    pub cache: Option<CacheHit>,
 }
 
 /// Builds `plan` into the OCI layout at `output`.
@@ -258,8 +258,8 @@ struct CacheUse<'a> {
 struct Made {
     layer: BuiltLayer,
     held: bool,
-    /// `local` or `repo` when taken from a cache.
-    cache: Option<&'static str>,
+    /// Which cache it was taken from, if any.
+    cache: Option<CacheHit>,
 }
 
 /// Builds every distinct layer of the plan into the writer's staging;
@@ -302,8 +302,7 @@ fn build_layers(
             digest: &made.layer.digest,
             size: made.layer.size,
             tar_size: made.layer.tar_size,
-            cached: made.cache.is_some(),
-            from_repo: made.cache == Some("repo"),
+            cache: made.cache,
         });
         built.push(made);
     }
@@ -340,7 +339,7 @@ fn make_layer(
             return Ok(Made {
                 layer,
                 held,
-                cache: Some("local"),
+                cache: Some(CacheHit::Local),
             })
         }
         Cached::Miss(key) => key,
@@ -357,7 +356,7 @@ fn make_layer(
             return Ok(Made {
                 layer,
                 held,
-                cache: Some("repo"),
+                cache: Some(CacheHit::Repo),
             });
         }
     }
@@ -438,25 +437,28 @@ fn remember_layer(
     if reads.all_stand {
         keys.push(recipe.to_string());
     }
-    let entry = CacheEntry {
-        format: crate::cache::CACHE_FORMAT,
-        key: String::new(),
-        digest: layer.digest.clone(),
-        size: layer.size,
-        diff_id: layer.diff_id.clone(),
-        tar_size: layer.tar_size,
-        blob: None,
-    };
+    file_layer(c.cache, (node, &keys), layer, blob, reporter);
+    content
+}
+
+/// Files a layer (its blob at `blob`) in the local cache under `keys`; a
+/// failure is a warning.
+fn file_layer(
+    cache: &LayerCache,
+    (node, keys): (&crate::plan::LayerNode, &[String]),
+    layer: &BuiltLayer,
+    blob: &Path,
+    reporter: &dyn Reporter,
+) {
     if keys.is_empty() {
-        return content;
+        return;
     }
-    if let Err(e) = c.cache.put(&keys, &entry, blob) {
+    if let Err(e) = cache.put(keys, &CacheEntry::of(layer), blob) {
         reporter.report(Event::Warning(&format!(
             "layer {} was not saved in the layer cache: {e}",
             node.name
         )));
     }
-    content
 }
 
 /// What the local cache answered: a layer, or a miss with the content key
@@ -598,7 +600,7 @@ struct ImageLayer<'a> {
     /// A built layer: whether the output held its blob before this build.
     held: bool,
     /// A built layer taken from a cache: which.
-    cache: Option<&'static str>,
+    cache: Option<CacheHit>,
 }
 
 impl ImageLayer<'_> {

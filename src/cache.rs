@@ -63,6 +63,22 @@ pub struct CacheEntry {
     pub blob: Option<BlobStamp>,
 }
 
+impl CacheEntry {
+    /// The entry for a built layer (key and blob stamp are filled in when
+    /// it is filed).
+    pub fn of(layer: &layers::BuiltLayer) -> Self {
+        CacheEntry {
+            format: CACHE_FORMAT,
+            key: String::new(),
+            digest: layer.digest.clone(),
+            size: layer.size,
+            diff_id: layer.diff_id.clone(),
+            tar_size: layer.tar_size,
+            blob: None,
+        }
+    }
+}
+
 /// A store blob file's device, inode, size and mtime (nanoseconds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobStamp {

@@ -5,6 +5,16 @@
 use crate::oci::Digest;
 use std::path::Path;
 
+/// Which cache a layer was taken from (instead of being compressed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheHit {
+    /// The local layer cache.
+    Local,
+    /// The cache repository (`--cache-repo`), checked against the sources.
+    Repo,
+}
+
 /// Something worth telling the user while building.
 #[derive(Debug)]
 pub enum Event<'a> {
@@ -41,11 +51,9 @@ pub enum Event<'a> {
         size: u64,
         /// Uncompressed tar size.
         tar_size: u64,
-        /// Taken from the layer cache (checked against the sources), not
-        /// compressed again.
-        cached: bool,
-        /// Taken from the cache repository (`--cache-repo`).
-        from_repo: bool,
+        /// Taken from a cache (checked against the sources), not
+        /// compressed again: which.
+        cache: Option<CacheHit>,
     },
     /// A base image blob was copied into the output layout.
     BaseBlobCopied {

@@ -6,7 +6,7 @@
 //! cheaper than compressing. Anything else is reported and the layer built.
 //! The cache never fails a build: a registry error is a warning.
 
-use crate::cache::{CacheEntry, LayerCache};
+use crate::cache::LayerCache;
 use crate::layers::{self, BuiltLayer, LayerSettings};
 use crate::layout::{LayoutError, LayoutWriter};
 use crate::oci::{Codec, Descriptor};
@@ -59,15 +59,21 @@ impl Job<'_> {
             self.warn(&format!("the entry in {repo} is refused: {why}"));
             return Ok(None);
         }
-        let desc = Descriptor::new(String::new(), entry.digest.clone(), entry.size);
+        let layer = BuiltLayer {
+            digest: entry.digest,
+            diff_id: entry.diff_id,
+            size: entry.size,
+            tar_size: entry.tar_size,
+        };
+        let desc = Descriptor::new(String::new(), layer.digest.clone(), layer.size);
         let held = writer.holds(&desc);
         // Filed locally first: the store blob's stamp lets it be linked.
-        self.file_locally(key, recipe, &entry);
+        self.file_locally(key, recipe, &layer);
         let good = self.cache.get(key).and_then(|f| f.good);
         match writer.place_blob(self.cache.blobs_root(), &desc, good) {
             Ok(_) => {}
             Err(e @ (LayoutError::DigestMismatch { .. } | LayoutError::Io { .. })) => {
-                self.cache.drop_entry(key, &entry.digest);
+                self.cache.drop_entry(key, &layer.digest);
                 self.warn(&format!(
                     "its blob from {repo} was not placed: {}",
                     chain(&e)
@@ -76,15 +82,7 @@ impl Job<'_> {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Some((
-            BuiltLayer {
-                digest: entry.digest,
-                diff_id: entry.diff_id,
-                size: entry.size,
-                tar_size: entry.tar_size,
-            },
-            held,
-        )))
+        Ok(Some((layer, held)))
     }
 
     /// Why the entry may not be used (`None`: it may). Makes the tar
@@ -129,25 +127,11 @@ impl Job<'_> {
     }
 
     /// Files a checked entry in the local cache (its blob is in the store).
-    fn file_locally(&self, key: &str, recipe: Option<&str>, entry: &RemoteEntry) {
-        let local = CacheEntry {
-            format: crate::cache::CACHE_FORMAT,
-            key: String::new(),
-            digest: entry.digest.clone(),
-            size: entry.size,
-            diff_id: entry.diff_id.clone(),
-            tar_size: entry.tar_size,
-            blob: None,
-        };
+    fn file_locally(&self, key: &str, recipe: Option<&str>, layer: &BuiltLayer) {
         let mut keys = vec![key.to_string()];
         keys.extend(recipe.map(str::to_string));
-        let blob = crate::base::blob_path(self.cache.blobs_root(), &entry.digest);
-        if let Err(e) = self.cache.put(&keys, &local, &blob) {
-            self.reporter.report(Event::Warning(&format!(
-                "layer {} was not saved in the layer cache: {e}",
-                self.node.name
-            )));
-        }
+        let blob = crate::base::blob_path(self.cache.blobs_root(), &layer.digest);
+        super::file_layer(self.cache, (self.node, &keys), layer, &blob, self.reporter);
     }
 }
 
@@ -199,11 +183,7 @@ pub(super) fn publish(
     reporter: &dyn Reporter,
 ) {
     let entry = RemoteEntry {
-        media_type: format!(
-            "{}{}",
-            crate::oci::MEDIA_TYPE_LAYER,
-            codec.media_type_suffix()
-        ),
+        media_type: layer_media_type(codec),
         digest: layer.digest.clone(),
         size: layer.size,
         diff_id: layer.diff_id.clone(),

@@ -62,8 +62,12 @@ impl Reporter for SpecReporter<'_> {
     fn report(&self, event: Event<'_>) {
         match event {
             Event::Warning(w) => self.display.line(&format!("{}: warning: {w}", self.spec)),
-            Event::LayerFinished { cached, .. } => {
-                let n = if cached { &self.cached } else { &self.built };
+            Event::LayerFinished { cache, .. } => {
+                let n = if cache.is_some() {
+                    &self.cached
+                } else {
+                    &self.built
+                };
                 n.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}

@@ -4,8 +4,7 @@
 
 use super::render::clean;
 use super::{human, short};
-use imgc::progress::BlobOutcome;
-use imgc::progress::{Event, Reporter};
+use imgc::progress::{BlobOutcome, CacheHit, Event, Reporter};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -163,14 +162,13 @@ impl StderrReporter {
                 digest,
                 size,
                 tar_size,
-                cached,
-                from_repo,
+                cache,
             } => {
                 self.end_bar();
-                let how = match (cached, from_repo) {
-                    (_, true) => "cache repo",
-                    (true, _) => "cached",
-                    _ => "tar",
+                let how = match cache {
+                    Some(CacheHit::Repo) => "cache repo",
+                    Some(CacheHit::Local) => "cached",
+                    None => "tar",
                 };
                 self.line(format!(
                     "  layer {:<16} {} {:>10} ({how} {})",
