@@ -154,6 +154,9 @@ pub fn entry_manifest(key: &str, entry: &RemoteEntry, now: u64) -> Manifest {
     }
 }
 
+/// Tags asked for per page when pruning, and the most pages followed.
+const TAG_PAGES: (usize, usize) = (1000, 10_000);
+
 /// What `imgc cache prune --repo` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PruneOutcome {
@@ -169,26 +172,36 @@ impl CacheRepo {
     /// delete the registry refuses, with its error.
     pub fn prune(&self, older_than: u64, now: u64) -> Result<PruneOutcome, RegistryError> {
         let mut out = PruneOutcome::default();
-        // The tag list is one bounded document: the loop's budget.
-        for tag in self.client.list_tags(&self.repo)? {
-            if !tag.starts_with(&tag_for("")) {
-                continue;
-            }
-            out.entries += 1;
-            let fetched = match self.client.get_manifest_once(&self.repo.with_tag(&tag)) {
-                Err(RegistryError::ManifestUnknown { .. }) => continue,
-                other => other?,
-            };
-            let filed = serde_json::from_slice::<Manifest>(&fetched.bytes)
-                .ok()
-                .and_then(|m| m.annotations.get(ANNOTATION_FILED)?.parse::<u64>().ok());
-            // An entry that does not say when it was filed is not imgc's: kept.
-            if filed.is_some_and(|t| now.saturating_sub(t) >= older_than) {
-                self.client.delete_manifest(&self.repo, &fetched.digest)?;
-                out.deleted += 1;
-            }
-        }
+        // Each page is one bounded document, and the pages are counted.
+        self.client
+            .for_each_tag_page(&self.repo, TAG_PAGES, &mut |tags| {
+                for tag in tags.iter().filter(|t| t.starts_with(&tag_for(""))) {
+                    out.entries += 1;
+                    if self.prune_entry(tag, older_than, now)? {
+                        out.deleted += 1;
+                    }
+                }
+                Ok(())
+            })?;
         Ok(out)
+    }
+
+    /// Deletes the entry tagged `tag` if it was filed `older_than` seconds
+    /// before `now` or earlier; returns whether it did.
+    fn prune_entry(&self, tag: &str, older_than: u64, now: u64) -> Result<bool, RegistryError> {
+        let fetched = match self.client.get_manifest_once(&self.repo.with_tag(tag)) {
+            Err(RegistryError::ManifestUnknown { .. }) => return Ok(false),
+            other => other?,
+        };
+        let filed = serde_json::from_slice::<Manifest>(&fetched.bytes)
+            .ok()
+            .and_then(|m| m.annotations.get(ANNOTATION_FILED)?.parse::<u64>().ok());
+        // An entry that does not say when it was filed is not imgc's: kept.
+        if filed.is_none_or(|t| now.saturating_sub(t) < older_than) {
+            return Ok(false);
+        }
+        self.client.delete_manifest(&self.repo, &fetched.digest)?;
+        Ok(true)
     }
 }
 

@@ -273,14 +273,61 @@ impl Client {
 
     /// The repository's tags (the first page; bounded).
     pub fn list_tags(&self, r: &ImageRef) -> Result<Vec<String>, RegistryError> {
+        let url = format!("{}{}/tags/list", self.base(r.api_host()), r.repository);
+        Ok(self.tags_page(r, &url)?.0)
+    }
+
+    /// Calls `each` with every page of the repository's tags, `per_page`
+    /// asked for at a time, following the registry's `Link: <…>; rel="next"`
+    /// for at most `max_pages` pages. A next page on another scheme, host
+    /// or port, or at another path, is refused (it would get credentials).
+    pub fn for_each_tag_page(
+        &self,
+        r: &ImageRef,
+        (per_page, max_pages): (usize, usize),
+        each: &mut dyn FnMut(Vec<String>) -> Result<(), RegistryError>,
+    ) -> Result<(), RegistryError> {
+        let first = format!(
+            "{}{}/tags/list?n={per_page}",
+            self.base(r.api_host()),
+            r.repository
+        );
+        let mut url = Some(first);
+        let mut pages = 0;
+        while let Some(u) = url.take() {
+            if pages == max_pages {
+                return Err(tag_list_error(
+                    r,
+                    format!("it has more than {max_pages} pages of {per_page} tags"),
+                ));
+            }
+            pages += 1;
+            let (tags, next) = self.tags_page(r, &u)?;
+            url = next.map(|n| next_tag_page(r, &u, &n)).transpose()?;
+            each(tags)?;
+        }
+        Ok(())
+    }
+
+    /// One page of a tag list: its tags, and the `Link` to the next one.
+    fn tags_page(
+        &self,
+        r: &ImageRef,
+        url: &str,
+    ) -> Result<(Vec<String>, Option<String>), RegistryError> {
         let pull = Pull::new(r);
         let (call, host) = (pull.call(), &pull.host);
-        let url = format!("{}{}/tags/list", self.base(host), r.repository);
         self.retrying(&format!("listing the tags of {}", r.name()), || {
-            let resp = self.send(&call, &|http| Ok(http.get(&url)))?;
+            let resp = self.send(&call, &|http| Ok(http.get(url)))?;
             if !resp.status().is_success() {
                 return Err(self.status_error(&call, resp, None));
             }
+            let next = resp
+                .headers()
+                .get_all(reqwest::header::LINK)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(next_link);
             let bytes = read_limited(resp, MAX_DOCUMENT_SIZE, host, "tag list")?;
             #[derive(serde::Deserialize)]
             struct Tags {
@@ -288,12 +335,8 @@ impl Client {
                 tags: Option<Vec<String>>,
             }
             let t: Tags =
-                serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadDocument {
-                    registry: host.clone(),
-                    what: "tag list".into(),
-                    reason: e.to_string(),
-                })?;
-            Ok(t.tags.unwrap_or_default())
+                serde_json::from_slice(&bytes).map_err(|e| tag_list_error(r, e.to_string()))?;
+            Ok((t.tags.unwrap_or_default(), next))
         })
     }
 
@@ -782,5 +825,48 @@ impl crate::inspect::Fetch for RegistryDocuments<'_> {
             .get_manifest(&self.reference.with_digest(&desc.digest))
             .map_err(wrap)?;
         Ok(m.bytes)
+    }
+}
+
+/// The target of a `Link` header value's `rel="next"` part, if any.
+fn next_link(value: &str) -> Option<String> {
+    value.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        let next = params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"));
+        next.then(|| target.to_string())
+    })
+}
+
+/// The next tag page's URL: `link` resolved against the page `current`,
+/// refused unless it has the same scheme, host, port and path.
+fn next_tag_page(r: &ImageRef, current: &str, link: &str) -> Result<String, RegistryError> {
+    let bad = |why: &str| tag_list_error(r, format!("its next-page link `{link}` {why}"));
+    let here = reqwest::Url::parse(current).map_err(|_| bad("is not a URL"))?;
+    let next = here.join(link).map_err(|_| bad("is not a URL"))?;
+    let origin = |u: &reqwest::Url| {
+        (
+            u.scheme().to_string(),
+            u.host_str().map(str::to_string),
+            u.port_or_known_default(),
+        )
+    };
+    if origin(&next) != origin(&here) {
+        return Err(bad("points to another host"));
+    }
+    if next.path() != here.path() {
+        return Err(bad("is not this repository's tag list"));
+    }
+    Ok(next.to_string())
+}
+
+/// A tag list the registry sent that cannot be read or followed.
+fn tag_list_error(r: &ImageRef, reason: String) -> RegistryError {
+    RegistryError::BadDocument {
+        registry: r.api_host().to_string(),
+        what: format!("tag list of {}", r.name()),
+        reason,
     }
 }

@@ -307,6 +307,67 @@ fn prune_repo_deletes_old_entries_only() {
     assert!(entries(&reg).is_empty());
 }
 
+/// `imgc cache prune --repo HOST/cache --older-than 0` in `env`.
+fn prune_all(env: &Env, host: &str) -> std::process::Output {
+    output(
+        env.imgc()
+            .args(["cache", "prune", "--repo", &format!("{host}/cache")])
+            .args(["--older-than", "0"])
+            .args(insecure(host)),
+    )
+}
+
+#[test]
+fn prune_repo_follows_the_tag_list_pages() {
+    let reg = Registry::start();
+    let (_t, dir) = copy_example("multi-arch");
+    let env = Env::new();
+    build_json(
+        &env,
+        &dir.join("image.toml"),
+        &reg.host_port(),
+        &env.path("out"),
+    );
+    let before = entries(&reg).len();
+    assert!(before > 2, "{before} entries: too few to page");
+    let proxy = Proxy::start(addr(&reg), vec![crate::proxy::Rule::page_tags(2, None)]);
+    let o = prune_all(&env, &proxy.host_port());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("removed {before} of {before} cache")),
+        "{}",
+        stdout(&o)
+    );
+    assert!(entries(&reg).is_empty());
+    assert_eq!(proxy.count("GET", "/tags/list"), before.div_ceil(2));
+}
+
+#[test]
+fn prune_repo_refuses_a_next_page_on_another_host() {
+    let reg = Registry::start();
+    let (_t, dir) = copy_example("multi-arch");
+    let env = Env::new();
+    build_json(
+        &env,
+        &dir.join("image.toml"),
+        &reg.host_port(),
+        &env.path("out"),
+    );
+    let before = entries(&reg).len();
+    // The foreign host: another proxy, so that its requests are seen.
+    let foreign = Proxy::start(addr(&reg), vec![]);
+    let rule = crate::proxy::Rule::page_tags(2, Some(&foreign.host_port()));
+    let proxy = Proxy::start(addr(&reg), vec![rule]);
+    let o = prune_all(&env, &proxy.host_port());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("points to another host"), "{err}");
+    assert!(err.contains(&foreign.host_port()), "{err}");
+    assert!(foreign.requests().is_empty(), "{:?}", foreign.requests());
+    // The page that carried the link is refused whole: nothing deleted.
+    assert_eq!(entries(&reg).len(), before);
+}
+
 #[test]
 fn a_cache_repo_that_is_down_costs_one_warning_and_the_build_goes_on() {
     let (_t, dir) = copy_example("multi-arch");

@@ -73,6 +73,15 @@ pub enum Action {
     /// host:port (plain HTTP), keeping its path and query: an upload that a
     /// registry sends to another host.
     RewriteLocation(String),
+    /// Forward a tag-list GET without its query, then answer with one page
+    /// of the (sorted) tags the registry listed: at most `per_page`, after
+    /// the query's `last`, with a `Link: <…>; rel="next"` when more are left
+    /// (as distribution 3 pages; the 2.8 registry here ignores `n`). The
+    /// link points at `link_host` (plain HTTP) when given, else is relative.
+    PageTags {
+        per_page: usize,
+        link_host: Option<String>,
+    },
 }
 
 /// Which requests get a fault, and how many of them. A request is matched
@@ -188,6 +197,17 @@ impl Rule {
     /// See [`Action::RewriteLocation`].
     pub fn rewrite_location(host_port: &str) -> Rule {
         Rule::new(Action::RewriteLocation(host_port.to_string()))
+    }
+
+    /// See [`Action::PageTags`]; for every tag-list GET.
+    pub fn page_tags(per_page: usize, link_host: Option<&str>) -> Rule {
+        Rule::new(Action::PageTags {
+            per_page,
+            link_host: link_host.map(str::to_string),
+        })
+        .method("GET")
+        .path("/tags/list")
+        .always()
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
@@ -612,6 +632,9 @@ fn serve_connection(client: TcpStream, up: TcpStream, state: &ProxyState) -> io:
             }
         }
 
+        if let Some(Action::PageTags { .. }) = &action {
+            req.first_line = req.first_line.replacen(&target, &path, 1);
+        }
         // Forward the request. Should the registry stop reading (it answered
         // early and closed), keep draining the client and still read the
         // answer it sent.
@@ -649,6 +672,27 @@ fn serve_connection(client: TcpStream, up: TcpStream, state: &ProxyState) -> io:
             _ => None,
         };
         state.set_status(index, code);
+        if let (
+            Some(Action::PageTags {
+                per_page,
+                link_host,
+            }),
+            200,
+        ) = (&action, code)
+        {
+            let mut raw = Limited {
+                buf: Vec::new(),
+                limit: 16 << 20,
+            };
+            copy_body(&mut up_in, &mut raw, framing, None)?;
+            let page = tag_page(&raw.buf, (&path, &target), *per_page, link_host.as_deref());
+            client_out.write_all(&page)?;
+            client_out.flush()?;
+            if client_wants_close || framing == Framing::UntilClose {
+                return Ok(());
+            }
+            continue;
+        }
         let mut resp = resp;
         if let Some(Action::RewriteLocation(to)) = &action {
             for (k, v) in resp.headers.iter_mut() {
@@ -1263,6 +1307,55 @@ fn relocate(location: &str, to: &str) -> String {
         None => location,
     };
     format!("http://{to}{path}")
+}
+
+/// A whole `200` response: one page of the tag list `body` (see
+/// [`Action::PageTags`]) for the request `target` at `path`.
+fn tag_page(
+    body: &[u8],
+    (path, target): (&str, &str),
+    per_page: usize,
+    link_host: Option<&str>,
+) -> Vec<u8> {
+    let mut list: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let mut tags: Vec<String> = list["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .map(str::to_string)
+    };
+    let n = param("n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(per_page)
+        .clamp(1, per_page.max(1));
+    let after = param("last");
+    let rest: Vec<String> = tags
+        .into_iter()
+        .filter(|t| after.as_ref().is_none_or(|a| t > a))
+        .collect();
+    let page: Vec<String> = rest.iter().take(n).cloned().collect();
+    list["tags"] = serde_json::json!(page);
+    let json = serde_json::to_vec(&list).unwrap_or_default();
+    let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n");
+    if rest.len() > n {
+        let next = format!("{path}?n={n}&last={}", page[n - 1]);
+        let next = link_host.map_or(next.clone(), |h| format!("http://{h}{next}"));
+        head.push_str(&format!("Link: <{next}>; rel=\"next\"\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", json.len()));
+    let mut out = head.into_bytes();
+    out.extend_from_slice(&json);
+    out
 }
 
 /// Writes `total` bytes evenly over `over`: in twenty pieces (or more),
