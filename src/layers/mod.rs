@@ -237,21 +237,17 @@ pub fn tar_digest(
     settings: &LayerSettings<'_>,
 ) -> Result<(Digest, u64), LayerError> {
     let mut progress = |_| {};
-    let mut w = EntryWriter::new(
-        node,
-        settings,
-        HashingWriter::new(io::sink()),
-        &mut progress,
-    );
+    let failed = |source| LayerError::Write {
+        layer: node.name.clone(),
+        source,
+    };
+    // Reading the files and hashing the stream take a core each.
+    let hasher = crate::oci::SideHasher::new().map_err(failed)?;
+    let mut w = EntryWriter::new(node, settings, hasher, &mut progress);
     for entry in &node.entries {
         w.write_entry(entry)?;
     }
-    let hashed = w.tar.finish().map_err(|source| LayerError::Write {
-        layer: node.name.clone(),
-        source,
-    })?;
-    let (_, diff_id, size) = hashed.finish();
-    Ok((diff_id, size))
+    w.tar.finish().and_then(|h| h.finish()).map_err(failed)
 }
 
 /// The digest and size of what a layer blob decompresses to, reading at
@@ -267,10 +263,10 @@ pub fn decompressed_digest(
         crate::oci::Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
         crate::oci::Codec::None => Box::new(reader),
     };
-    let mut out = HashingWriter::new(io::sink());
+    // Decompressing and hashing take a core each.
+    let mut out = crate::oci::SideHasher::new()?;
     io::copy(&mut (&mut decoded).take(limit + 1), &mut out)?;
-    let (_, digest, size) = out.finish();
-    Ok((digest, size))
+    out.finish()
 }
 
 /// Reads and hashes one context file of `node` (planned as `id`, `size`

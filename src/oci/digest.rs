@@ -84,6 +84,92 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
     }
 }
 
+/// Bytes handed to a [`SideHasher`]'s thread at a time.
+const SIDE_PIECE: usize = 256 * 1024;
+
+/// A writer that sha256-hashes and counts what is written to it on a helper
+/// thread, in pieces of 256 KiB (at most a few in flight), so that making
+/// the bytes and hashing them use two cores. [`SideHasher::finish`] gives
+/// the digest and the size.
+#[derive(Debug)]
+pub struct SideHasher {
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    worker: Option<std::thread::JoinHandle<(Digest, u64)>>,
+}
+
+impl SideHasher {
+    /// Starts the helper thread.
+    pub fn new() -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (free_tx, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(6);
+        let worker = std::thread::Builder::new()
+            .name("imgc-hash".into())
+            .spawn(move || {
+                let (mut sha, mut size) = (Sha256::new(), 0u64);
+                for mut piece in rx {
+                    sha.update(&piece);
+                    size += piece.len() as u64;
+                    piece.clear();
+                    let _ = free_tx.try_send(piece);
+                }
+                let digest = Digest(format!("sha256:{}", hex::encode(sha.finalize())));
+                (digest, size)
+            })?;
+        Ok(SideHasher {
+            buf: Vec::with_capacity(SIDE_PIECE),
+            tx: Some(tx),
+            free,
+            worker: Some(worker),
+        })
+    }
+
+    /// Hands the buffered bytes to the thread.
+    fn send(&mut self) -> std::io::Result<()> {
+        let next = self
+            .free
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(SIDE_PIECE));
+        let full = std::mem::replace(&mut self.buf, next);
+        let gone = || std::io::Error::other("the hashing thread stopped");
+        self.tx
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(full)
+            .map_err(|_| gone())
+    }
+
+    /// The digest and the size of everything written.
+    pub fn finish(mut self) -> std::io::Result<(Digest, u64)> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        self.tx = None;
+        let worker = self
+            .worker
+            .take()
+            .ok_or_else(|| std::io::Error::other("finished twice"))?;
+        worker
+            .join()
+            .map_err(|_| std::io::Error::other("the hashing thread panicked"))
+    }
+}
+
+impl std::io::Write for SideHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(buf);
+        if self.buf.len() >= SIDE_PIECE {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl FromStr for Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -122,6 +208,27 @@ impl<'de> Deserialize<'de> for Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_side_hasher_hashes_what_one_pass_hashes() {
+        use std::io::Write;
+        let data: Vec<u8> = (0..3 * SIDE_PIECE + 12_345)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        for cut in [0, 1, 1000, SIDE_PIECE, 2 * SIDE_PIECE + 1] {
+            let mut h = SideHasher::new().unwrap();
+            h.write_all(&data[..cut]).unwrap();
+            for piece in data[cut..].chunks(4096 + 17) {
+                h.write_all(piece).unwrap();
+            }
+            assert_eq!(
+                h.finish().unwrap(),
+                (sha256_digest(&data), data.len() as u64)
+            );
+        }
+        let empty = SideHasher::new().unwrap().finish().unwrap();
+        assert_eq!(empty, (sha256_digest(b""), 0));
+    }
 
     #[test]
     fn rejects_bad_digests() {
