@@ -429,7 +429,80 @@ pub fn stat_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<Option<libc:
     }
 }
 
+/// Opens the folder `name` (one component, not `.` or `..`) in the open
+/// folder `dir`, not following a symlink: one `openat`, no path walk.
+pub fn open_subdir(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes == b"." || bytes == b".." || bytes.contains(&b'/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a single name in a folder",
+        ));
+    }
+    let c = c_path(Path::new(name))?;
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: valid folder descriptor and a NUL-terminated single name.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The names in the open folder `dir` (without `.` and `..`), unsorted:
+/// `getdents64` on the folder itself, from its start.
+#[cfg(target_os = "linux")]
+pub fn read_names(dir: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStringExt;
+    // SAFETY: a valid descriptor; rewinding a folder is always allowed.
+    if unsafe { libc::lseek(dir.as_raw_fd(), 0, libc::SEEK_SET) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut names = Vec::new();
+    loop {
+        // SAFETY: a valid folder descriptor and a buffer of the length given.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+        if n == 0 {
+            return Ok(names);
+        }
+        for name in dirents(&buf[..n])? {
+            if name != b"." && name != b".." {
+                names.push(std::ffi::OsString::from_vec(name.to_vec()));
+            }
+        }
+    }
+}
+
+/// The names in a buffer of `linux_dirent64` records (`d_ino` u64, `d_off`
+/// i64, `d_reclen` u16, `d_type` u8, then the NUL-terminated name).
+#[cfg(target_os = "linux")]
+fn dirents(mut buf: &[u8]) -> io::Result<Vec<&[u8]>> {
+    let bad = || io::Error::other("the kernel returned a malformed folder entry");
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let len = buf.get(16..18).ok_or_else(bad)?;
+        let len = usize::from(u16::from_ne_bytes([len[0], len[1]]));
+        let rec = buf.get(..len).filter(|_| len > 19).ok_or_else(bad)?;
+        let name = &rec[19..];
+        let end = name.iter().position(|&b| b == 0).ok_or_else(bad)?;
+        out.push(&name[..end]);
+        buf = &buf[len..];
+    }
+    Ok(out)
+}
+
 /// The names in the open folder `dir` (without `.` and `..`), unsorted.
+#[cfg(not(target_os = "linux"))]
 pub fn read_names(dir: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
     use std::os::unix::ffi::OsStringExt;
     let fd = dir.try_clone()?;
@@ -488,6 +561,66 @@ mod tests {
         let c = c_path(path).unwrap();
         // SAFETY: valid path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
+    fn open_subdir_opens_one_real_folder_name_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        symlink(dir.path().join("a"), dir.path().join("link")).unwrap();
+        let root = OwnedFd::from(File::open(dir.path()).unwrap());
+        let a = open_subdir(&root, "a".as_ref()).unwrap();
+        assert_eq!(read_names(&a).unwrap(), vec![std::ffi::OsString::from("b")]);
+        for bad in ["..", ".", "", "a/b"] {
+            let e = open_subdir(&root, bad.as_ref()).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad}");
+        }
+        let e = open_subdir(&root, "link".as_ref()).unwrap_err();
+        // O_NOFOLLOW with O_DIRECTORY: Linux says ENOTDIR, others ELOOP.
+        let refused = [libc::ELOOP, libc::ENOTDIR];
+        assert!(refused.contains(&e.raw_os_error().unwrap()), "{e}");
+        let e = open_subdir(&root, "f".as_ref()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+    }
+
+    #[test]
+    fn read_names_lists_a_big_folder_whole_and_again() {
+        let dir = tempfile::tempdir().unwrap();
+        // Long names: more than one getdents buffer.
+        let mut want: Vec<String> = (0..600).map(|i| format!("{i:0>200}")).collect();
+        for n in &want {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let fd = OwnedFd::from(File::open(dir.path()).unwrap());
+        want.sort();
+        for _ in 0..2 {
+            let mut got: Vec<String> = read_names(&fd)
+                .unwrap()
+                .into_iter()
+                .map(|n| n.into_string().unwrap())
+                .collect();
+            got.sort();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn malformed_folder_records_are_errors_not_panics() {
+        let mut rec = vec![0u8; 24];
+        rec[16] = 24;
+        rec[19] = b'a';
+        assert_eq!(dirents(&rec).unwrap(), vec![b"a".as_slice()]);
+        for bad in [&rec[..10], &rec[..20]] {
+            assert!(dirents(bad).is_err());
+        }
+        let mut short = rec.clone();
+        short[16] = 5;
+        assert!(dirents(&short).is_err());
+        let mut no_nul = rec.clone();
+        no_nul[19..].fill(b'a');
+        assert!(dirents(&no_nul).is_err());
     }
 
     #[test]

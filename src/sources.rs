@@ -29,6 +29,10 @@ pub struct Snapshot {
     lists: Mutex<BTreeMap<PathBuf, Vec<OsString>>>,
 }
 
+/// The most folders a context holds open at once (a deeper walk opens the
+/// ones above again).
+const MAX_HELD_FOLDERS: usize = 64;
+
 /// A build context folder on disk.
 #[derive(Debug)]
 pub struct DiskContext {
@@ -37,9 +41,12 @@ pub struct DiskContext {
     dir: ContextDir,
     /// Folders never listed (canonical): the output layout.
     skip: Vec<PathBuf>,
-    /// The folder looked in last, held open: a walk stats the names of one
-    /// folder in a row, each with one `fstatat` (no path walk per name).
-    last: Mutex<Option<(PathBuf, OwnedFd)>>,
+    /// The folder looked in last and the ones above it that were looked in
+    /// on the way, held open: a walk stats the names of one folder in a
+    /// row, each with one `fstatat` (no path walk per name), opens a
+    /// subfolder with one `openat` from its parent, and finds the parent
+    /// still open when it comes back up.
+    open: Mutex<Vec<(PathBuf, OwnedFd)>>,
     /// The run's snapshot, when specs share one.
     snapshot: Option<Arc<Snapshot>>,
 }
@@ -60,7 +67,7 @@ impl DiskContext {
             dir: ContextDir::open(&root).map_err(err)?,
             root,
             skip: skip.iter().map(|p| canonical_prefix(p)).collect(),
-            last: Mutex::new(None),
+            open: Mutex::new(Vec::new()),
             snapshot: None,
         })
     }
@@ -78,19 +85,31 @@ impl DiskContext {
         })
     }
 
-    /// Runs `f` on the open folder `rel`, opened beneath the root unless it
-    /// is the one held from the last call.
+    /// Runs `f` on the open folder `rel`: one held open, else opened from
+    /// its parent when that is held, else opened beneath the root.
     fn in_dir<T>(&self, rel: &Path, f: impl FnOnce(&OwnedFd) -> io::Result<T>) -> io::Result<T> {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        match last.as_ref() {
-            Some((p, fd)) if p == rel => f(fd),
-            _ => {
-                let fd = self.dir.open_dir(rel)?;
-                let out = f(&fd);
-                *last = Some((rel.to_path_buf(), fd));
-                out
-            }
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        // Each held folder lies in the one before it: keep rel's ancestors.
+        while open.last().is_some_and(|(p, _)| !rel.starts_with(p)) {
+            open.pop();
         }
+        if let Some((_, fd)) = open.last().filter(|(p, _)| p == rel) {
+            return f(fd);
+        }
+        let fd = match (open.last(), rel.parent(), rel.file_name()) {
+            (Some((p, parent)), Some(up), Some(name)) if p == up => {
+                crate::fsx::open_subdir(parent, name)?
+            }
+            _ => self.dir.open_dir(rel)?,
+        };
+        if open.len() >= MAX_HELD_FOLDERS {
+            open.clear();
+        }
+        open.push((rel.to_path_buf(), fd));
+        let (_, fd) = open
+            .last()
+            .ok_or_else(|| io::Error::other("no folder held"))?;
+        f(fd)
     }
 
     /// What is at `rel`, looked at on disk.
