@@ -118,29 +118,35 @@ impl DiskContext {
             (Some(p), Some(n)) => (p, n),
             _ => (Path::new(""), std::ffi::OsStr::new(".")),
         };
-        let st = match self.in_dir(parent, |fd| crate::fsx::stat_at(fd, name)) {
-            Ok(Some(st)) => st,
-            Ok(None) => return Ok(None),
+        match self.in_dir(parent, |fd| look_in(fd, name)) {
             // A parent that is gone, or is not a folder: nothing there.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
-        };
-        let kind = match st.st_mode & libc::S_IFMT {
-            libc::S_IFLNK => Kind::Symlink,
-            libc::S_IFDIR => Kind::Dir,
-            libc::S_IFREG => Kind::File,
-            other => Kind::Other(crate::fsx::mode_kind_name(other)),
-        };
-        Ok(Some(Stat {
-            kind,
-            size: u64::try_from(st.st_size).unwrap_or(0),
-            executable: st.st_mode & 0o111 != 0,
-            id: (st.st_dev, st.st_ino),
-            stamp: Stamp::of_stat(&st),
-        }))
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+            other => other,
+        }
     }
+}
+
+/// Folders with at least this many names are looked at on two threads.
+const PARALLEL_STATS: usize = 512;
+
+/// What is at `name` in the open folder `dir`.
+fn look_in(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<Option<Stat>> {
+    let Some(st) = crate::fsx::stat_at(dir, name)? else {
+        return Ok(None);
+    };
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFLNK => Kind::Symlink,
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFREG => Kind::File,
+        other => Kind::Other(crate::fsx::mode_kind_name(other)),
+    };
+    Ok(Some(Stat {
+        kind,
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        executable: st.st_mode & 0o111 != 0,
+        id: (st.st_dev, st.st_ino),
+        stamp: Stamp::of_stat(&st),
+    }))
 }
 
 impl Context for DiskContext {
@@ -197,6 +203,31 @@ impl Context for DiskContext {
 
     fn read_link(&self, rel: &Path) -> io::Result<PathBuf> {
         std::fs::read_link(self.root.join(rel))
+    }
+
+    fn stat_names(&self, dir: &Path, names: &[OsString]) -> Vec<io::Result<Option<Stat>>> {
+        let one_by_one = || names.iter().map(|n| self.stat(&dir.join(n))).collect();
+        // A snapshot is filled path by path; a small folder is not worth a
+        // thread.
+        if self.snapshot.is_some() || names.len() < PARALLEL_STATS {
+            return one_by_one();
+        }
+        // A descriptor of the helper's own: the held one is behind a lock.
+        let Ok(fd) = self.in_dir(dir, |fd| fd.try_clone()) else {
+            return one_by_one();
+        };
+        let look =
+            |names: &[OsString]| -> Vec<_> { names.iter().map(|n| look_in(&fd, n)).collect() };
+        let (first, second) = names.split_at(names.len() / 2);
+        std::thread::scope(|s| {
+            let helper = std::thread::Builder::new().spawn_scoped(s, || look(second));
+            let mut out = look(first);
+            match helper {
+                Ok(h) => out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+                Err(_) => out.extend(look(second)),
+            }
+            out
+        })
     }
 }
 
@@ -309,5 +340,32 @@ mod tests {
         assert_eq!(names(&two), ["a.txt", "out1"]);
         assert!(alone.stat(Path::new("a.txt")).unwrap().is_none());
         assert_eq!(names(&alone), ["out1", "out2"]);
+    }
+
+    #[test]
+    fn a_big_folder_looked_at_on_two_threads_says_what_one_by_one_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let big = root.join("big");
+        std::fs::create_dir(&big).unwrap();
+        for i in 0..PARALLEL_STATS + 100 {
+            std::fs::write(big.join(format!("f{i:04}")), vec![b'x'; i]).unwrap();
+        }
+        std::fs::create_dir(big.join("sub")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", big.join("link")).unwrap();
+        let c = DiskContext::open(&root, &[]).unwrap();
+        let rel = Path::new("big");
+        let mut names = c.list(rel).unwrap();
+        // A name gone since it was listed.
+        names.push(OsString::from("zz-gone"));
+        let together = c.stat_names(rel, &names);
+        assert_eq!(together.len(), names.len());
+        for (name, st) in names.iter().zip(together) {
+            let alone = c.stat(&rel.join(name)).unwrap();
+            assert_eq!(st.unwrap(), alone, "{name:?}");
+        }
+        let link = c.stat(&rel.join("link")).unwrap().unwrap();
+        assert_eq!(link.kind, Kind::Symlink, "not followed");
+        assert!(c.stat(&rel.join("zz-gone")).unwrap().is_none());
     }
 }

@@ -9,6 +9,7 @@ use super::{Entry, EntryKind, FileSource, PlanError};
 use crate::spec::{Location, Mode, Owner};
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use std::ffi::OsString;
+use std::io;
 use std::path::{Component, Path, PathBuf};
 
 /// A file entry after rendering.
@@ -469,7 +470,10 @@ struct Walk<'a> {
 
 /// A folder being walked: its context path, the names left to visit, and
 /// whether it lies in a folder the glob matched (whose content is copied).
-type Frame = (PathBuf, std::vec::IntoIter<OsString>, bool);
+type Frame = (PathBuf, Listed, bool);
+
+/// A folder's names in bytewise order, each with what is there.
+type Listed = std::vec::IntoIter<(OsString, io::Result<Option<Stat>>)>;
 
 impl Walk<'_> {
     /// Adds what lies below `root` (never following a symlink, never entering
@@ -480,13 +484,17 @@ impl Walk<'_> {
         let mut matched = false;
         let mut stack: Vec<Frame> = vec![(root.to_path_buf(), list(c.ctx, root)?, false)];
         while let Some((dir, names, copied)) = stack.last_mut() {
-            let Some(name) = names.next() else {
+            let Some((name, looked)) = names.next() else {
                 stack.pop();
                 continue;
             };
             let (path, copied) = (dir.join(name), *copied);
+            let looked = looked.map_err(|source| PlanError::ReadContext {
+                path: c.ctx.root().join(&path),
+                source,
+            });
             // Gone since it was listed: nothing to add.
-            let Some(st) = stat(c.ctx, &path)? else {
+            let Some(st) = looked? else {
                 continue;
             };
             let below = path.strip_prefix(root).unwrap_or(&path);
@@ -569,13 +577,15 @@ fn stat(ctx: &dyn Context, rel: &Path) -> Result<Option<Stat>, PlanError> {
     })
 }
 
-/// The names in a context folder, sorted bytewise.
-fn list(ctx: &dyn Context, rel: &Path) -> Result<std::vec::IntoIter<OsString>, PlanError> {
+/// The names in a context folder, sorted bytewise, each with what is there.
+fn list(ctx: &dyn Context, rel: &Path) -> Result<Listed, PlanError> {
     let names = ctx.list(rel).map_err(|source| PlanError::ReadContext {
         path: ctx.root().join(rel),
         source,
     })?;
-    Ok(names.into_iter())
+    let stats = ctx.stat_names(rel, &names);
+    let listed: Vec<_> = names.into_iter().zip(stats).collect();
+    Ok(listed.into_iter())
 }
 
 /// A selected context path as UTF-8, which image paths must be.

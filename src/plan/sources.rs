@@ -73,6 +73,12 @@ pub trait Context: Debug {
     fn list(&self, rel: &Path) -> io::Result<Vec<OsString>>;
     /// The target of the symlink at `rel`, verbatim.
     fn read_link(&self, rel: &Path) -> io::Result<PathBuf>;
+    /// What is at each of `names` in the folder `dir`, in order: what
+    /// [`Context::stat`] says of `dir/name`. A context may look at many
+    /// names at once (on several threads).
+    fn stat_names(&self, dir: &Path, names: &[OsString]) -> Vec<io::Result<Option<Stat>>> {
+        names.iter().map(|n| self.stat(&dir.join(n))).collect()
+    }
 }
 
 /// The two sources a plan is made from.
