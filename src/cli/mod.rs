@@ -7,6 +7,7 @@ mod env;
 mod inspect;
 mod many;
 mod matrix;
+mod plan_json;
 mod registry;
 mod render;
 mod report;
@@ -805,55 +806,11 @@ fn cmd_plan(args: PlanArgs) -> Result<(), Failure> {
     let (resolver, _) = registry::bases(&args.common.spec, client, mode)?;
     let plan = make_plan(&file, &args.common, Some(resolver), &[], None)?;
     let mut stdout = std::io::stdout().lock();
-    let text = match args.format {
-        Format::Json => {
-            let mut s = serde_json::to_string_pretty(&plan_json(&plan)).unwrap_or_default();
-            s.push('\n');
-            s
-        }
-        Format::Text => plan_text(&plan),
+    let _ = match args.format {
+        Format::Json => plan_json::write(&plan, stdout),
+        Format::Text => stdout.write_all(plan_text(&plan).as_bytes()),
     };
-    let _ = stdout.write_all(text.as_bytes());
     Ok(())
-}
-
-fn plan_json(plan: &Plan) -> serde_json::Value {
-    use serde_json::json;
-    json!({
-        "epoch": plan.epoch,
-        "created": imgc::oci::rfc3339(plan.epoch),
-        "compression": plan.codec.format_id(),
-        "media_types": format!("{:?}", plan.media_types).to_lowercase(),
-        "name": plan.name,
-        "tags": plan.tags,
-        "index_annotations": plan.index_annotations,
-        "layers": plan.layers.iter().map(|l| json!({
-            "key": l.key,
-            "name": l.name,
-            "platforms": l.platforms,
-            "bytes": l.content_bytes(),
-            "entries": l.entries.iter().map(|e| {
-                let (kind, extra) = match &e.kind {
-                    imgc::plan::EntryKind::Dir => ("dir", json!(null)),
-                    imgc::plan::EntryKind::Symlink { target } => ("symlink", json!(target)),
-                    imgc::plan::EntryKind::File { source, size } => ("file", match source {
-                        imgc::plan::FileSource::Context { rel, .. } => json!({"src": rel, "size": size}),
-                        imgc::plan::FileSource::Inline(_) => json!({"inline": true, "size": size}),
-                    }),
-                };
-                json!({"path": format!("/{}", e.path), "kind": kind, "mode": format!("{:04o}", e.mode),
-                       "owner": format!("{}:{}", e.uid, e.gid), "detail": extra})
-            }).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "images": plan.images.iter().map(|i| json!({
-            "platform": i.platform.to_string(),
-            "base": i.base.reference,
-            "base_manifest": i.base.manifest.as_ref().map(|d| d.digest.to_string()),
-            "base_layers": i.base.layers.len(),
-            "layers": i.layers,
-            "annotations": i.annotations,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 fn plan_text(plan: &Plan) -> String {

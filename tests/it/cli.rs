@@ -477,3 +477,45 @@ fn many_specs_in_one_run_build_the_good_ones_and_name_the_bad_ones() {
     );
     assert_eq!(refused.status.code(), Some(2));
 }
+
+#[test]
+fn plan_json_of_many_files_is_streamed_not_held() {
+    let tmp = tempdir();
+    let ctx = tmp.path();
+    let n = 20_000;
+    for d in 0..20 {
+        let dir = ctx.join(format!("files/d{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..n / 20 {
+            fs::write(
+                dir.join(format!("a-rather-long-file-name-{f:05}.txt")),
+                b"x",
+            )
+            .unwrap();
+        }
+    }
+    let spec = ctx.join("image.toml");
+    fs::write(
+        &spec,
+        "[image]\nplatforms = [\"linux/amd64\"]\n[[layers]]\nname = \"l\"\nfiles = [{ src = \"files/**\", dst = \"/f/\" }]\n",
+    )
+    .unwrap();
+    let limit = std::time::Duration::from_secs(120);
+    let text = measured(imgc().arg("plan").arg(&spec), limit);
+    let json = measured(
+        imgc().arg("plan").arg(&spec).args(["--format", "json"]),
+        limit,
+    );
+    assert!(json.out.status.success(), "{}", stderr(&json.out));
+    let doc: serde_json::Value = serde_json::from_slice(&json.out.stdout).unwrap();
+    let entries = doc["layers"][0]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), n + 20, "the files and their 20 folders");
+    assert_eq!(entries[1]["detail"]["size"], 1);
+    // Held as a JSON tree, these entries took 70 MB more than the plan.
+    assert!(
+        json.max_rss < text.max_rss + (16 << 20),
+        "json {} MB, text {} MB",
+        json.max_rss >> 20,
+        text.max_rss >> 20
+    );
+}
