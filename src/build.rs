@@ -324,7 +324,7 @@ fn make_layer(
     reporter: &dyn Reporter,
 ) -> Result<Made, Error> {
     let Some(c) = cache else {
-        let (layer, held, _) = fresh_layer(node, settings, None, writer, reporter)?;
+        let (layer, held) = fresh_layer(node, settings, None, writer, reporter)?;
         return Ok(Made {
             layer,
             held,
@@ -344,7 +344,7 @@ fn make_layer(
         }
         Cached::Miss(key) => key,
     };
-    if let (Some(remote), Some((key, stand))) = (c.remote, &key) {
+    if let Some(remote) = c.remote {
         let job = remote::Job {
             node,
             settings,
@@ -352,23 +352,20 @@ fn make_layer(
             remote,
             reporter,
         };
-        if let Some((layer, held)) = job.take(key, stand.then_some(recipe.as_str()), writer)? {
+        let content = key.as_ref().map(|(k, _)| k.as_str());
+        if let Some((layer, held, hit)) = job.take((content, &recipe), writer)? {
             return Ok(Made {
                 layer,
                 held,
-                cache: Some(CacheHit::Repo),
+                cache: Some(hit),
             });
         }
     }
     let used = (c, recipe);
-    let (layer, held, content) = fresh_layer(node, settings, Some(&used), writer, reporter)?;
-    // The key of the bytes packed when they were hashed, else the one the
-    // lookup hashed (a file changed in between makes an entry that the
-    // sources' tar stream check refuses everywhere: waste, not poison).
-    let key = content.or(key.map(|(k, _)| k));
-    if let (Some(remote), Some(key)) = (c.remote, key) {
+    let (layer, held) = fresh_layer(node, settings, Some(&used), writer, reporter)?;
+    if let Some(remote) = c.remote {
         let blob = writer.staged_path(&layer.digest);
-        remote::publish(remote, node, &key, &layer, &blob, settings.codec, reporter);
+        remote::publish(remote, node, &layer, &blob, settings.codec, reporter);
     }
     Ok(Made {
         layer,
@@ -378,16 +375,15 @@ fn make_layer(
 }
 
 /// Builds a layer into the output's staging (and remembers it, and the
-/// fingerprints of the files it read, in the cache); returns it, whether
-/// the output held its blob already, and its content key when its files
-/// were hashed as packed.
+/// fingerprints of the files it read, in the cache); returns it and
+/// whether the output held its blob already.
 fn fresh_layer(
     node: &crate::plan::LayerNode,
     settings: &layers::LayerSettings<'_>,
     cache: Option<&(&CacheUse, String)>,
     writer: &mut LayoutWriter,
     reporter: &dyn Reporter,
-) -> Result<(BuiltLayer, bool, Option<String>), Error> {
+) -> Result<(BuiltLayer, bool), Error> {
     let (file, tmp) = writer.temp_file()?;
     let mut progress = |tar_bytes| {
         reporter.report(Event::LayerProgress {
@@ -404,17 +400,16 @@ fn fresh_layer(
     let desc = Descriptor::new(String::new(), layer.digest.clone(), layer.size);
     let held = writer.holds(&desc);
     writer.add_blob_file(&tmp, &layer.digest)?;
-    let mut content = None;
     if let Some((c, recipe)) = cache {
         let blob = writer.staged_path(&layer.digest);
-        content = remember_layer((node, recipe), c, &layer, &reads, &blob, reporter);
+        remember_layer((node, recipe), c, &layer, &reads, &blob, reporter);
     }
-    Ok((layer, held, content))
+    Ok((layer, held))
 }
 
 /// Files a freshly built layer in the cache: under its content key when
 /// its files were hashed, and under its recipe key when every file stands
-/// for its bytes; records the files' fingerprints. Returns the content key.
+/// for its bytes; records the files' fingerprints.
 fn remember_layer(
     (node, recipe): (&crate::plan::LayerNode, &str),
     c: &CacheUse,
@@ -422,7 +417,7 @@ fn remember_layer(
     reads: &layers::Reads,
     blob: &Path,
     reporter: &dyn Reporter,
-) -> Option<String> {
+) {
     let mut keys = Vec::new();
     for read in &reads.files {
         crate::cache::remember(&c.prints, read);
@@ -432,13 +427,11 @@ fn remember_layer(
         .hashed
         .then(|| reads.files.iter().map(|f| f.digest.as_ref()).collect())
         .flatten();
-    let content = digests.map(|d| crate::cache::content_key(node, d));
-    keys.extend(content.clone());
+    keys.extend(digests.map(|d| crate::cache::content_key(node, d)));
     if reads.all_stand {
         keys.push(recipe.to_string());
     }
     file_layer(c.cache, (node, &keys), layer, blob, reporter);
-    content
 }
 
 /// Files a layer (its blob at `blob`) in the local cache under `keys`; a
@@ -485,12 +478,14 @@ fn cached_layer(
         None => Cached::Miss(None),
     };
     if let Some(found) = c.cache.get(recipe) {
-        return Ok(hit(place_cached(node, c, recipe, found, writer, reporter)?));
+        return Ok(hit(place_cached(
+            node, c.cache, recipe, found, writer, reporter,
+        )?));
     }
     // A first build of the context: nothing of it can be cached under a
     // content key, and hashing before packing would read every file twice
-    // (unless a cache repository may have it).
-    if c.prints.is_new() && c.remote.is_none() {
+    // (a cache repository is looked up by the tar stream's key instead).
+    if c.prints.is_new() {
         return Ok(Cached::Miss(None));
     }
     let (digests, stand) = crate::cache::file_digests(node, &c.prints, settings)?;
@@ -499,7 +494,7 @@ fn cached_layer(
         return Ok(Cached::Miss(Some((key, stand))));
     };
     let entry = found.entry.clone();
-    let placed = place_cached(node, c, &key, found, writer, reporter)?;
+    let placed = place_cached(node, c.cache, &key, found, writer, reporter)?;
     if placed.is_some() && stand {
         c.cache.alias(recipe, &entry);
     }
@@ -509,7 +504,7 @@ fn cached_layer(
 /// Puts a cache entry's blob into the output (see `cached_layer`).
 fn place_cached(
     node: &crate::plan::LayerNode,
-    c: &CacheUse,
+    cache: &LayerCache,
     key: &str,
     found: crate::cache::Found,
     writer: &mut LayoutWriter,
@@ -518,10 +513,10 @@ fn place_cached(
     let entry = &found.entry;
     let desc = Descriptor::new(String::new(), entry.digest.clone(), entry.size);
     let held = writer.holds(&desc);
-    let placed = match writer.place_blob(c.cache.blobs_root(), &desc, found.good) {
+    let placed = match writer.place_blob(cache.blobs_root(), &desc, found.good) {
         Ok(placed) => placed,
         Err(LayoutError::DigestMismatch { .. }) | Err(LayoutError::Io { .. }) => {
-            c.cache.drop_entry(key, &entry.digest);
+            cache.drop_entry(key, &entry.digest);
             reporter.report(Event::Warning(&format!(
                 "the cached blob {} of layer {} is damaged; it was dropped and the layer is built again",
                 entry.digest, node.name
@@ -530,8 +525,7 @@ fn place_cached(
         }
         Err(e) => return Err(e.into()),
     };
-    c.cache
-        .used(&found, found.good.is_some() || placed == Placement::Copied);
+    cache.used(&found, found.good.is_some() || placed == Placement::Copied);
     let layer = BuiltLayer {
         digest: entry.digest.clone(),
         diff_id: entry.diff_id.clone(),

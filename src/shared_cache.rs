@@ -10,6 +10,25 @@ use std::path::{Path, PathBuf};
 /// folder and new registry tags, so no entry of another version is read.
 pub const CACHE_FORMAT: u32 = 2;
 
+/// The version of registry cache entries (their tags, their annotations
+/// and how their key is made); a change makes new tags, so no entry of
+/// another version is read. Version 3 keys an entry by the layer's tar
+/// stream (version 2 keyed it by the files' digests).
+pub const REMOTE_FORMAT: u32 = 3;
+
+/// The key a registry cache entry is filed under: the encoder (its format
+/// id) and the tar stream's digest and size. Equal keys make equal blobs,
+/// whatever the context's paths; and a reader makes the tar stream from
+/// its sources to find the entry, which is the check a hit needs anyway.
+pub fn remote_key(format_id: &str, diff_id: &Digest, tar_size: u64) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(format!(
+        "imgc layer tar {REMOTE_FORMAT}\n{format_id}\n{diff_id}\n{tar_size}\n"
+    ));
+    hex::encode(h.finalize())
+}
+
 /// Why a registry-shared cache could not answer (rendered as a warning).
 pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -9,13 +9,13 @@
 use crate::cache::LayerCache;
 use crate::layers::{self, BuiltLayer, LayerSettings};
 use crate::layout::{LayoutError, LayoutWriter};
-use crate::oci::{Codec, Descriptor};
+use crate::oci::{Codec, Descriptor, Digest};
 use crate::plan::LayerNode;
-use crate::progress::{error_chain as chain, Event, Reporter};
-use crate::shared_cache::{RemoteCache, RemoteEntry};
+use crate::progress::{error_chain as chain, CacheHit, Event, Reporter};
+use crate::shared_cache::{remote_key, RemoteCache, RemoteEntry};
 use std::path::Path;
 
-use super::Error;
+use super::{place_cached, Error};
 
 /// One layer looked up in the cache repository.
 pub(super) struct Job<'a> {
@@ -34,15 +34,28 @@ impl Job<'_> {
         )));
     }
 
-    /// The layer filed under the content key `key` in the cache repository,
-    /// checked against the sources, placed into the output and filed in the
-    /// local cache (also under `recipe`, when given); `None` to build it.
+    /// The layer filed under the key of the tar stream its sources make
+    /// now: in the local cache (where a hit from the repository is filed),
+    /// else in the cache repository, checked, placed into the output and
+    /// filed locally (also under the content key `content` when known, and
+    /// under `recipe` when every file stands for its bytes); `None` to
+    /// build it. Says which cache it came from.
     pub fn take(
         &self,
-        key: &str,
-        recipe: Option<&str>,
+        (content, recipe): (Option<&str>, &str),
         writer: &mut LayoutWriter,
-    ) -> Result<Option<(BuiltLayer, bool)>, Error> {
+    ) -> Result<Option<(BuiltLayer, bool, CacheHit)>, Error> {
+        let (diff_id, tar_size, stand) = layers::tar_digest(self.node, self.settings)?;
+        let key = &remote_key(self.settings.codec.format_id(), &diff_id, tar_size);
+        let local = self.cache.get(key);
+        // The key names the tar stream: an entry saying another is not used.
+        let local = local.filter(|f| (&f.entry.diff_id, f.entry.tar_size) == (&diff_id, tar_size));
+        if let Some(found) = local {
+            let placed = place_cached(self.node, self.cache, key, found, writer, self.reporter)?;
+            if let Some((layer, held)) = placed {
+                return Ok(Some((layer, held, CacheHit::Local)));
+            }
+        }
         let repo = self.remote.name();
         let entry = match self.remote.lookup(key) {
             Ok(Some(entry)) => entry,
@@ -55,7 +68,7 @@ impl Job<'_> {
                 return Ok(None);
             }
         };
-        if let Some(why) = self.check(&entry)? {
+        if let Some(why) = self.check(&entry, (&diff_id, tar_size)) {
             self.warn(&format!("the entry in {repo} is refused: {why}"));
             return Ok(None);
         }
@@ -68,7 +81,10 @@ impl Job<'_> {
         let desc = Descriptor::new(String::new(), layer.digest.clone(), layer.size);
         let held = writer.holds(&desc);
         // Filed locally first: the store blob's stamp lets it be linked.
-        self.file_locally(key, recipe, &layer);
+        let mut keys = vec![key.to_string()];
+        keys.extend(content.map(str::to_string));
+        keys.extend(stand.then(|| recipe.to_string()));
+        self.file_locally(&keys, &layer);
         let good = self.cache.get(key).and_then(|f| f.good);
         match writer.place_blob(self.cache.blobs_root(), &desc, good) {
             Ok(_) => {}
@@ -82,41 +98,35 @@ impl Job<'_> {
             }
             Err(e) => return Err(e.into()),
         }
-        Ok(Some((layer, held)))
+        Ok(Some((layer, held, CacheHit::Repo)))
     }
 
-    /// Why the entry may not be used (`None`: it may). Makes the tar
-    /// stream from the sources on one thread while the blob is fetched and
-    /// decompressed on this one.
-    fn check(&self, entry: &RemoteEntry) -> Result<Option<String>, Error> {
+    /// Why the entry may not be used (`None`: it may): it does not say
+    /// the sources' tar stream (`tar`: digest and size), checked before any
+    /// download, or its blob does not decompress to that.
+    fn check(&self, entry: &RemoteEntry, (diff_id, tar_size): (&Digest, u64)) -> Option<String> {
         if let Some(why) = implausible(self.node, self.settings.codec, entry) {
-            return Ok(Some(why));
+            return Some(why);
         }
-        let (tar, unpacked) = std::thread::scope(|s| {
-            let tar = s.spawn(|| layers::tar_digest(self.node, self.settings));
-            let unpacked = self.unpacked(entry);
-            (tar.join(), unpacked)
-        });
-        let (diff_id, tar_size) = tar.unwrap_or_else(|p| std::panic::resume_unwind(p))?;
-        if (&entry.diff_id, entry.tar_size) != (&diff_id, tar_size) {
-            return Ok(Some(format!(
+        if (&entry.diff_id, entry.tar_size) != (diff_id, tar_size) {
+            return Some(format!(
                 "its diff_id {} ({} bytes) is not the sources' tar stream {diff_id} ({tar_size} bytes)",
                 entry.diff_id, entry.tar_size
-            )));
+            ));
         }
-        match unpacked {
-            Ok((d, n)) if d == diff_id && n == tar_size => Ok(None),
-            Ok((d, n)) => Ok(Some(format!(
+        match self.unpacked(entry) {
+            Ok((d, n)) if &d == diff_id && n == tar_size => None,
+            Ok((d, n)) => Some(format!(
                 "its blob {} decompresses to {d} ({n} bytes), not to its diff_id {diff_id}",
                 entry.digest
-            ))),
-            Err(why) => Ok(Some(why)),
+            )),
+            Err(why) => Some(why),
         }
     }
 
     /// Fetches the entry's blob (digest checked) and returns what it
     /// decompresses to (at most the entry's tar size and one byte read).
-    fn unpacked(&self, entry: &RemoteEntry) -> Result<(crate::oci::Digest, u64), String> {
+    fn unpacked(&self, entry: &RemoteEntry) -> Result<(Digest, u64), String> {
         let path = self
             .remote
             .fetch(entry)
@@ -127,11 +137,9 @@ impl Job<'_> {
     }
 
     /// Files a checked entry in the local cache (its blob is in the store).
-    fn file_locally(&self, key: &str, recipe: Option<&str>, layer: &BuiltLayer) {
-        let mut keys = vec![key.to_string()];
-        keys.extend(recipe.map(str::to_string));
+    fn file_locally(&self, keys: &[String], layer: &BuiltLayer) {
         let blob = crate::base::blob_path(self.cache.blobs_root(), &layer.digest);
-        super::file_layer(self.cache, (self.node, &keys), layer, &blob, self.reporter);
+        super::file_layer(self.cache, (self.node, keys), layer, &blob, self.reporter);
     }
 }
 
@@ -171,12 +179,11 @@ fn layer_media_type(codec: Codec) -> String {
     )
 }
 
-/// Files a built layer in the cache repository under its content key; a
-/// failure is a warning.
+/// Files a built layer in the cache repository under the key of its tar
+/// stream; a failure is a warning.
 pub(super) fn publish(
     remote: &dyn RemoteCache,
     node: &LayerNode,
-    key: &str,
     layer: &BuiltLayer,
     blob: &Path,
     codec: Codec,
@@ -189,7 +196,8 @@ pub(super) fn publish(
         diff_id: layer.diff_id.clone(),
         tar_size: layer.tar_size,
     };
-    if let Err(e) = remote.publish(key, &entry, blob) {
+    let key = remote_key(codec.format_id(), &layer.diff_id, layer.tar_size);
+    if let Err(e) = remote.publish(&key, &entry, blob) {
         reporter.report(Event::Warning(&format!(
             "layer {} was not saved in the cache repository {} (nor will other layers of this build be): {}",
             node.name,

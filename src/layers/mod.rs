@@ -72,49 +72,6 @@ pub struct BuiltLayer {
     pub tar_size: u64,
 }
 
-/// A file writer that asks the kernel to start writing each 8 MiB back to
-/// disk as soon as it is written, so that the final `fsync` (which the
-/// layout's durability needs) has little left to wait for.
-struct EarlyWriteback {
-    file: File,
-    written: u64,
-    started: u64,
-}
-
-const WRITEBACK_STEP: u64 = 8 << 20;
-
-impl Write for EarlyWriteback {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.written += n as u64;
-        if self.written - self.started >= WRITEBACK_STEP {
-            start_writeback(&self.file, self.started, self.written - self.started);
-            self.started = self.written;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: the descriptor is open for the duration of the call; the call
-    // only schedules write-back and reads no memory of ours. Failure is
-    // harmless (the final fsync still writes everything), so it is ignored.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &File, _: u64, _: u64) {}
-
 /// How often (in tar bytes) [`build_layer`] reports progress.
 pub const PROGRESS_STEP: u64 = 8 << 20;
 
@@ -190,11 +147,7 @@ pub fn build_layer(
         layer: node.name.clone(),
         source,
     };
-    let out = EarlyWriteback {
-        file: out,
-        written: 0,
-        started: 0,
-    };
+    let out = crate::fsx::EarlyWriteback::new(out);
     let compressor = Compressor::new(
         settings.codec,
         settings.threads,
@@ -231,11 +184,17 @@ pub fn build_layer(
 
 /// The diff_id and size of the layer's tar stream, made from the sources
 /// and hashed, not kept: what a registry cache entry is checked against
-/// before its blob is used (far cheaper than compressing).
+/// before its blob is used (far cheaper than compressing); and whether
+/// every file read [`FileRead::stands`] for its bytes. The files are not
+/// hashed one by one (whatever `settings.hash_files` says).
 pub fn tar_digest(
     node: &LayerNode,
     settings: &LayerSettings<'_>,
-) -> Result<(Digest, u64), LayerError> {
+) -> Result<(Digest, u64, bool), LayerError> {
+    let settings = &LayerSettings {
+        hash_files: false,
+        ..*settings
+    };
     let mut progress = |_| {};
     let failed = |source| LayerError::Write {
         layer: node.name.clone(),
@@ -247,14 +206,16 @@ pub fn tar_digest(
     for entry in &node.entries {
         w.write_entry(entry)?;
     }
-    w.tar.finish().and_then(|h| h.finish()).map_err(failed)
+    let stand = w.all_stand;
+    let (diff_id, size) = w.tar.finish().and_then(|h| h.finish()).map_err(failed)?;
+    Ok((diff_id, size, stand))
 }
 
 /// The digest and size of what a layer blob decompresses to, reading at
 /// most `limit + 1` decompressed bytes (a blob may lie about its size).
 pub fn decompressed_digest(
     codec: crate::oci::Codec,
-    blob: File,
+    blob: impl Read,
     limit: u64,
 ) -> io::Result<(Digest, u64)> {
     let reader = io::BufReader::new(blob);

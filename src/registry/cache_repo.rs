@@ -11,7 +11,7 @@
 use super::store::Store;
 use super::{Client, ImageRef, RegistryError};
 use crate::oci::{self, Descriptor, Digest, Manifest};
-use crate::shared_cache::{RemoteCache, RemoteEntry, RemoteError, CACHE_FORMAT};
+use crate::shared_cache::{RemoteCache, RemoteEntry, RemoteError, REMOTE_FORMAT};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use std::sync::Arc;
 pub const ARTIFACT_TYPE: &str = "application/vnd.imgc.layer-cache.v1";
 /// Annotation: the content key the entry is filed under.
 pub const ANNOTATION_KEY: &str = "dev.imgc.cache.key";
-/// Annotation: the cache format ([`CACHE_FORMAT`]).
+/// Annotation: the cache format ([`REMOTE_FORMAT`]).
 pub const ANNOTATION_FORMAT: &str = "dev.imgc.cache.format";
 /// Annotation: when the entry was filed, in seconds since 1970 (what
 /// `imgc cache prune --repo` goes by; `org.opencontainers.image.created`
@@ -36,7 +36,7 @@ const EMPTY_CONFIG: &[u8] = b"{}";
 
 /// The tag an entry is filed under: the format and the content key.
 pub fn tag_for(key: &str) -> String {
-    format!("imgc-layer-v{CACHE_FORMAT}-{key}")
+    format!("imgc-layer-v{REMOTE_FORMAT}-{key}")
 }
 
 /// A cache repository, with the local store its blobs are fetched into.
@@ -97,9 +97,9 @@ pub fn parse_entry(bytes: &[u8], key: &str) -> Result<RemoteEntry, String> {
     if m.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
         return Err(format!("its artifact type is not `{ARTIFACT_TYPE}`"));
     }
-    let format = CACHE_FORMAT.to_string();
+    let format = REMOTE_FORMAT.to_string();
     if m.annotations.get(ANNOTATION_FORMAT) != Some(&format) {
-        return Err(format!("it is not of cache format {CACHE_FORMAT}"));
+        return Err(format!("it is not of cache format {REMOTE_FORMAT}"));
     }
     if m.annotations.get(ANNOTATION_KEY).map(String::as_str) != Some(key) {
         return Err("it is filed under another key than its own".into());
@@ -139,7 +139,7 @@ pub fn entry_manifest(key: &str, entry: &RemoteEntry, now: u64) -> Manifest {
         .insert(ANNOTATION_TAR_SIZE.into(), entry.tar_size.to_string());
     let annotations = BTreeMap::from([
         (ANNOTATION_KEY.to_string(), key.to_string()),
-        (ANNOTATION_FORMAT.to_string(), CACHE_FORMAT.to_string()),
+        (ANNOTATION_FORMAT.to_string(), REMOTE_FORMAT.to_string()),
         (oci::ANNOTATION_CREATED.to_string(), oci::rfc3339(now)),
         (ANNOTATION_FILED.to_string(), now.to_string()),
     ]);
@@ -311,7 +311,7 @@ mod tests {
             .unwrap_err()
             .contains("artifact type"));
         let old = String::from_utf8(bytes).unwrap().replace(
-            &format!("\"{ANNOTATION_FORMAT}\":\"{CACHE_FORMAT}\""),
+            &format!("\"{ANNOTATION_FORMAT}\":\"{REMOTE_FORMAT}\""),
             &format!("\"{ANNOTATION_FORMAT}\":\"1\""),
         );
         assert!(parse_entry(old.as_bytes(), "k1")

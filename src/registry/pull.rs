@@ -371,7 +371,8 @@ impl Client {
         let host = r.api_host().to_string();
         let path = self.blob_request(r, desc, "downloading", |resp, url| {
             let (file, tmp) = store.temp_file()?;
-            let mut out = oci::HashingWriter::new(file);
+            // Written back as it comes: the fsync at the end waits less.
+            let mut out = oci::HashingWriter::new(crate::fsx::EarlyWriteback::new(file));
             let mut body = resp.take(desc.size + 1);
             let mut buf = vec![0u8; 256 * 1024];
             loop {
@@ -391,7 +392,8 @@ impl Client {
                         source,
                     })?;
             }
-            let (file, actual, total) = out.finish();
+            let (written, actual, total) = out.finish();
+            let file = written.file;
             if actual != desc.digest || total != desc.size {
                 // `tmp` is deleted when dropped here.
                 return Err(RegistryError::DigestMismatch {
