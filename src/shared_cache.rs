@@ -62,3 +62,24 @@ pub struct RemoteEntry {
     /// Its size.
     pub tar_size: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remote_key_changes_with_each_part() {
+        let d1 = crate::oci::sha256_digest(b"one");
+        let d2 = crate::oci::sha256_digest(b"two");
+        let base = remote_key("zstd/l3", &d1, 10);
+        assert_eq!(base, remote_key("zstd/l3", &d1, 10));
+        assert_eq!(base.len(), 64);
+        for other in [
+            remote_key("zstd/l4", &d1, 10),
+            remote_key("zstd/l3", &d2, 10),
+            remote_key("zstd/l3", &d1, 11),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+}
