@@ -51,8 +51,13 @@ impl Job<'_> {
         // The key names the tar stream: an entry saying another is not used.
         let local = local.filter(|f| (&f.entry.diff_id, f.entry.tar_size) == (&diff_id, tar_size));
         if let Some(found) = local {
+            let entry = found.entry.clone();
             let placed = place_cached(self.node, self.cache, key, found, writer, self.reporter)?;
             if let Some((layer, held)) = placed {
+                // Found by its recipe next time, once its files have settled.
+                if stand {
+                    self.cache.alias(recipe, &entry);
+                }
                 return Ok(Some((layer, held, CacheHit::Local)));
             }
         }

@@ -156,6 +156,12 @@ fn a_second_machine_takes_every_layer_from_the_cache_repo_and_compresses_none() 
     let (s3, _) = build_json(&second, &spec2, &host, &second.path("out2"));
     assert_eq!(s3["index"]["digest"], expected.as_str());
     assert!(all(&sources(&s3), "local"), "{s3}");
+    // Once the files have settled, by their fingerprints: nothing read.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let _ = build_json(&second, &spec2, &host, &second.path("out3"));
+    let (s4, _) = build_json(&second, &spec2, &host, &second.path("out4"));
+    assert!(all(&sources(&s4), "local"), "{s4}");
+    assert_eq!(s4["context_bytes_read"], 0, "{s4}");
 }
 
 /// Two entries of the cache repository filled by a first build (tag,
