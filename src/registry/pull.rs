@@ -303,7 +303,7 @@ impl Client {
             }
             pages += 1;
             let (tags, next) = self.tags_page(r, &u)?;
-            url = next.map(|n| next_tag_page(r, &u, &n)).transpose()?;
+            url = next.map(|n| self.next_tag_page(r, &u, &n)).transpose()?;
             each(tags)?;
         }
         Ok(())
@@ -842,26 +842,27 @@ fn next_link(value: &str) -> Option<String> {
     })
 }
 
-/// The next tag page's URL: `link` resolved against the page `current`,
-/// refused unless it has the same scheme, host, port and path.
-fn next_tag_page(r: &ImageRef, current: &str, link: &str) -> Result<String, RegistryError> {
-    let bad = |why: &str| tag_list_error(r, format!("its next-page link `{link}` {why}"));
-    let here = reqwest::Url::parse(current).map_err(|_| bad("is not a URL"))?;
-    let next = here.join(link).map_err(|_| bad("is not a URL"))?;
-    let origin = |u: &reqwest::Url| {
-        (
-            u.scheme().to_string(),
-            u.host_str().map(str::to_string),
-            u.port_or_known_default(),
-        )
-    };
-    if origin(&next) != origin(&here) {
-        return Err(bad("points to another host"));
+impl Client {
+    /// The next tag page's URL: `link` resolved against the page `current`,
+    /// refused unless it is on the registry itself (scheme, host and port),
+    /// at the same path.
+    fn next_tag_page(
+        &self,
+        r: &ImageRef,
+        current: &str,
+        link: &str,
+    ) -> Result<String, RegistryError> {
+        let bad = |why: &str| tag_list_error(r, format!("its next-page link `{link}` {why}"));
+        let here = reqwest::Url::parse(current).map_err(|_| bad("is not a URL"))?;
+        let next = here.join(link).map_err(|_| bad("is not a URL"))?;
+        if !self.is_registry_origin(r.api_host(), &next) {
+            return Err(bad("points to another host"));
+        }
+        if next.path() != here.path() {
+            return Err(bad("is not this repository's tag list"));
+        }
+        Ok(next.to_string())
     }
-    if next.path() != here.path() {
-        return Err(bad("is not this repository's tag list"));
-    }
-    Ok(next.to_string())
 }
 
 /// A tag list the registry sent that cannot be read or followed.

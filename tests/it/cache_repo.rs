@@ -277,56 +277,11 @@ fn an_entry_declaring_a_tar_stream_larger_than_the_sources_make_is_refused_unfet
     );
 }
 
-#[test]
-fn prune_repo_deletes_old_entries_only() {
+/// A registry whose cache repository a build of the multi-arch example
+/// filled, the environment of that build, and the number of entries.
+fn filled_cache_repo() -> (Registry, tempfile::TempDir, Env, usize) {
     let reg = Registry::start();
-    let host = reg.host_port();
-    let (_t, dir) = copy_example("multi-arch");
-    let env = Env::new();
-    build_json(&env, &dir.join("image.toml"), &host, &env.path("out"));
-    let before = entries(&reg).len();
-    assert!(before > 0);
-    let prune = |days: &str| {
-        run(env
-            .imgc()
-            .args([
-                "cache",
-                "prune",
-                "--repo",
-                &format!("{host}/cache"),
-                "--older-than",
-                days,
-            ])
-            .args(insecure(&host)))
-    };
-    let out = prune("1");
-    assert!(
-        out.contains(&format!("removed 0 of {before} cache")),
-        "{out}"
-    );
-    assert_eq!(entries(&reg).len(), before);
-    let out = prune("0");
-    assert!(
-        out.contains(&format!("removed {before} of {before} cache")),
-        "{out}"
-    );
-    assert!(entries(&reg).is_empty());
-}
-
-/// `imgc cache prune --repo HOST/cache --older-than 0` in `env`.
-fn prune_all(env: &Env, host: &str) -> std::process::Output {
-    output(
-        env.imgc()
-            .args(["cache", "prune", "--repo", &format!("{host}/cache")])
-            .args(["--older-than", "0"])
-            .args(insecure(host)),
-    )
-}
-
-#[test]
-fn prune_repo_follows_the_tag_list_pages() {
-    let reg = Registry::start();
-    let (_t, dir) = copy_example("multi-arch");
+    let (t, dir) = copy_example("multi-arch");
     let env = Env::new();
     build_json(
         &env,
@@ -334,10 +289,44 @@ fn prune_repo_follows_the_tag_list_pages() {
         &reg.host_port(),
         &env.path("out"),
     );
-    let before = entries(&reg).len();
-    assert!(before > 2, "{before} entries: too few to page");
+    let entries = entries(&reg).len();
+    assert!(entries > 2, "{entries} entries: too few to page");
+    (reg, t, env, entries)
+}
+
+/// `imgc cache prune --repo HOST/cache --older-than DAYS` in `env`.
+fn prune(env: &Env, host: &str, days: &str) -> std::process::Output {
+    output(
+        env.imgc()
+            .args(["cache", "prune", "--repo", &format!("{host}/cache")])
+            .args(["--older-than", days])
+            .args(insecure(host)),
+    )
+}
+
+#[test]
+fn prune_repo_deletes_old_entries_only() {
+    let (reg, _t, env, before) = filled_cache_repo();
+    let host = reg.host_port();
+    let out = stdout(&prune(&env, &host, "1"));
+    assert!(
+        out.contains(&format!("removed 0 of {before} cache")),
+        "{out}"
+    );
+    assert_eq!(entries(&reg).len(), before);
+    let out = stdout(&prune(&env, &host, "0"));
+    assert!(
+        out.contains(&format!("removed {before} of {before} cache")),
+        "{out}"
+    );
+    assert!(entries(&reg).is_empty());
+}
+
+#[test]
+fn prune_repo_follows_the_tag_list_pages() {
+    let (reg, _t, env, before) = filled_cache_repo();
     let proxy = Proxy::start(addr(&reg), vec![crate::proxy::Rule::page_tags(2, None)]);
-    let o = prune_all(&env, &proxy.host_port());
+    let o = prune(&env, &proxy.host_port(), "0");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains(&format!("removed {before} of {before} cache")),
@@ -350,21 +339,12 @@ fn prune_repo_follows_the_tag_list_pages() {
 
 #[test]
 fn prune_repo_refuses_a_next_page_on_another_host() {
-    let reg = Registry::start();
-    let (_t, dir) = copy_example("multi-arch");
-    let env = Env::new();
-    build_json(
-        &env,
-        &dir.join("image.toml"),
-        &reg.host_port(),
-        &env.path("out"),
-    );
-    let before = entries(&reg).len();
+    let (reg, _t, env, before) = filled_cache_repo();
     // The foreign host: another proxy, so that its requests are seen.
     let foreign = Proxy::start(addr(&reg), vec![]);
     let rule = crate::proxy::Rule::page_tags(2, Some(&foreign.host_port()));
     let proxy = Proxy::start(addr(&reg), vec![rule]);
-    let o = prune_all(&env, &proxy.host_port());
+    let o = prune(&env, &proxy.host_port(), "0");
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("points to another host"), "{err}");
