@@ -352,8 +352,7 @@ fn make_layer(
             remote,
             reporter,
         };
-        let content = key.as_ref().map(|(k, _)| k.as_str());
-        if let Some((layer, held, hit)) = job.take((content, &recipe), writer)? {
+        if let Some((layer, held, hit)) = job.take((key.as_deref(), &recipe), writer)? {
             return Ok(Made {
                 layer,
                 held,
@@ -455,10 +454,10 @@ fn file_layer(
 }
 
 /// What the local cache answered: a layer, or a miss with the content key
-/// when it was computed (and whether every file stands for its bytes).
+/// when it was computed.
 enum Cached {
     Hit(BuiltLayer, bool),
-    Miss(Option<(String, bool)>),
+    Miss(Option<String>),
 }
 
 /// A layer from the cache, found by its recipe key (nothing read), else by
@@ -491,7 +490,7 @@ fn cached_layer(
     let (digests, stand) = crate::cache::file_digests(node, &c.prints, settings)?;
     let key = crate::cache::content_key(node, &digests);
     let Some(found) = c.cache.get(&key) else {
-        return Ok(Cached::Miss(Some((key, stand))));
+        return Ok(Cached::Miss(Some(key)));
     };
     let entry = found.entry.clone();
     let placed = place_cached(node, c.cache, &key, found, writer, reporter)?;

@@ -39,7 +39,10 @@ pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
 pub trait RemoteCache: Send + Sync + std::fmt::Debug {
     /// Where the entries are, for messages (`registry/repository`).
     fn name(&self) -> String;
-    /// The entry filed under the content key `key`; `None` when there is none.
+    /// Whether it is still asked (a repository that failed once is not,
+    /// for the rest of the build): no key is worth making for it otherwise.
+    fn in_use(&self) -> bool;
+    /// The entry filed under the key `key`; `None` when there is none.
     fn lookup(&self, key: &str) -> Result<Option<RemoteEntry>, RemoteError>;
     /// Puts the entry's blob into the local store (its digest and size
     /// checked); returns its path there.

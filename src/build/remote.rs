@@ -39,12 +39,16 @@ impl Job<'_> {
     /// else in the cache repository, checked, placed into the output and
     /// filed locally (also under the content key `content` when known, and
     /// under `recipe` when every file stands for its bytes); `None` to
-    /// build it. Says which cache it came from.
+    /// build it (at once when the repository is no longer asked). Says
+    /// which cache it came from.
     pub fn take(
         &self,
         (content, recipe): (Option<&str>, &str),
         writer: &mut LayoutWriter,
     ) -> Result<Option<(BuiltLayer, bool, CacheHit)>, Error> {
+        if !self.remote.in_use() {
+            return Ok(None);
+        }
         let (diff_id, tar_size, stand) = layers::tar_digest(self.node, self.settings)?;
         let key = &remote_key(self.settings.codec.format_id(), &diff_id, tar_size);
         let local = self.cache.get(key);

@@ -210,6 +210,10 @@ impl RemoteCache for CacheRepo {
         self.repo.name()
     }
 
+    fn in_use(&self) -> bool {
+        !self.unread.load(Ordering::Relaxed)
+    }
+
     fn lookup(&self, key: &str) -> Result<Option<RemoteEntry>, RemoteError> {
         if self.unread.load(Ordering::Relaxed) {
             return Ok(None);

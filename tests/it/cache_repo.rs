@@ -372,6 +372,21 @@ fn a_cache_repo_that_is_down_costs_one_warning_and_the_build_goes_on() {
     assert_eq!(err.matches("not read (nor used again").count(), 1, "{err}");
     assert!(err.contains(&host), "{err}");
     assert!(all(&sources(&s), "built"), "{s}");
+    // Only the first layer made its tar stream for a lookup: the others
+    // were read once, as in a build without a cache repository.
+    let plain = Env::new();
+    let out = run(plain
+        .imgc()
+        .arg("build")
+        .arg(&spec)
+        .args(["--format", "json", "--output"])
+        .arg(oci_arg(&plain.path("out"))));
+    let plain: Value = serde_json::from_str(&out).unwrap();
+    let (read, once) = (&s["context_bytes_read"], &plain["context_bytes_read"]);
+    assert!(
+        read.as_u64().unwrap() < 2 * once.as_u64().unwrap(),
+        "{read} against {once}"
+    );
 }
 
 #[test]
