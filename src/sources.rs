@@ -102,14 +102,12 @@ impl DiskContext {
             }
             _ => self.dir.open_dir(rel)?,
         };
+        let out = f(&fd);
         if open.len() >= MAX_HELD_FOLDERS {
             open.clear();
         }
         open.push((rel.to_path_buf(), fd));
-        let (_, fd) = open
-            .last()
-            .ok_or_else(|| io::Error::other("no folder held"))?;
-        f(fd)
+        out
     }
 
     /// What is at `rel`, looked at on disk.
