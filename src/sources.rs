@@ -6,8 +6,9 @@
 //! [`crate::fsx::ContextDir`] and checks it is the file planned.
 
 use crate::fsx::ContextDir;
-use crate::plan::sources::{Context, Kind, Stamp, Stat};
+use crate::plan::sources::{Context, Kind, Listing, Stamp, Stat};
 use crate::plan::PlanError;
+use ahead::ReadAhead;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
@@ -15,6 +16,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+mod ahead;
 
 /// What the specs of one run saw of their contexts: each path looked at
 /// once, for all of them. Specs that share a context (a monorepo's specs
@@ -29,7 +32,7 @@ pub struct Snapshot {
     lists: Mutex<BTreeMap<PathBuf, Vec<OsString>>>,
 }
 
-/// The most folders a context holds open at once (a deeper walk opens the
+/// The most folders one thread holds open at once (a deeper walk opens the
 /// ones above again).
 const MAX_HELD_FOLDERS: usize = 64;
 
@@ -41,14 +44,52 @@ pub struct DiskContext {
     dir: ContextDir,
     /// Folders never listed (canonical): the output layout.
     skip: Vec<PathBuf>,
-    /// The folder looked in last and the ones above it that were looked in
-    /// on the way, held open: a walk stats the names of one folder in a
-    /// row, each with one `fstatat` (no path walk per name), opens a
-    /// subfolder with one `openat` from its parent, and finds the parent
-    /// still open when it comes back up.
-    open: Mutex<Vec<(PathBuf, OwnedFd)>>,
+    /// The folders the walk looked in last, held open.
+    open: Held,
     /// The run's snapshot, when specs share one.
     snapshot: Option<Arc<Snapshot>>,
+    /// The read-ahead of the walk under way ([`Context::walk_below`]).
+    ahead: Mutex<Option<Arc<ReadAhead>>>,
+}
+
+/// The folder one thread looked in last and the ones above it that it
+/// looked in on the way, held open: a walk stats the names of one folder in
+/// a row, each with one `fstatat` (no path walk per name), opens a
+/// subfolder with one `openat` from its parent, and finds the parent still
+/// open when it comes back up.
+#[derive(Debug, Default)]
+struct Held(Mutex<Vec<(PathBuf, OwnedFd)>>);
+
+impl Held {
+    /// Runs `f` on the open folder `rel`: one held open, else opened from
+    /// its parent when that is held, else opened beneath `root`.
+    fn in_dir<T>(
+        &self,
+        root: &ContextDir,
+        rel: &Path,
+        f: impl FnOnce(&OwnedFd) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut open = lock(&self.0);
+        // Each held folder lies in the one before it: keep rel's ancestors.
+        while open.last().is_some_and(|(p, _)| !rel.starts_with(p)) {
+            open.pop();
+        }
+        if let Some((_, fd)) = open.last().filter(|(p, _)| p == rel) {
+            return f(fd);
+        }
+        let fd = match (open.last(), rel.parent(), rel.file_name()) {
+            (Some((p, parent)), Some(up), Some(name)) if p == up => {
+                crate::fsx::open_subdir(parent, name)?
+            }
+            _ => root.open_dir(rel)?,
+        };
+        let out = f(&fd);
+        if open.len() >= MAX_HELD_FOLDERS {
+            open.clear();
+        }
+        open.push((rel.to_path_buf(), fd));
+        out
+    }
 }
 
 impl DiskContext {
@@ -67,8 +108,9 @@ impl DiskContext {
             dir: ContextDir::open(&root).map_err(err)?,
             root,
             skip: skip.iter().map(|p| canonical_prefix(p)).collect(),
-            open: Mutex::new(Vec::new()),
+            open: Held::default(),
             snapshot: None,
+            ahead: Mutex::new(None),
         })
     }
 
@@ -85,47 +127,75 @@ impl DiskContext {
         })
     }
 
-    /// Runs `f` on the open folder `rel`: one held open, else opened from
-    /// its parent when that is held, else opened beneath the root.
-    fn in_dir<T>(&self, rel: &Path, f: impl FnOnce(&OwnedFd) -> io::Result<T>) -> io::Result<T> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        // Each held folder lies in the one before it: keep rel's ancestors.
-        while open.last().is_some_and(|(p, _)| !rel.starts_with(p)) {
-            open.pop();
-        }
-        if let Some((_, fd)) = open.last().filter(|(p, _)| p == rel) {
-            return f(fd);
-        }
-        let fd = match (open.last(), rel.parent(), rel.file_name()) {
-            (Some((p, parent)), Some(up), Some(name)) if p == up => {
-                crate::fsx::open_subdir(parent, name)?
-            }
-            _ => self.dir.open_dir(rel)?,
-        };
-        let out = f(&fd);
-        if open.len() >= MAX_HELD_FOLDERS {
-            open.clear();
-        }
-        open.push((rel.to_path_buf(), fd));
-        out
-    }
-
     /// What is at `rel`, looked at on disk.
     fn look(&self, rel: &Path) -> io::Result<Option<Stat>> {
         let (parent, name) = match (rel.parent(), rel.file_name()) {
             (Some(p), Some(n)) => (p, n),
             _ => (Path::new(""), std::ffi::OsStr::new(".")),
         };
-        match self.in_dir(parent, |fd| look_in(fd, name)) {
+        match self.open.in_dir(&self.dir, parent, |fd| look_in(fd, name)) {
             // A parent that is gone, or is not a folder: nothing there.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
             other => other,
         }
     }
+
+    /// Removes from `names` (of the folder `rel`) the build's own output.
+    fn hide(&self, rel: &Path, names: &mut Vec<OsString>) {
+        // Only a folder holding a skipped one (or lying in one) can hide a
+        // name: the others are not checked name by name.
+        let dir = self.root.join(rel);
+        let near = self
+            .skip
+            .iter()
+            .any(|s| s.parent() == Some(dir.as_path()) || dir.starts_with(s));
+        if near {
+            names.retain(|n| !is_skipped(&dir.join(n), &self.skip));
+        }
+    }
+
+    /// The folder `rel` listed and each of its names looked at, on disk,
+    /// through the folders `held` holds open: one descriptor for all.
+    fn listing(&self, held: &Held, rel: &Path) -> io::Result<Listing> {
+        held.in_dir(&self.dir, rel, |fd| {
+            let mut names = crate::fsx::read_names(fd)?;
+            // Bytewise order.
+            names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            self.hide(rel, &mut names);
+            Ok(look_all(fd, names))
+        })
+    }
 }
 
 /// Folders with at least this many names are looked at on two threads.
 const PARALLEL_STATS: usize = 512;
+
+/// Each of `names` with what is at it in the open folder `dir`; a big
+/// folder on two threads.
+fn look_all(dir: &OwnedFd, names: Vec<OsString>) -> Listing {
+    let look = |fd: &OwnedFd, names: &[OsString]| -> Vec<_> {
+        names.iter().map(|n| look_in(fd, n)).collect()
+    };
+    // A descriptor of the helper's own.
+    let helper_fd = (names.len() >= PARALLEL_STATS)
+        .then(|| dir.try_clone().ok())
+        .flatten();
+    let Some(fd) = helper_fd else {
+        let stats = look(dir, &names);
+        return names.into_iter().zip(stats).collect();
+    };
+    let (first, second) = names.split_at(names.len() / 2);
+    let stats = std::thread::scope(|s| {
+        let helper = std::thread::Builder::new().spawn_scoped(s, || look(&fd, second));
+        let mut out = look(dir, first);
+        match helper {
+            Ok(h) => out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+            Err(_) => out.extend(look(dir, second)),
+        }
+        out
+    });
+    names.into_iter().zip(stats).collect()
+}
 
 /// What is at `name` in the open folder `dir`.
 fn look_in(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<Option<Stat>> {
@@ -177,7 +247,7 @@ impl Context for DiskContext {
         let mut names = match known {
             Some(names) => names,
             None => {
-                let mut names = self.in_dir(rel, crate::fsx::read_names)?;
+                let mut names = self.open.in_dir(&self.dir, rel, crate::fsx::read_names)?;
                 // Bytewise order.
                 names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
                 if let Some(snap) = snapshot {
@@ -187,15 +257,7 @@ impl Context for DiskContext {
             }
         };
         // Never the build's own output.
-        // Only a folder holding a skipped one (or lying in one) can hide a
-        // name: the others are not checked name by name.
-        let near = self
-            .skip
-            .iter()
-            .any(|s| s.parent() == Some(dir.as_path()) || dir.starts_with(s));
-        if near {
-            names.retain(|n| !is_skipped(&dir.join(n), &self.skip));
-        }
+        self.hide(rel, &mut names);
         Ok(names)
     }
 
@@ -203,29 +265,61 @@ impl Context for DiskContext {
         std::fs::read_link(self.root.join(rel))
     }
 
-    fn stat_names(&self, dir: &Path, names: &[OsString]) -> Vec<io::Result<Option<Stat>>> {
-        let one_by_one = || names.iter().map(|n| self.stat(&dir.join(n))).collect();
-        // A snapshot is filled path by path; a small folder is not worth a
-        // thread.
-        if self.snapshot.is_some() || names.len() < PARALLEL_STATS {
-            return one_by_one();
+    fn list_stats(&self, rel: &Path) -> io::Result<Listing> {
+        // A snapshot is filled path by path.
+        if self.snapshot.is_some() {
+            let names = self.list(rel)?;
+            return Ok(names
+                .into_iter()
+                .map(|n| {
+                    let st = self.stat(&rel.join(&n));
+                    (n, st)
+                })
+                .collect());
         }
-        // A descriptor of the helper's own: the held one is behind a lock.
-        let Ok(fd) = self.in_dir(dir, |fd| fd.try_clone()) else {
-            return one_by_one();
-        };
-        let look =
-            |names: &[OsString]| -> Vec<_> { names.iter().map(|n| look_in(&fd, n)).collect() };
-        let (first, second) = names.split_at(names.len() / 2);
+        let ahead = lock(&self.ahead).clone();
+        match ahead {
+            Some(ahead) => ahead.take(rel, |rel| self.listing(&self.open, rel)),
+            None => self.listing(&self.open, rel),
+        }
+    }
+
+    fn walk_below(
+        &self,
+        _root: &Path,
+        enters: &(dyn Fn(&Path) -> bool + Sync),
+        walk: &mut dyn FnMut(),
+    ) {
+        // A snapshot is filled path by path, by one spec at a time.
+        if self.snapshot.is_some() || lock(&self.ahead).is_some() {
+            return walk();
+        }
+        let ahead = Arc::new(ReadAhead::default());
+        *lock(&self.ahead) = Some(ahead.clone());
+        let _detach = Detach(&self.ahead);
         std::thread::scope(|s| {
-            let helper = std::thread::Builder::new().spawn_scoped(s, || look(second));
-            let mut out = look(first);
-            match helper {
-                Ok(h) => out.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
-                Err(_) => out.extend(look(second)),
-            }
-            out
-        })
+            // Stops the helper when the walk ends, panics included.
+            let _stop = ahead.stopper();
+            let helper = || {
+                let held = Held::default();
+                ahead.run(enters, |rel| self.listing(&held, rel));
+            };
+            // Without a helper, the walk looks at everything itself.
+            let _helper = std::thread::Builder::new()
+                .name("imgc-read-ahead".into())
+                .spawn_scoped(s, helper);
+            walk();
+        });
+    }
+}
+
+/// Takes a context's read-ahead off when dropped: the walk has ended,
+/// panics included.
+struct Detach<'a>(&'a Mutex<Option<Arc<ReadAhead>>>);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        *lock(self.0) = None;
     }
 }
 
@@ -356,14 +450,72 @@ mod tests {
         let mut names = c.list(rel).unwrap();
         // A name gone since it was listed.
         names.push(OsString::from("zz-gone"));
-        let together = c.stat_names(rel, &names);
+        let together = look_all(&c.dir.open_dir(rel).unwrap(), names.clone());
         assert_eq!(together.len(), names.len());
-        for (name, st) in names.iter().zip(together) {
+        for (name, (listed, st)) in names.iter().zip(together) {
+            assert_eq!(&listed, name);
             let alone = c.stat(&rel.join(name)).unwrap();
             assert_eq!(st.unwrap(), alone, "{name:?}");
         }
         let link = c.stat(&rel.join("link")).unwrap().unwrap();
         assert_eq!(link.kind, Kind::Symlink, "not followed");
         assert!(c.stat(&rel.join("zz-gone")).unwrap().is_none());
+    }
+
+    /// Every path below `rel` with what is there, depth first, through
+    /// `list_stats`.
+    fn dfs(c: &DiskContext, rel: &Path) -> Vec<(PathBuf, Option<Stat>)> {
+        let mut out = Vec::new();
+        for (name, st) in c.list_stats(rel).unwrap() {
+            let (path, st) = (rel.join(name), st.unwrap());
+            out.push((path.clone(), st));
+            if st.is_some_and(|st| st.kind == Kind::Dir) {
+                out.extend(dfs(c, &path));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_walk_with_read_ahead_sees_what_one_without_does_and_ends_with_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        for a in 0..6 {
+            for b in 0..6 {
+                let d = root.join(format!("a{a}/b{b}"));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::write(d.join("f"), format!("{a}{b}")).unwrap();
+            }
+        }
+        std::os::unix::fs::symlink(root.join("a1"), root.join("a0/link")).unwrap();
+        std::fs::create_dir_all(root.join("out/blobs")).unwrap();
+        let c = DiskContext::open(&root, &[root.join("out")]).unwrap();
+        let alone = dfs(&c, Path::new(""));
+        assert_eq!(
+            alone.len(),
+            6 + 36 * 2 + 1,
+            "the output is hidden: {alone:?}"
+        );
+        let mut ahead = Vec::new();
+        c.walk_below(Path::new(""), &|_| true, &mut || {
+            assert!(lock(&c.ahead).is_some(), "read-ahead on");
+            ahead = dfs(&c, Path::new(""));
+        });
+        assert_eq!(ahead, alone);
+        assert!(lock(&c.ahead).is_none(), "off after the walk");
+        // A walk that panics ends its read-ahead: no hang, no helper left.
+        let walk = std::panic::AssertUnwindSafe(|| {
+            c.walk_below(Path::new(""), &|_| true, &mut || {
+                let _ = c.list_stats(Path::new(""));
+                panic!("the walk fails");
+            })
+        });
+        assert!(std::panic::catch_unwind(walk).is_err());
+        assert!(lock(&c.ahead).is_none());
+        let mut again = Vec::new();
+        c.walk_below(Path::new(""), &|_| true, &mut || {
+            again = dfs(&c, Path::new(""))
+        });
+        assert_eq!(again, alone);
     }
 }

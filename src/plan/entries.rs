@@ -95,18 +95,27 @@ impl Collector<'_> {
         let mut out: Vec<Entry> = unique.into_iter().map(|(e, _)| e).collect();
         // Bytewise by the name stored in the tar (folders end with `/`): a
         // parent is a prefix of its children, so it always comes first.
-        out.sort_unstable_by(|a, b| tar_name_bytes(a).cmp(tar_name_bytes(b)));
+        out.sort_unstable_by(cmp_tar_names);
         Ok(out)
     }
 }
 
-/// The bytes of an entry's tar name ([`Entry::tar_name`]), without making it.
-fn tar_name_bytes(e: &Entry) -> impl Iterator<Item = u8> + '_ {
-    let slash: &[u8] = match e.kind {
-        EntryKind::Dir => b"/",
-        _ => b"",
-    };
-    e.path.bytes().chain(slash.iter().copied())
+/// Orders entries bytewise by the name stored in the tar
+/// ([`Entry::tar_name`]: a folder's ends with `/`), without making it.
+fn cmp_tar_names(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    let (x, y) = (a.path.as_bytes(), b.path.as_bytes());
+    let n = x.len().min(y.len());
+    // Most pairs differ within the shorter path: one memcmp.
+    x[..n].cmp(&y[..n]).then_with(|| {
+        fn slash(e: &Entry) -> &'static [u8] {
+            match e.kind {
+                EntryKind::Dir => b"/",
+                _ => b"",
+            }
+        }
+        let (rx, ry) = (x[n..].iter().chain(slash(a)), y[n..].iter().chain(slash(b)));
+        rx.cmp(ry)
+    })
 }
 
 /// Refuses an entry below one that is not a folder (a file `/x` and
@@ -128,7 +137,8 @@ fn check_contradictions(entries: &[(Entry, usize)], origins: &[Location]) -> Res
                 continue;
             };
             let kind = match above.kind {
-                EntryKind::Dir => continue,
+                // A folder's own ancestors are checked with it.
+                EntryKind::Dir => break,
                 EntryKind::File { .. } => "a file",
                 EntryKind::Symlink { .. } => "a symlink",
             };
@@ -481,6 +491,18 @@ impl Walk<'_> {
     /// below `root`, in bytewise order, parents first. Returns whether
     /// anything matched.
     fn add_below(&self, root: &Path, c: &mut Collector) -> Result<bool, PlanError> {
+        let ctx = c.ctx;
+        let enters = |path: &Path| {
+            let below = path.strip_prefix(root).unwrap_or(path);
+            !is_excluded(self.excludes, below, path)
+        };
+        let mut out = Ok(false);
+        ctx.walk_below(root, &enters, &mut || out = self.walk(root, c));
+        out
+    }
+
+    /// What [`Walk::add_below`] does, with the context's read-ahead on.
+    fn walk(&self, root: &Path, c: &mut Collector) -> Result<bool, PlanError> {
         let mut matched = false;
         let mut stack: Vec<Frame> = vec![(root.to_path_buf(), list(c.ctx, root)?, false)];
         while let Some((dir, names, copied)) = stack.last_mut() {
@@ -579,12 +601,12 @@ fn stat(ctx: &dyn Context, rel: &Path) -> Result<Option<Stat>, PlanError> {
 
 /// The names in a context folder, sorted bytewise, each with what is there.
 fn list(ctx: &dyn Context, rel: &Path) -> Result<Listed, PlanError> {
-    let names = ctx.list(rel).map_err(|source| PlanError::ReadContext {
-        path: ctx.root().join(rel),
-        source,
-    })?;
-    let stats = ctx.stat_names(rel, &names);
-    let listed: Vec<_> = names.into_iter().zip(stats).collect();
+    let listed = ctx
+        .list_stats(rel)
+        .map_err(|source| PlanError::ReadContext {
+            path: ctx.root().join(rel),
+            source,
+        })?;
     Ok(listed.into_iter())
 }
 
@@ -686,4 +708,48 @@ fn is_excluded(excludes: &GlobSet, below: &Path, ctx_rel: &Path) -> bool {
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().replace('\\', "/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_order_by_their_tar_names_as_made() {
+        let file = |p: &str| {
+            entry(
+                p.into(),
+                EntryKind::Symlink { target: "t".into() },
+                0,
+                Owner { uid: 0, gid: 0 },
+            )
+        };
+        let dir = |p: &str| entry(p.into(), EntryKind::Dir, 0, Owner { uid: 0, gid: 0 });
+        // '-' and '.' sort before '/', '0' after: a folder's name is not
+        // its path.
+        let all = [
+            dir("a"),
+            file("a-b"),
+            file("a.b"),
+            dir("a/b"),
+            file("a/b/c"),
+            file("a0"),
+            dir("a-"),
+            file("a"),
+            dir(""),
+            file("ab"),
+        ];
+        for x in &all {
+            for y in &all {
+                let want = x.tar_name().cmp(&y.tar_name());
+                assert_eq!(
+                    cmp_tar_names(x, y),
+                    want,
+                    "{} vs {}",
+                    x.tar_name(),
+                    y.tar_name()
+                );
+            }
+        }
+    }
 }

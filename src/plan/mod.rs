@@ -1341,8 +1341,14 @@ fn layer_key(name: &str, entries: &[Entry], epoch: u64, codec: Codec) -> String 
         name,
     };
     let mut h = Sha256::new();
-    // Writing into a hasher cannot fail, nor can serializing these types.
-    let _ = serde_json::to_writer(HashWrite(&mut h), &doc);
+    {
+        // Serializing writes token by token: buffered, the hasher takes
+        // whole blocks.
+        let mut w = std::io::BufWriter::with_capacity(16 * 1024, HashWrite(&mut h));
+        // Writing into a hasher cannot fail, nor can serializing these types.
+        let _ = serde_json::to_writer(&mut w, &doc);
+        let _ = std::io::Write::flush(&mut w);
+    }
     hex::encode(h.finalize())
 }
 

@@ -73,13 +73,37 @@ pub trait Context: Debug {
     fn list(&self, rel: &Path) -> io::Result<Vec<OsString>>;
     /// The target of the symlink at `rel`, verbatim.
     fn read_link(&self, rel: &Path) -> io::Result<PathBuf>;
-    /// What is at each of `names` in the folder `dir`, in order: what
-    /// [`Context::stat`] says of `dir/name`. A context may look at many
-    /// names at once (on several threads).
-    fn stat_names(&self, dir: &Path, names: &[OsString]) -> Vec<io::Result<Option<Stat>>> {
-        names.iter().map(|n| self.stat(&dir.join(n))).collect()
+    /// The names in the folder `rel` (what [`Context::list`] says), each
+    /// with what is there (what [`Context::stat`] says of `rel/name`). A
+    /// context may look at many names at once, or have looked ahead.
+    fn list_stats(&self, rel: &Path) -> io::Result<Listing> {
+        let names = self.list(rel)?;
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let st = self.stat(&rel.join(&n));
+                (n, st)
+            })
+            .collect())
+    }
+    /// Runs `walk`, which lists the folder `root` and folders below it with
+    /// [`Context::list_stats`], parents first, entering only folders for
+    /// which `enters` holds. A context may look at those folders on another
+    /// thread meanwhile; what `walk` sees is what looking then would say.
+    fn walk_below(
+        &self,
+        root: &Path,
+        enters: &(dyn Fn(&Path) -> bool + Sync),
+        walk: &mut dyn FnMut(),
+    ) {
+        let _ = (root, enters);
+        walk()
     }
 }
+
+/// A folder's names in bytewise order, each with what is there (`None`:
+/// gone since it was listed).
+pub type Listing = Vec<(OsString, io::Result<Option<Stat>>)>;
 
 /// The two sources a plan is made from.
 #[derive(Clone, Copy, Debug)]
