@@ -351,6 +351,7 @@ fn make_layer(
             cache: c.cache,
             remote,
             reporter,
+            early: c.prints.is_new(),
         };
         if let Some((layer, held, hit)) = job.take((key.as_deref(), &recipe), writer)? {
             return Ok(Made {

@@ -29,8 +29,28 @@ pub fn remote_key(format_id: &str, diff_id: &Digest, tar_size: u64) -> String {
     hex::encode(h.finalize())
 }
 
+/// The key of a layer's shape entry: the entry filed last for a layer of
+/// this recipe (its plan key `layer_key`: context paths, sizes, modes,
+/// owners, name, epoch, encoder), whatever its files hold now. Only a
+/// hint: a reader fetches and checks the entry while it makes the tar
+/// stream, and uses it only if the stream is the entry's; otherwise it
+/// looks up the stream's own key ([`remote_key`]). Written `shape-` and
+/// hex, so its tags tell themselves apart.
+pub fn shape_key(format_id: &str, layer_key: &str) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(format!(
+        "imgc layer shape {REMOTE_FORMAT}\n{format_id}\n{layer_key}\n"
+    ));
+    format!("shape-{}", hex::encode(h.finalize()))
+}
+
 /// Why a registry-shared cache could not answer (rendered as a warning).
 pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a fetched blob decompresses to (the tar stream's digest and size),
+/// or why it could not be read.
+pub type Unpacked = Result<(Digest, u64), String>;
 
 /// A layer cache shared through a registry repository (`--cache-repo`):
 /// entries found by content key, blobs fetched into the local store. What
@@ -45,8 +65,13 @@ pub trait RemoteCache: Send + Sync + std::fmt::Debug {
     /// The entry filed under the key `key`; `None` when there is none.
     fn lookup(&self, key: &str) -> Result<Option<RemoteEntry>, RemoteError>;
     /// Puts the entry's blob into the local store (its digest and size
-    /// checked); returns its path there.
-    fn fetch(&self, entry: &RemoteEntry) -> Result<PathBuf, RemoteError>;
+    /// checked) and reads it with `check` (while it is synced to disk);
+    /// returns its path there and what `check` said.
+    fn fetch(
+        &self,
+        entry: &RemoteEntry,
+        check: &dyn Fn(&mut dyn std::io::Read) -> Unpacked,
+    ) -> Result<(PathBuf, Unpacked), RemoteError>;
     /// Files a built layer (its blob at `blob`) under `key`.
     fn publish(&self, key: &str, entry: &RemoteEntry, blob: &Path) -> Result<(), RemoteError>;
 }
@@ -84,5 +109,10 @@ mod tests {
         ] {
             assert_ne!(base, other);
         }
+        let shape = shape_key("zstd/l3", "k1");
+        assert!(shape.starts_with("shape-") && shape.len() == 70, "{shape}");
+        assert_eq!(shape, shape_key("zstd/l3", "k1"));
+        assert_ne!(shape, shape_key("zstd/l4", "k1"));
+        assert_ne!(shape, shape_key("zstd/l3", "k2"));
     }
 }

@@ -12,7 +12,7 @@ use crate::layout::{LayoutError, LayoutWriter};
 use crate::oci::{Codec, Descriptor, Digest};
 use crate::plan::LayerNode;
 use crate::progress::{error_chain as chain, CacheHit, Event, Reporter};
-use crate::shared_cache::{remote_key, RemoteCache, RemoteEntry};
+use crate::shared_cache::{remote_key, shape_key, RemoteCache, RemoteEntry};
 use std::path::Path;
 
 use super::{place_cached, Error};
@@ -24,6 +24,21 @@ pub(super) struct Job<'a> {
     pub cache: &'a LayerCache,
     pub remote: &'a dyn RemoteCache,
     pub reporter: &'a dyn Reporter,
+    /// Whether to fetch the layer's shape entry while the tar stream is
+    /// made (a first build of the context here: the local cache cannot
+    /// hold the layer, so the fetch is not wasted on a local hit).
+    pub early: bool,
+}
+
+/// The tar stream the sources make: digest, size, and whether every file
+/// stands for its bytes.
+type Tar = (Digest, u64, bool);
+
+/// The layer's shape entry, fetched and decompressed while the tar
+/// stream was made: what its blob decompresses to, or why it could not be.
+struct Early {
+    entry: RemoteEntry,
+    unpacked: Result<(Digest, u64), String>,
 }
 
 impl Job<'_> {
@@ -36,7 +51,8 @@ impl Job<'_> {
 
     /// The layer filed under the key of the tar stream its sources make
     /// now: in the local cache (where a hit from the repository is filed),
-    /// else in the cache repository, checked, placed into the output and
+    /// else in the cache repository (its shape entry, fetched meanwhile,
+    /// when it says that tar stream), checked, placed into the output and
     /// filed locally (also under the content key `content` when known, and
     /// under `recipe` when every file stands for its bytes); `None` to
     /// build it (at once when the repository is no longer asked). Says
@@ -49,38 +65,132 @@ impl Job<'_> {
         if !self.remote.in_use() {
             return Ok(None);
         }
-        let (diff_id, tar_size, stand) = layers::tar_digest(self.node, self.settings)?;
+        let ((diff_id, tar_size, stand), early) = self.tar_and_early()?;
         let key = &remote_key(self.settings.codec.format_id(), &diff_id, tar_size);
-        let local = self.cache.get(key);
-        // The key names the tar stream: an entry saying another is not used.
-        let local = local.filter(|f| (&f.entry.diff_id, f.entry.tar_size) == (&diff_id, tar_size));
-        if let Some(found) = local {
-            let entry = found.entry.clone();
-            let placed = place_cached(self.node, self.cache, key, found, writer, self.reporter)?;
-            if let Some((layer, held)) = placed {
-                // Found by its recipe next time, once its files have settled.
-                if stand {
-                    self.cache.alias(recipe, &entry);
-                }
-                return Ok(Some((layer, held, CacheHit::Local)));
-            }
+        if let Some(hit) = self.local((key, recipe), (&diff_id, tar_size, stand), writer)? {
+            return Ok(Some(hit));
         }
-        let repo = self.remote.name();
-        let entry = match self.remote.lookup(key) {
-            Ok(Some(entry)) => entry,
-            Ok(None) => return Ok(None),
+        let Some(entry) = self.repo_entry(key, early, (&diff_id, tar_size)) else {
+            return Ok(None);
+        };
+        let mut keys = vec![key.to_string()];
+        keys.extend(content.map(str::to_string));
+        keys.extend(stand.then(|| recipe.to_string()));
+        self.place(entry, &keys, writer)
+    }
+
+    /// The sources' tar stream; meanwhile, on another thread, the layer's
+    /// shape entry fetched and decompressed (when `early`).
+    fn tar_and_early(&self) -> Result<(Tar, Option<Early>), Error> {
+        if !self.early {
+            return Ok((layers::tar_digest(self.node, self.settings)?, None));
+        }
+        std::thread::scope(|s| {
+            let early = std::thread::Builder::new()
+                .name("imgc-cache-early".into())
+                .spawn_scoped(s, || self.fetch_early());
+            let tar = layers::tar_digest(self.node, self.settings);
+            let early = match early {
+                Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                Err(_) => None,
+            };
+            Ok((tar?, early))
+        })
+    }
+
+    /// The layer's shape entry and what its blob decompresses to; `None`
+    /// when there is none, or it is refused before any download.
+    fn fetch_early(&self) -> Option<Early> {
+        let shape = shape_key(self.settings.codec.format_id(), &self.node.key);
+        let entry = self.lookup(&shape)?;
+        if let Some(why) = implausible(self.node, self.settings.codec, &entry) {
+            self.warn(&format!(
+                "the entry in {} is refused: {why}",
+                self.remote.name()
+            ));
+            return None;
+        }
+        let unpacked = self.unpacked(&entry);
+        Some(Early { entry, unpacked })
+    }
+
+    /// The entry filed under `key`; `None` when there is none, or the
+    /// repository failed (said once: it is not asked again).
+    fn lookup(&self, key: &str) -> Option<RemoteEntry> {
+        match self.remote.lookup(key) {
+            Ok(found) => found,
             Err(e) => {
                 self.warn(&format!(
-                    "cache repository {repo} not read (nor used again in this build): {}",
+                    "cache repository {} not read (nor used again in this build): {}",
+                    self.remote.name(),
                     chain(e.as_ref())
                 ));
-                return Ok(None);
+                None
             }
-        };
-        if let Some(why) = self.check(&entry, (&diff_id, tar_size)) {
-            self.warn(&format!("the entry in {repo} is refused: {why}"));
-            return Ok(None);
         }
+    }
+
+    /// The layer from the local cache under the tar stream's key `key`
+    /// (filed under `recipe` too once its files stand).
+    fn local(
+        &self,
+        (key, recipe): (&str, &str),
+        (diff_id, tar_size, stand): (&Digest, u64, bool),
+        writer: &mut LayoutWriter,
+    ) -> Result<Option<(BuiltLayer, bool, CacheHit)>, Error> {
+        let found = self.cache.get(key);
+        // The key names the tar stream: an entry saying another is not used.
+        let Some(found) =
+            found.filter(|f| (&f.entry.diff_id, f.entry.tar_size) == (diff_id, tar_size))
+        else {
+            return Ok(None);
+        };
+        let entry = found.entry.clone();
+        let placed = place_cached(self.node, self.cache, key, found, writer, self.reporter)?;
+        let Some((layer, held)) = placed else {
+            return Ok(None);
+        };
+        // Found by its recipe next time, once its files have settled.
+        if stand {
+            self.cache.alias(recipe, &entry);
+        }
+        Ok(Some((layer, held, CacheHit::Local)))
+    }
+
+    /// The repository's entry for the tar stream `tar`, checked: the shape
+    /// entry fetched early when it says that stream (a stale one, of other
+    /// content, is passed over quietly), else the one under `key`.
+    fn repo_entry(
+        &self,
+        key: &str,
+        early: Option<Early>,
+        tar: (&Digest, u64),
+    ) -> Option<RemoteEntry> {
+        let repo = self.remote.name();
+        if let Some(Early { entry, unpacked }) = early {
+            if (&entry.diff_id, entry.tar_size) == tar {
+                match refusal(&entry, tar, unpacked) {
+                    None => return Some(entry),
+                    Some(why) => self.warn(&format!("the entry in {repo} is refused: {why}")),
+                }
+            }
+        }
+        let entry = self.lookup(key)?;
+        if let Some(why) = self.check(&entry, tar) {
+            self.warn(&format!("the entry in {repo} is refused: {why}"));
+            return None;
+        }
+        Some(entry)
+    }
+
+    /// Files a checked entry locally under `keys` and places its blob
+    /// (fetched into the local store) into the output.
+    fn place(
+        &self,
+        entry: RemoteEntry,
+        keys: &[String],
+        writer: &mut LayoutWriter,
+    ) -> Result<Option<(BuiltLayer, bool, CacheHit)>, Error> {
         let layer = BuiltLayer {
             digest: entry.digest,
             diff_id: entry.diff_id,
@@ -90,17 +200,15 @@ impl Job<'_> {
         let desc = Descriptor::new(String::new(), layer.digest.clone(), layer.size);
         let held = writer.holds(&desc);
         // Filed locally first: the store blob's stamp lets it be linked.
-        let mut keys = vec![key.to_string()];
-        keys.extend(content.map(str::to_string));
-        keys.extend(stand.then(|| recipe.to_string()));
-        self.file_locally(&keys, &layer);
-        let good = self.cache.get(key).and_then(|f| f.good);
+        self.file_locally(keys, &layer);
+        let good = self.cache.get(&keys[0]).and_then(|f| f.good);
         match writer.place_blob(self.cache.blobs_root(), &desc, good) {
             Ok(_) => {}
             Err(e @ (LayoutError::DigestMismatch { .. } | LayoutError::Io { .. })) => {
-                self.cache.drop_entry(key, &layer.digest);
+                self.cache.drop_entry(&keys[0], &layer.digest);
                 self.warn(&format!(
-                    "its blob from {repo} was not placed: {}",
+                    "its blob from {} was not placed: {}",
+                    self.remote.name(),
                     chain(&e)
                 ));
                 return Ok(None);
@@ -113,42 +221,55 @@ impl Job<'_> {
     /// Why the entry may not be used (`None`: it may): it does not say
     /// the sources' tar stream (`tar`: digest and size), checked before any
     /// download, or its blob does not decompress to that.
-    fn check(&self, entry: &RemoteEntry, (diff_id, tar_size): (&Digest, u64)) -> Option<String> {
+    fn check(&self, entry: &RemoteEntry, tar: (&Digest, u64)) -> Option<String> {
         if let Some(why) = implausible(self.node, self.settings.codec, entry) {
             return Some(why);
         }
-        if (&entry.diff_id, entry.tar_size) != (diff_id, tar_size) {
+        if (&entry.diff_id, entry.tar_size) != tar {
             return Some(format!(
-                "its diff_id {} ({} bytes) is not the sources' tar stream {diff_id} ({tar_size} bytes)",
-                entry.diff_id, entry.tar_size
+                "its diff_id {} ({} bytes) is not the sources' tar stream {} ({} bytes)",
+                entry.diff_id, entry.tar_size, tar.0, tar.1
             ));
         }
-        match self.unpacked(entry) {
-            Ok((d, n)) if &d == diff_id && n == tar_size => None,
-            Ok((d, n)) => Some(format!(
-                "its blob {} decompresses to {d} ({n} bytes), not to its diff_id {diff_id}",
-                entry.digest
-            )),
-            Err(why) => Some(why),
-        }
+        refusal(entry, tar, self.unpacked(entry))
     }
 
     /// Fetches the entry's blob (digest checked) and returns what it
     /// decompresses to (at most the entry's tar size and one byte read).
     fn unpacked(&self, entry: &RemoteEntry) -> Result<(Digest, u64), String> {
-        let path = self
+        let codec = self.settings.codec;
+        let check = |blob: &mut dyn std::io::Read| {
+            layers::decompressed_digest(codec, blob, entry.tar_size)
+                .map_err(|e| format!("its blob {} does not decompress: {e}", entry.digest))
+        };
+        let (_, unpacked) = self
             .remote
-            .fetch(entry)
+            .fetch(entry, &check)
             .map_err(|e| format!("its blob was not fetched: {}", chain(e.as_ref())))?;
-        crate::fsx::open_regular(&path, crate::fsx::Links::Refuse)
-            .and_then(|f| layers::decompressed_digest(self.settings.codec, f, entry.tar_size))
-            .map_err(|e| format!("its blob {} does not decompress: {e}", entry.digest))
+        unpacked
     }
 
     /// Files a checked entry in the local cache (its blob is in the store).
     fn file_locally(&self, keys: &[String], layer: &BuiltLayer) {
         let blob = crate::base::blob_path(self.cache.blobs_root(), &layer.digest);
         super::file_layer(self.cache, (self.node, keys), layer, &blob, self.reporter);
+    }
+}
+
+/// Why an entry whose blob decompressed to `unpacked` (or could not) may
+/// not be used for the tar stream `tar`.
+fn refusal(
+    entry: &RemoteEntry,
+    tar: (&Digest, u64),
+    unpacked: Result<(Digest, u64), String>,
+) -> Option<String> {
+    match unpacked {
+        Ok((d, n)) if (&d, n) == tar => None,
+        Ok((d, n)) => Some(format!(
+            "its blob {} decompresses to {d} ({n} bytes), not to its diff_id {}",
+            entry.digest, tar.0
+        )),
+        Err(why) => Some(why),
     }
 }
 
@@ -206,7 +327,11 @@ pub(super) fn publish(
         tar_size: layer.tar_size,
     };
     let key = remote_key(codec.format_id(), &layer.diff_id, layer.tar_size);
-    if let Err(e) = remote.publish(&key, &entry, blob) {
+    let shape = shape_key(codec.format_id(), &node.key);
+    let published = remote
+        .publish(&key, &entry, blob)
+        .and_then(|()| remote.publish(&shape, &entry, blob));
+    if let Err(e) = published {
         reporter.report(Event::Warning(&format!(
             "layer {} was not saved in the cache repository {} (nor will other layers of this build be): {}",
             node.name,

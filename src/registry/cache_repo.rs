@@ -11,7 +11,7 @@
 use super::store::Store;
 use super::{Client, ImageRef, RegistryError};
 use crate::oci::{self, Descriptor, Digest, Manifest};
-use crate::shared_cache::{RemoteCache, RemoteEntry, RemoteError, REMOTE_FORMAT};
+use crate::shared_cache::{RemoteCache, RemoteEntry, RemoteError, Unpacked, REMOTE_FORMAT};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -226,9 +226,15 @@ impl RemoteCache for CacheRepo {
         Ok(found?)
     }
 
-    fn fetch(&self, entry: &RemoteEntry) -> Result<PathBuf, RemoteError> {
+    fn fetch(
+        &self,
+        entry: &RemoteEntry,
+        check: &dyn Fn(&mut dyn std::io::Read) -> Unpacked,
+    ) -> Result<(PathBuf, Unpacked), RemoteError> {
         let desc = Descriptor::new(entry.media_type.clone(), entry.digest.clone(), entry.size);
-        Ok(self.client.get_blob(&self.repo, &desc, &self.store)?)
+        Ok(self
+            .client
+            .get_blob_checked(&self.repo, &desc, &self.store, check)?)
     }
 
     fn publish(&self, key: &str, entry: &RemoteEntry, blob: &Path) -> Result<(), RemoteError> {

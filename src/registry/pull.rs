@@ -6,7 +6,7 @@
 
 use super::client::{read_limited, Call};
 use super::lock::{LockFile, LockedBase};
-use super::store::Store;
+use super::store::{Store, TempPath};
 use super::{Client, ImageRef, RegistryError};
 use crate::base::{BaseError, RemoteBases, RemoteOpened, MAX_DOCUMENT_SIZE};
 use crate::oci::{self, AnyDocument, Descriptor, Digest, ImageConfig, Index, Manifest, Platform};
@@ -368,55 +368,95 @@ impl Client {
         if store.has(&desc.digest, desc.size) {
             return Ok(store.path(&desc.digest));
         }
-        let host = r.api_host().to_string();
-        let path = self.blob_request(r, desc, "downloading", |resp, url| {
-            let (file, tmp) = store.temp_file()?;
-            // Written back as it comes: the fsync at the end waits less.
-            let mut out = oci::HashingWriter::new(crate::fsx::EarlyWriteback::new(file));
-            let mut body = resp.take(desc.size + 1);
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = body.read(&mut buf).map_err(|e| RegistryError::Connect {
-                    registry: host.clone(),
-                    url: format!("GET {}", super::client::shown(url)),
-                    cause: self.describe_read(e),
-                    retryable: true,
-                })?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n])
-                    .map_err(|source| RegistryError::Io {
-                        action: "write",
-                        path: tmp.path().to_path_buf(),
-                        source,
-                    })?;
-            }
-            let (written, actual, total) = out.finish();
-            let file = written.file;
-            if actual != desc.digest || total != desc.size {
-                // `tmp` is deleted when dropped here.
-                return Err(RegistryError::DigestMismatch {
-                    registry: host.clone(),
-                    what: "blob",
-                    expected: desc.digest.clone(),
-                    actual,
-                    actual_size: total,
-                });
-            }
-            file.sync_all().map_err(|source| RegistryError::Io {
-                action: "sync",
-                path: tmp.path().to_path_buf(),
+        let (path, ()) = self.get_blob_checked(r, desc, store, &|_| ())?;
+        Ok(path)
+    }
+
+    /// [`Client::get_blob`], and reads the blob with `check` from its start:
+    /// a downloaded blob while it is synced to disk (on another thread), so
+    /// the wait for the disk is not added to the check's time.
+    pub fn get_blob_checked<T>(
+        &self,
+        r: &ImageRef,
+        desc: &Descriptor,
+        store: &Store,
+        check: &dyn Fn(&mut dyn Read) -> T,
+    ) -> Result<(PathBuf, T), RegistryError> {
+        if store.has(&desc.digest, desc.size) {
+            let path = store.path(&desc.digest);
+            let opened = crate::fsx::open_regular(&path, crate::fsx::Links::Refuse);
+            let mut file = opened.map_err(|source| RegistryError::Io {
+                action: "open",
+                path: path.clone(),
                 source,
             })?;
-            store.commit(tmp, &desc.digest)
+            return Ok((path, check(&mut file)));
+        }
+        let host = r.api_host();
+        let (file, tmp) = self.blob_request(r, desc, "downloading", |resp, url| {
+            self.download_blob((resp, host, url), desc, store)
         })?;
+        let io_err = |action| {
+            let path = tmp.path().to_path_buf();
+            move |source| RegistryError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let (synced, checked) = sync_while(&file, check).map_err(io_err("read"))?;
+        synced.map_err(io_err("sync"))?;
+        let path = store.commit(tmp, &desc.digest)?;
         self.count_download(desc.size);
         self.reporter().report(Event::BlobPulled {
             digest: &desc.digest,
             size: desc.size,
         });
-        Ok(path)
+        Ok((path, checked))
+    }
+
+    /// Writes a blob's body into a temporary file of the store and checks
+    /// its size and digest; returns the file (not yet synced) and its path.
+    fn download_blob(
+        &self,
+        (resp, host, url): (reqwest::blocking::Response, &str, &str),
+        desc: &Descriptor,
+        store: &Store,
+    ) -> Result<(std::fs::File, TempPath), RegistryError> {
+        let (file, tmp) = store.temp_file()?;
+        // Written back as it comes: the fsync at the end waits less.
+        let mut out = oci::HashingWriter::new(crate::fsx::EarlyWriteback::new(file));
+        let mut body = resp.take(desc.size + 1);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = body.read(&mut buf).map_err(|e| RegistryError::Connect {
+                registry: host.to_string(),
+                url: format!("GET {}", super::client::shown(url)),
+                cause: self.describe_read(e),
+                retryable: true,
+            })?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])
+                .map_err(|source| RegistryError::Io {
+                    action: "write",
+                    path: tmp.path().to_path_buf(),
+                    source,
+                })?;
+        }
+        let (written, actual, total) = out.finish();
+        if actual != desc.digest || total != desc.size {
+            // `tmp` is deleted when dropped here.
+            return Err(RegistryError::DigestMismatch {
+                registry: host.to_string(),
+                what: "blob",
+                expected: desc.digest.clone(),
+                actual,
+                actual_size: total,
+            });
+        }
+        Ok((written.file, tmp))
     }
 }
 
@@ -770,6 +810,31 @@ impl RemoteBases for RegistryBases {
         let r = ImageRef::parse(reference).map_err(|e| remote_err(e.into()))?;
         self.refetch_blob(&r, reference, desc).map_err(remote_err)
     }
+}
+
+/// Syncs `file` (just written) to disk on a helper thread while `check`
+/// reads it from its start on this one; what each said (an error: the
+/// file could not be reopened for reading).
+fn sync_while<T>(
+    file: &std::fs::File,
+    check: &dyn Fn(&mut dyn Read) -> T,
+) -> std::io::Result<(std::io::Result<()>, T)> {
+    use std::io::{Seek, SeekFrom};
+    // A second handle of the same open file, read from the start (the
+    // writer is done with the offset they share).
+    let mut reader = file.try_clone()?;
+    reader.seek(SeekFrom::Start(0))?;
+    Ok(std::thread::scope(|s| {
+        let syncing = std::thread::Builder::new()
+            .name("imgc-sync".into())
+            .spawn_scoped(s, || file.sync_all());
+        let checked = check(&mut reader);
+        let synced = match syncing {
+            Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            Err(_) => file.sync_all(),
+        };
+        (synced, checked)
+    }))
 }
 
 #[cfg(test)]

@@ -131,10 +131,14 @@ fn a_second_machine_takes_every_layer_from_the_cache_repo_and_compresses_none() 
     assert_eq!(s1["index"]["digest"], expected.as_str());
     assert!(all(&sources(&s1), "built"), "{s1}");
     let filed = entries(&reg);
-    assert_eq!(filed.len(), sources(&s1).len(), "{filed:#?}");
+    // Each layer under its tar stream's key and under its shape's.
+    let (shapes, streams): (Vec<_>, Vec<_>) = filed.keys().partition(|t| is_shape(t));
+    assert_eq!(streams.len(), sources(&s1).len(), "{filed:#?}");
+    assert_eq!(shapes.len(), streams.len(), "{filed:#?}");
     for (tag, m) in &filed {
         assert!(tag.starts_with("imgc-layer-v"), "{tag}");
         assert_eq!(m["artifactType"], "application/vnd.imgc.layer-cache.v1");
+        assert!(sources(&s1).contains_key(layer_of(m)), "{tag}");
     }
 
     // Another machine: an empty store, the sources checked out elsewhere.
@@ -151,6 +155,14 @@ fn a_second_machine_takes_every_layer_from_the_cache_repo_and_compresses_none() 
         .filter(|r| r.method == "PUT" || r.method == "POST" || r.method == "PATCH")
         .count();
     assert_eq!(uploads, 0, "{:#?}", &proxy.requests()[before..]);
+    // Each layer came by its shape entry, fetched while its tar stream was
+    // made: no tar stream's entry was looked up.
+    let stream_lookups: Vec<_> = proxy.requests()[before..]
+        .iter()
+        .filter(|r| r.path.contains("/manifests/imgc-layer-") && !is_shape(&r.path))
+        .map(|r| r.path.clone())
+        .collect();
+    assert!(stream_lookups.is_empty(), "{stream_lookups:#?}");
 
     // And a rebuild there takes them from its local cache.
     let (s3, _) = build_json(&second, &spec2, &host, &second.path("out2"));
@@ -164,22 +176,37 @@ fn a_second_machine_takes_every_layer_from_the_cache_repo_and_compresses_none() 
     assert_eq!(s4["context_bytes_read"], 0, "{s4}");
 }
 
-/// Two entries of the cache repository filled by a first build (tag,
-/// manifest): the largest layer's and another's.
-fn two_entries(reg: &Registry) -> ((String, Value), (String, Value)) {
-    let filed = entries(reg);
-    // The largest entry, and the next one.
-    let by_name = |needle: usize| {
-        let mut v: Vec<_> = filed.iter().collect();
-        v.sort_by_key(|(_, m)| m["layers"][0]["size"].as_u64().unwrap());
-        let (t, m) = v[v.len() - 1 - needle];
-        (t.clone(), m.clone())
-    };
-    (by_name(0), by_name(1))
+/// Whether a tag (or a path naming one) is a shape entry's.
+fn is_shape(tag: &str) -> bool {
+    tag.contains("-shape-")
 }
 
-/// A poisoned entry for one layer: the build says why it refused it,
-/// builds the layer, makes the right image, and files a good entry.
+/// The layer blob an entry names.
+fn layer_of(m: &Value) -> &str {
+    m["layers"][0]["digest"].as_str().unwrap()
+}
+
+/// A good entry of the cache repository filled by a first build (of its
+/// largest layer), and the entries (tag, manifest) of another layer: the
+/// victim's, under its tar stream's key and its shape's.
+fn good_and_victim(reg: &Registry) -> (Value, Vec<(String, Value)>) {
+    let filed = entries(reg);
+    let mut v: Vec<_> = filed.values().collect();
+    v.sort_by_key(|m| m["layers"][0]["size"].as_u64().unwrap());
+    let good = v[v.len() - 1].clone();
+    let victim = layer_of(v[0]).to_string();
+    assert_ne!(layer_of(&good), victim);
+    let victims: Vec<_> = filed
+        .into_iter()
+        .filter(|(_, m)| layer_of(m) == victim)
+        .collect();
+    assert_eq!(victims.len(), 2, "{victims:#?}");
+    (good, victims)
+}
+
+/// A poisoned entry for one layer (both its entries): the build says why it
+/// refused it, builds the layer, makes the right image, and files a good
+/// entry.
 fn poisoned_entry_is_refused(poison: fn(&Value, &Value) -> Value, reason: &str) {
     let reg = Registry::start();
     let host = reg.host_port();
@@ -188,8 +215,10 @@ fn poisoned_entry_is_refused(poison: fn(&Value, &Value) -> Value, reason: &str) 
     let expected = reference_digest(&spec);
     let first = Env::new();
     build_json(&first, &spec, &host, &first.path("out"));
-    let ((_, good), (victim_tag, victim)) = two_entries(&reg);
-    put_entry(&reg, &victim_tag, &poison(&good, &victim));
+    let (good, victims) = good_and_victim(&reg);
+    for (tag, victim) in &victims {
+        put_entry(&reg, tag, &poison(&good, victim));
+    }
 
     let second = Env::new();
     let (s, err) = build_json(&second, &spec, &host, &second.path("out"));
@@ -199,7 +228,7 @@ fn poisoned_entry_is_refused(poison: fn(&Value, &Value) -> Value, reason: &str) 
     assert!(from.values().any(|v| v == "built"), "{s}");
     assert!(from.values().any(|v| v == "repo"), "{s}");
     // Only the victim's layer was built: the cache stayed in use.
-    let victim_layer = victim["layers"][0]["digest"].as_str().unwrap();
+    let victim_layer = layer_of(&victims[0].1);
     for (digest, how) in &from {
         let want = if digest == victim_layer {
             "built"
@@ -208,12 +237,61 @@ fn poisoned_entry_is_refused(poison: fn(&Value, &Value) -> Value, reason: &str) 
         };
         assert_eq!(how, want, "{digest}: {s}");
     }
-    // The poisoned tag now holds a good entry: a third machine takes it.
-    assert_ne!(entries(&reg)[&victim_tag], poison(&good, &victim));
+    // The poisoned tags now hold good entries: a third machine takes them.
+    for (tag, victim) in &victims {
+        assert_ne!(entries(&reg)[tag], poison(&good, victim));
+    }
     let third = Env::new();
     let (s, err) = build_json(&third, &spec, &host, &third.path("out"));
     assert!(all(&sources(&s), "repo"), "{s} {err}");
     assert!(!err.contains("is refused"), "{err}");
+}
+
+#[test]
+fn a_poisoned_or_stale_shape_entry_gives_way_to_the_tar_streams_own_entry() {
+    let reg = Registry::start();
+    let host = reg.host_port();
+    let (_t, dir) = copy_example("multi-arch");
+    let spec = dir.join("image.toml");
+    let first = Env::new();
+    build_json(&first, &spec, &host, &first.path("out"));
+    let (good, victims) = good_and_victim(&reg);
+    let (shape_tag, shape) = victims.iter().find(|(t, _)| is_shape(t)).unwrap();
+    // The victim's shape entry says its diff_id, with another layer's blob.
+    let mut poisoned = shape.clone();
+    poisoned["layers"][0]["digest"] = good["layers"][0]["digest"].clone();
+    poisoned["layers"][0]["size"] = good["layers"][0]["size"].clone();
+    put_entry(&reg, shape_tag, &poisoned);
+    let second = Env::new();
+    let (s, err) = build_json(&second, &spec, &host, &second.path("out"));
+    assert_eq!(s["index"]["digest"], reference_digest(&spec).as_str());
+    assert!(
+        err.contains("is refused") && err.contains("decompresses to"),
+        "{err}"
+    );
+    // Refused, it gave way to the entry of the tar stream: nothing built.
+    assert!(all(&sources(&s), "repo"), "{s}");
+
+    // A checkout whose web page changed (same size): the static layer's
+    // shape entry is of other content; passed over without a warning.
+    put_entry(&reg, shape_tag, shape);
+    let (_t3, dir3) = copy_example("multi-arch");
+    let page = dir3.join("web/index.html");
+    let mut bytes = std::fs::read(&page).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&page, &bytes).unwrap();
+    let spec3 = dir3.join("image.toml");
+    let third = Env::new();
+    let (s, err) = build_json(&third, &spec3, &host, &third.path("out"));
+    assert_eq!(s["index"]["digest"], reference_digest(&spec3).as_str());
+    assert!(!err.contains("is refused"), "{err}");
+    let from = sources(&s);
+    assert_eq!(from.values().filter(|v| *v == "built").count(), 1, "{s}");
+    assert_eq!(
+        from.values().filter(|v| *v == "repo").count(),
+        from.len() - 1,
+        "{s}"
+    );
 }
 
 #[test]
