@@ -114,6 +114,9 @@ pub struct LayoutWriter {
     /// another build's garbage collection may have removed them since.
     /// The inode, when the caller vouched for it (see [`Self::place_blob`]).
     reused: Vec<Reused>,
+    /// Small blobs given as bytes (configs, manifests, indexes) that the
+    /// target held already, verified: written only if gone at commit.
+    kept: Vec<Vec<u8>>,
 }
 
 /// A blob found in the target: the layout it came from, its descriptor,
@@ -182,6 +185,7 @@ impl LayoutWriter {
             _staging: made,
             next_tmp: 0,
             reused: Vec::new(),
+            kept: Vec::new(),
         })
     }
 
@@ -224,11 +228,25 @@ impl LayoutWriter {
         bytes: &[u8],
     ) -> Result<Descriptor, LayoutError> {
         let digest = oci::sha256_digest(bytes);
+        let size = bytes.len() as u64;
+        // A rebuild makes the same documents: the target's copies stay, and
+        // nothing is written or synced for them.
+        if !self.staged(&digest).exists()
+            && verify_blob(&self.in_target(&digest), &digest, Some(size))
+        {
+            self.kept.push(bytes.to_vec());
+        } else {
+            self.stage_bytes(bytes, &digest)?;
+        }
+        Ok(Descriptor::new(media_type, digest, size))
+    }
+
+    /// Stages `bytes`, the blob `digest`.
+    fn stage_bytes(&mut self, bytes: &[u8], digest: &Digest) -> Result<(), LayoutError> {
         let (mut file, tmp) = self.temp_file()?;
         file.write_all(bytes).map_err(io_err("write", &tmp))?;
         file.sync_all().map_err(io_err("sync", &tmp))?;
-        self.add_blob_file(&tmp, &digest)?;
-        Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
+        self.add_blob_file(&tmp, digest)
     }
 
     /// Whether the output already holds blob `desc` (staged, or in the
@@ -346,9 +364,9 @@ impl LayoutWriter {
         }
         check_blobs_not_symlinked(&self.target)?;
         let index_path = self.target.join("index.json");
-        let mut index = read_layout_index(&index_path)?;
+        let (mut index, old_bytes) = read_layout_index(&index_path)?;
         self.restage_reused()?;
-        self.move_blobs_in()?;
+        let moved = self.move_blobs_in()?;
         let new_tags: Vec<&str> = refs.iter().map(|(t, _)| t.as_str()).collect();
         index.manifests.retain(|d| {
             d.annotations
@@ -363,14 +381,27 @@ impl LayoutWriter {
         }
         let bytes = oci::to_canonical_json(&index)
             .map_err(|e| io_err("encode", &index_path)(io::Error::other(e)))?;
-        write_atomic(&self.staging, &index_path, &bytes)?;
-        sync_dir(&self.target)?;
+        // The same index (a rebuild with nothing changed) is not written
+        // again: nothing to sync.
+        if moved || old_bytes.as_deref() != Some(bytes.as_slice()) {
+            write_atomic(&self.staging, &index_path, &bytes)?;
+            sync_dir(&self.target)?;
+        }
         Ok(collect_garbage(&self.target, &index))
     }
 
     /// Blobs reused from the target may have been collected by another
     /// build since they were checked: stage them again if so.
     fn restage_reused(&mut self) -> Result<(), LayoutError> {
+        for bytes in std::mem::take(&mut self.kept) {
+            let digest = oci::sha256_digest(&bytes);
+            let size = Some(bytes.len() as u64);
+            if !self.staged(&digest).exists()
+                && !verify_blob(&self.in_target(&digest), &digest, size)
+            {
+                self.stage_bytes(&bytes, &digest)?;
+            }
+        }
         for (src_dir, desc, good) in std::mem::take(&mut self.reused) {
             let target = self.in_target(&desc.digest);
             let kept = match good {
@@ -385,8 +416,8 @@ impl LayoutWriter {
     }
 
     /// Renames every staged blob into the target (one already there and
-    /// verified is left as it is).
-    fn move_blobs_in(&self) -> Result<(), LayoutError> {
+    /// verified is left as it is); returns whether it renamed any.
+    fn move_blobs_in(&self) -> Result<bool, LayoutError> {
         let blobs = crate::oci::blobs_dir(&self.target);
         fs::create_dir_all(&blobs).map_err(io_err("create folder", &blobs))?;
         let staged_dir = crate::oci::blobs_dir(&self.staging);
@@ -395,6 +426,7 @@ impl LayoutWriter {
             .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         staged.sort();
+        let mut moved = false;
         for name in staged {
             let from = staged_dir.join(&name);
             let to = blobs.join(&name);
@@ -404,9 +436,13 @@ impl LayoutWriter {
                 .is_some_and(|d| verify_blob(&to, &d, None));
             if !trusted {
                 fs::rename(&from, &to).map_err(io_err("move blob into", &to))?;
+                moved = true;
             }
         }
-        sync_dir(&blobs)
+        if moved {
+            sync_dir(&blobs)?;
+        }
+        Ok(moved)
     }
 }
 
@@ -414,10 +450,11 @@ impl LayoutWriter {
 /// tens of thousands of tags).
 pub const MAX_LAYOUT_INDEX: u64 = 64 * 1024 * 1024;
 
-/// Reads an output layout's `index.json`, or an empty index if it has none.
-fn read_layout_index(path: &Path) -> Result<Index, LayoutError> {
+/// Reads an output layout's `index.json` (and its bytes), or an empty
+/// index if it has none.
+fn read_layout_index(path: &Path) -> Result<(Index, Option<Vec<u8>>), LayoutError> {
     if fs::symlink_metadata(path).is_err() {
-        return Ok(Index {
+        let empty = Index {
             schema_version: 2,
             media_type: Some(oci::MEDIA_TYPE_INDEX.to_string()),
             artifact_type: None,
@@ -425,7 +462,8 @@ fn read_layout_index(path: &Path) -> Result<Index, LayoutError> {
             subject: None,
             annotations: Default::default(),
             extra: Default::default(),
-        });
+        };
+        return Ok((empty, None));
     }
     let bytes = fsx::read_bounded(path, MAX_LAYOUT_INDEX, Links::Refuse).map_err(|e| {
         if e.kind() == io::ErrorKind::FileTooLarge {
@@ -436,10 +474,12 @@ fn read_layout_index(path: &Path) -> Result<Index, LayoutError> {
             io_err("read", path)(e)
         }
     })?;
-    serde_json::from_slice::<Index>(&bytes).map_err(|source| LayoutError::BadIndex {
-        path: path.to_path_buf(),
-        source,
-    })
+    let index =
+        serde_json::from_slice::<Index>(&bytes).map_err(|source| LayoutError::BadIndex {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok((index, Some(bytes)))
 }
 
 /// Checks an `oci-layout` file: JSON with an `imageLayoutVersion` of 1.x.x.
@@ -607,5 +647,50 @@ mod tests {
             &layer.digest,
             Some(layer.size)
         ));
+    }
+
+    /// What a layout's files are: path → (inode, modification time).
+    fn files_of(dir: &Path) -> std::collections::BTreeMap<PathBuf, (u64, i64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = std::collections::BTreeMap::new();
+        for e in walkdir::WalkDir::new(dir) {
+            let e = e.unwrap();
+            let md = e.metadata().unwrap();
+            if md.is_file() {
+                out.insert(
+                    e.path().to_path_buf(),
+                    (md.ino(), md.mtime_nsec() + md.mtime() * 1_000_000_000),
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_same_documents_again_write_nothing_and_a_removed_one_comes_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let doc =
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": []})).unwrap();
+        let write = |doc: &[u8]| {
+            let mut w = LayoutWriter::create(&out).unwrap();
+            let desc = w.add_blob_bytes(oci::MEDIA_TYPE_INDEX, doc).unwrap();
+            w.commit(&[("t".to_string(), desc.clone())])
+                .unwrap()
+                .unwrap();
+            desc
+        };
+        let desc = write(&doc);
+        let before = files_of(&out);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write(&doc);
+        assert_eq!(files_of(&out), before, "the same files, untouched");
+        // Gone before commit (another build's garbage collection): written.
+        let mut w = LayoutWriter::create(&out).unwrap();
+        let again = w.add_blob_bytes(oci::MEDIA_TYPE_INDEX, &doc).unwrap();
+        fs::remove_file(w.in_target(&desc.digest)).unwrap();
+        w.commit(&[("t".to_string(), again)]).unwrap().unwrap();
+        let blob = out.join("blobs/sha256").join(desc.digest.hex());
+        assert!(verify_blob(&blob, &desc.digest, Some(desc.size)));
     }
 }

@@ -73,31 +73,52 @@ impl Collector<'_> {
             origins,
             ..
         } = self;
-        // Stable: of equal paths, the first added comes first.
-        entries.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+        // Bytewise by the name stored in the tar (folders end with `/`): a
+        // folder comes before what lies in it, and all that follows it at
+        // once. Stable: of equal names, the first added comes first.
+        entries.sort_by(|a, b| cmp_tar_names(&a.0, &b.0));
+        let duplicate = |path: &str, first: usize, then: usize| PlanError::DuplicateDst {
+            path: format!("/{path}"),
+            first: Box::new(origins[first.min(then)].clone()),
+            location: Box::new(origins[first.max(then)].clone()),
+        };
         let mut unique: Vec<(Entry, usize)> = Vec::with_capacity(entries.len());
         for (entry, origin) in entries {
             match unique.last() {
                 Some((last, first)) if last.path == entry.path => {
-                    if *first == origin {
-                        continue;
+                    if *first != origin {
+                        return Err(duplicate(&entry.path, *first, origin));
                     }
-                    return Err(PlanError::DuplicateDst {
-                        path: format!("/{}", entry.path),
-                        first: Box::new(origins[*first].clone()),
-                        location: Box::new(origins[origin].clone()),
-                    });
                 }
                 _ => unique.push((entry, origin)),
             }
         }
+        // A folder and a file (or symlink) at one path have two tar names.
+        for (entry, origin) in unique
+            .iter()
+            .filter(|(e, _)| matches!(e.kind, EntryKind::Dir))
+        {
+            if let Some((_, other)) = find_tar_name(&unique, entry.path.as_bytes()) {
+                return Err(duplicate(&entry.path, *other, *origin));
+            }
+        }
         check_contradictions(&unique, &origins)?;
-        let mut out: Vec<Entry> = unique.into_iter().map(|(e, _)| e).collect();
-        // Bytewise by the name stored in the tar (folders end with `/`): a
-        // parent is a prefix of its children, so it always comes first.
-        out.sort_unstable_by(cmp_tar_names);
-        Ok(out)
+        Ok(unique.into_iter().map(|(e, _)| e).collect())
     }
+}
+
+/// The entry whose tar name is `name`, in entries sorted by tar name.
+fn find_tar_name<'a>(entries: &'a [(Entry, usize)], name: &[u8]) -> Option<&'a (Entry, usize)> {
+    let i = entries
+        .binary_search_by(|(e, _)| {
+            let slash: &[u8] = match e.kind {
+                EntryKind::Dir => b"/",
+                _ => b"",
+            };
+            e.path.as_bytes().iter().chain(slash).cmp(name.iter())
+        })
+        .ok()?;
+    entries.get(i)
 }
 
 /// Orders entries bytewise by the name stored in the tar
@@ -120,27 +141,32 @@ fn cmp_tar_names(a: &Entry, b: &Entry) -> std::cmp::Ordering {
 
 /// Refuses an entry below one that is not a folder (a file `/x` and
 /// `/x/y`; a symlink `/etc` and `/etc/passwd`): its tar would write
-/// through, or over, the other. `entries` are sorted by path, once each.
+/// through, or over, the other. `entries` are sorted by tar name, once
+/// each, and no folder shares its path with another entry.
 fn check_contradictions(entries: &[(Entry, usize)], origins: &[Location]) -> Result<(), PlanError> {
-    let find = |p: &str| {
-        entries
-            .binary_search_by(|(e, _)| e.path.as_str().cmp(p))
-            .ok()
-            .map(|i| &entries[i])
-    };
+    // The folders above the entry at hand, each in the one before: in tar
+    // name order, all that lies in a folder follows it at once.
+    let mut above: Vec<&str> = Vec::new();
     for (entry, origin) in entries {
-        let path = &entry.path;
+        let path = entry.path.as_str();
+        let inside = |dir: &str| {
+            path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+        };
+        while above.last().is_some_and(|d| !inside(d)) {
+            above.pop();
+        }
+        // What lies between the nearest folder above and the entry (its
+        // ancestors further up were checked with that folder).
+        let floor = above.last().map_or(0, |d| d.len());
         let mut end = path.len();
-        while let Some(i) = path[..end].rfind('/') {
+        while let Some(i) = path[..end].rfind('/').filter(|&i| i > floor) {
             end = i;
-            let Some((above, first)) = find(&path[..end]) else {
+            let Some((other, first)) = find_tar_name(entries, &path.as_bytes()[..end]) else {
                 continue;
             };
-            let kind = match above.kind {
-                // A folder's own ancestors are checked with it.
-                EntryKind::Dir => break,
-                EntryKind::File { .. } => "a file",
+            let kind = match other.kind {
                 EntryKind::Symlink { .. } => "a symlink",
+                _ => "a file",
             };
             return Err(PlanError::EntryBelowNonFolder {
                 path: format!("/{path}"),
@@ -149,6 +175,9 @@ fn check_contradictions(entries: &[(Entry, usize)], origins: &[Location]) -> Res
                 first: Box::new(origins[*first].clone()),
                 location: Box::new(origins[*origin].clone()),
             });
+        }
+        if matches!(entry.kind, EntryKind::Dir) {
+            above.push(path);
         }
     }
     Ok(())

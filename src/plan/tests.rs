@@ -425,3 +425,97 @@ fn plan_modules_name_no_filesystem_api() {
         }
     }
 }
+
+#[test]
+fn a_folder_and_a_file_at_one_path_name_both() {
+    let e = plan_in(
+        &web(),
+        r#"[[layers]]
+name = "x"
+dirs = [{ path = "/x" }]
+files = [{ content = "a", dst = "/x" }, { content = "b", dst = "/x-y" }]
+"#,
+    )
+    .unwrap_err();
+    // (`/x-y` sorts between the file's tar name `x` and the folder's `x/`.)
+    assert!(
+        matches!(&e, PlanError::DuplicateDst { path, .. } if path == "/x"),
+        "{e}"
+    );
+    let PlanError::DuplicateDst {
+        first, location, ..
+    } = &e
+    else {
+        unreachable!()
+    };
+    assert_eq!((first.line, location.line), (5, 6));
+}
+
+#[test]
+fn an_entry_below_a_file_is_found_across_names_that_sort_between() {
+    // `/a-b` and `/a.c` sort between `/a` and `/a/x` by tar name; `/a/b` is
+    // missing between the file `/a` and `/a/b/c`.
+    for (extra, path, above, line_above) in [
+        ("{ content = \"x\", dst = \"/a/x\" }", "/a/x", "/a", 6),
+        ("{ content = \"c\", dst = \"/a/b/c\" }", "/a/b/c", "/a", 6),
+    ] {
+        let spec = format!(
+            "[[layers]]\nname = \"x\"\nfiles = [\n  {{ content = \"a\", dst = \"/a\" }},\n  {{ content = \"ab\", dst = \"/a-b/f\" }},\n  {{ content = \"ac\", dst = \"/a.c\" }},\n  {extra},\n]\n"
+        );
+        let e = plan_in(&web(), &spec).unwrap_err();
+        let PlanError::EntryBelowNonFolder {
+            path: p,
+            above: a,
+            first,
+            ..
+        } = &e
+        else {
+            panic!("{e}");
+        };
+        assert_eq!(
+            (p.as_str(), a.as_str(), first.line),
+            (path, above, line_above),
+            "{e}"
+        );
+    }
+    // Below a folder, below a file: the file is named.
+    let e = plan_in(
+        &web(),
+        r#"[[layers]]
+name = "x"
+dirs = [{ path = "/a" }]
+files = [
+  { content = "b", dst = "/a/b" },
+  { content = "c", dst = "/a/b/c/d" },
+]
+"#,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, PlanError::EntryBelowNonFolder { above, .. } if above == "/a/b"),
+        "{e}"
+    );
+}
+
+#[test]
+fn entries_come_in_tar_name_order_with_folders_before_their_content() {
+    let p = plan_in(
+        &web(),
+        r#"[[layers]]
+name = "x"
+dirs = [{ path = "/a" }, { path = "/a/b" }]
+files = [
+  { content = "1", dst = "/a/b/z" },
+  { content = "2", dst = "/a-b" },
+  { content = "3", dst = "/a/b.c" },
+  { content = "4", dst = "/a0" },
+  { content = "5", dst = "/a/b/a" },
+]
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        names(&p),
+        ["a-b", "a/", "a/b.c", "a/b/", "a/b/a", "a/b/z", "a0"]
+    );
+}
