@@ -49,6 +49,16 @@ impl Job<'_> {
         )));
     }
 
+    /// Reports a refused shape entry: the tar stream's own entry is still
+    /// looked up.
+    fn refuse_shape(&self, why: &str) {
+        self.reporter.report(Event::Warning(&format!(
+            "layer {}: its shape entry in {} is refused: {why}; the entry of its tar stream is looked up instead",
+            self.node.name,
+            self.remote.name()
+        )));
+    }
+
     /// The layer filed under the key of the tar stream its sources make
     /// now: in the local cache (where a hit from the repository is filed),
     /// else in the cache repository (its shape entry, fetched meanwhile,
@@ -104,10 +114,7 @@ impl Job<'_> {
         let shape = shape_key(self.settings.codec.format_id(), &self.node.key);
         let entry = self.lookup(&shape)?;
         if let Some(why) = implausible(self.node, self.settings.codec, &entry) {
-            self.warn(&format!(
-                "the entry in {} is refused: {why}",
-                self.remote.name()
-            ));
+            self.refuse_shape(&why);
             return None;
         }
         let unpacked = self.unpacked(&entry);
@@ -171,7 +178,7 @@ impl Job<'_> {
             if (&entry.diff_id, entry.tar_size) == tar {
                 match refusal(&entry, tar, unpacked) {
                     None => return Some(entry),
-                    Some(why) => self.warn(&format!("the entry in {repo} is refused: {why}")),
+                    Some(why) => self.refuse_shape(&why),
                 }
             }
         }

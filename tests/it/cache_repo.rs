@@ -269,8 +269,14 @@ fn a_poisoned_or_stale_shape_entry_gives_way_to_the_tar_streams_own_entry() {
         err.contains("is refused") && err.contains("decompresses to"),
         "{err}"
     );
-    // Refused, it gave way to the entry of the tar stream: nothing built.
+    // Refused, it gave way to the entry of the tar stream: nothing built,
+    // and the warning says so.
     assert!(all(&sources(&s), "repo"), "{s}");
+    assert!(
+        err.contains("shape entry") && err.contains("looked up instead"),
+        "{err}"
+    );
+    assert!(!err.contains("built instead"), "{err}");
 
     // A checkout whose web page changed (same size): the static layer's
     // shape entry is of other content; passed over without a warning.
