@@ -268,14 +268,7 @@ impl Context for DiskContext {
     fn list_stats(&self, rel: &Path) -> io::Result<Listing> {
         // A snapshot is filled path by path.
         if self.snapshot.is_some() {
-            let names = self.list(rel)?;
-            return Ok(names
-                .into_iter()
-                .map(|n| {
-                    let st = self.stat(&rel.join(&n));
-                    (n, st)
-                })
-                .collect());
+            return crate::plan::sources::list_then_stat(self, rel);
         }
         let ahead = lock(&self.ahead).clone();
         match ahead {
@@ -284,12 +277,7 @@ impl Context for DiskContext {
         }
     }
 
-    fn walk_below(
-        &self,
-        _root: &Path,
-        enters: &(dyn Fn(&Path) -> bool + Sync),
-        walk: &mut dyn FnMut(),
-    ) {
+    fn walk_below(&self, enters: &(dyn Fn(&Path) -> bool + Sync), walk: &mut dyn FnMut()) {
         // A snapshot is filled path by path, by one spec at a time.
         if self.snapshot.is_some() || lock(&self.ahead).is_some() {
             return walk();
@@ -497,7 +485,7 @@ mod tests {
             "the output is hidden: {alone:?}"
         );
         let mut ahead = Vec::new();
-        c.walk_below(Path::new(""), &|_| true, &mut || {
+        c.walk_below(&|_| true, &mut || {
             assert!(lock(&c.ahead).is_some(), "read-ahead on");
             ahead = dfs(&c, Path::new(""));
         });
@@ -505,7 +493,7 @@ mod tests {
         assert!(lock(&c.ahead).is_none(), "off after the walk");
         // A walk that panics ends its read-ahead: no hang, no helper left.
         let walk = std::panic::AssertUnwindSafe(|| {
-            c.walk_below(Path::new(""), &|_| true, &mut || {
+            c.walk_below(&|_| true, &mut || {
                 let _ = c.list_stats(Path::new(""));
                 panic!("the walk fails");
             })
@@ -513,9 +501,7 @@ mod tests {
         assert!(std::panic::catch_unwind(walk).is_err());
         assert!(lock(&c.ahead).is_none());
         let mut again = Vec::new();
-        c.walk_below(Path::new(""), &|_| true, &mut || {
-            again = dfs(&c, Path::new(""))
-        });
+        c.walk_below(&|_| true, &mut || again = dfs(&c, Path::new("")));
         assert_eq!(again, alone);
     }
 }

@@ -116,7 +116,7 @@ pub struct LayoutWriter {
     reused: Vec<Reused>,
     /// Small blobs given as bytes (configs, manifests, indexes) that the
     /// target held already, verified: written only if gone at commit.
-    kept: Vec<Vec<u8>>,
+    kept: Vec<(Digest, Vec<u8>)>,
 }
 
 /// A blob found in the target: the layout it came from, its descriptor,
@@ -234,7 +234,7 @@ impl LayoutWriter {
         if !self.staged(&digest).exists()
             && verify_blob(&self.in_target(&digest), &digest, Some(size))
         {
-            self.kept.push(bytes.to_vec());
+            self.kept.push((digest.clone(), bytes.to_vec()));
         } else {
             self.stage_bytes(bytes, &digest)?;
         }
@@ -393,8 +393,7 @@ impl LayoutWriter {
     /// Blobs reused from the target may have been collected by another
     /// build since they were checked: stage them again if so.
     fn restage_reused(&mut self) -> Result<(), LayoutError> {
-        for bytes in std::mem::take(&mut self.kept) {
-            let digest = oci::sha256_digest(&bytes);
+        for (digest, bytes) in std::mem::take(&mut self.kept) {
             let size = Some(bytes.len() as u64);
             if !self.staged(&digest).exists()
                 && !verify_blob(&self.in_target(&digest), &digest, size)

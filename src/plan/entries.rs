@@ -4,11 +4,10 @@
 //! detection. The context is read only through the [`Context`] seam, with
 //! raw OS paths: only what an entry selects must be UTF-8.
 
-use super::sources::{Context, Kind, Stat};
+use super::sources::{Context, Kind, Listing, Stat};
 use super::{Entry, EntryKind, FileSource, PlanError};
 use crate::spec::{Location, Mode, Owner};
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
-use std::ffi::OsString;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
@@ -110,13 +109,7 @@ impl Collector<'_> {
 /// The entry whose tar name is `name`, in entries sorted by tar name.
 fn find_tar_name<'a>(entries: &'a [(Entry, usize)], name: &[u8]) -> Option<&'a (Entry, usize)> {
     let i = entries
-        .binary_search_by(|(e, _)| {
-            let slash: &[u8] = match e.kind {
-                EntryKind::Dir => b"/",
-                _ => b"",
-            };
-            e.path.as_bytes().iter().chain(slash).cmp(name.iter())
-        })
+        .binary_search_by(|(e, _)| e.path.as_bytes().iter().chain(slash(e)).cmp(name.iter()))
         .ok()?;
     entries.get(i)
 }
@@ -128,15 +121,17 @@ fn cmp_tar_names(a: &Entry, b: &Entry) -> std::cmp::Ordering {
     let n = x.len().min(y.len());
     // Most pairs differ within the shorter path: one memcmp.
     x[..n].cmp(&y[..n]).then_with(|| {
-        fn slash(e: &Entry) -> &'static [u8] {
-            match e.kind {
-                EntryKind::Dir => b"/",
-                _ => b"",
-            }
-        }
         let (rx, ry) = (x[n..].iter().chain(slash(a)), y[n..].iter().chain(slash(b)));
         rx.cmp(ry)
     })
+}
+
+/// What ends an entry's tar name after its path: `/` for a folder.
+fn slash(e: &Entry) -> &'static [u8] {
+    match e.kind {
+        EntryKind::Dir => b"/",
+        _ => b"",
+    }
 }
 
 /// Refuses an entry below one that is not a folder (a file `/x` and
@@ -512,7 +507,7 @@ struct Walk<'a> {
 type Frame = (PathBuf, Listed, bool);
 
 /// A folder's names in bytewise order, each with what is there.
-type Listed = std::vec::IntoIter<(OsString, io::Result<Option<Stat>>)>;
+type Listed = <Listing as IntoIterator>::IntoIter;
 
 impl Walk<'_> {
     /// Adds what lies below `root` (never following a symlink, never entering
@@ -526,7 +521,7 @@ impl Walk<'_> {
             !is_excluded(self.excludes, below, path)
         };
         let mut out = Ok(false);
-        ctx.walk_below(root, &enters, &mut || out = self.walk(root, c));
+        ctx.walk_below(&enters, &mut || out = self.walk(root, c));
         out
     }
 
@@ -540,12 +535,8 @@ impl Walk<'_> {
                 continue;
             };
             let (path, copied) = (dir.join(name), *copied);
-            let looked = looked.map_err(|source| PlanError::ReadContext {
-                path: c.ctx.root().join(&path),
-                source,
-            });
             // Gone since it was listed: nothing to add.
-            let Some(st) = looked? else {
+            let Some(st) = looked.map_err(read_error(c.ctx, &path))? else {
                 continue;
             };
             let below = path.strip_prefix(root).unwrap_or(&path);
@@ -582,12 +573,7 @@ fn make_entry(
     let owner = meta.owner;
     match st.kind {
         Kind::Symlink => {
-            let link = ctx
-                .read_link(rel)
-                .map_err(|source| PlanError::ReadContext {
-                    path: ctx.root().join(rel),
-                    source,
-                })?;
+            let link = ctx.read_link(rel).map_err(read_error(ctx, rel))?;
             let target_str = utf8(&link, location)?;
             Ok(entry(
                 target,
@@ -620,23 +606,26 @@ fn make_entry(
     }
 }
 
-/// What is at a context path.
-fn stat(ctx: &dyn Context, rel: &Path) -> Result<Option<Stat>, PlanError> {
-    ctx.stat(rel).map_err(|source| PlanError::ReadContext {
+/// The error of a failed read of the context path `rel` (its path made
+/// only on failure).
+fn read_error<'a>(ctx: &'a dyn Context, rel: &'a Path) -> impl FnOnce(io::Error) -> PlanError + 'a {
+    move |source| PlanError::ReadContext {
         path: ctx.root().join(rel),
         source,
-    })
+    }
+}
+
+/// What is at a context path.
+fn stat(ctx: &dyn Context, rel: &Path) -> Result<Option<Stat>, PlanError> {
+    ctx.stat(rel).map_err(read_error(ctx, rel))
 }
 
 /// The names in a context folder, sorted bytewise, each with what is there.
 fn list(ctx: &dyn Context, rel: &Path) -> Result<Listed, PlanError> {
-    let listed = ctx
+    Ok(ctx
         .list_stats(rel)
-        .map_err(|source| PlanError::ReadContext {
-            path: ctx.root().join(rel),
-            source,
-        })?;
-    Ok(listed.into_iter())
+        .map_err(read_error(ctx, rel))?
+        .into_iter())
 }
 
 /// A selected context path as UTF-8, which image paths must be.

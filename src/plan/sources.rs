@@ -77,28 +77,29 @@ pub trait Context: Debug {
     /// with what is there (what [`Context::stat`] says of `rel/name`). A
     /// context may look at many names at once, or have looked ahead.
     fn list_stats(&self, rel: &Path) -> io::Result<Listing> {
-        let names = self.list(rel)?;
-        Ok(names
-            .into_iter()
-            .map(|n| {
-                let st = self.stat(&rel.join(&n));
-                (n, st)
-            })
-            .collect())
+        list_then_stat(self, rel)
     }
-    /// Runs `walk`, which lists the folder `root` and folders below it with
+    /// Runs `walk`, which lists a folder and folders below it with
     /// [`Context::list_stats`], parents first, entering only folders for
     /// which `enters` holds. A context may look at those folders on another
     /// thread meanwhile; what `walk` sees is what looking then would say.
-    fn walk_below(
-        &self,
-        root: &Path,
-        enters: &(dyn Fn(&Path) -> bool + Sync),
-        walk: &mut dyn FnMut(),
-    ) {
-        let _ = (root, enters);
+    fn walk_below(&self, enters: &(dyn Fn(&Path) -> bool + Sync), walk: &mut dyn FnMut()) {
+        let _ = enters;
         walk()
     }
+}
+
+/// [`Context::list_stats`] from [`Context::list`] and a [`Context::stat`]
+/// of each name.
+pub fn list_then_stat<C: Context + ?Sized>(ctx: &C, rel: &Path) -> io::Result<Listing> {
+    let names = ctx.list(rel)?;
+    Ok(names
+        .into_iter()
+        .map(|n| {
+            let st = ctx.stat(&rel.join(&n));
+            (n, st)
+        })
+        .collect())
 }
 
 /// A folder's names in bytewise order, each with what is there (`None`:

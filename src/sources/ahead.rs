@@ -264,6 +264,12 @@ mod tests {
         seen
     }
 
+    /// What a walk alone sees of a tree of `fan`, `depth` and `files`.
+    fn alone(fan: usize, depth: usize, files: usize) -> Vec<PathBuf> {
+        let tree = Tree::new(fan, depth, files);
+        walk(&ReadAhead::default(), &tree, Path::new(""), &|_| true)
+    }
+
     /// The walk of `tree` with a helper named `helper`, and whether the
     /// helper ended well.
     fn walk_with_helper(
@@ -286,8 +292,7 @@ mod tests {
 
     #[test]
     fn the_walk_sees_what_it_would_alone_and_each_folder_is_looked_at_once() {
-        let alone = Tree::new(3, 4, 2);
-        let expected = walk(&ReadAhead::default(), &alone, Path::new(""), &|_| true);
+        let expected = alone(3, 4, 2);
         let tree = Tree::new(3, 4, 2);
         let (seen, ok) = walk_with_helper(&tree, &|_| true, "helper");
         assert!(ok);
@@ -325,8 +330,7 @@ mod tests {
 
     #[test]
     fn a_helper_that_fails_leaves_the_walk_to_look_itself() {
-        let alone = Tree::new(3, 3, 2);
-        let expected = walk(&ReadAhead::default(), &alone, Path::new(""), &|_| true);
+        let expected = alone(3, 3, 2);
         let tree = Tree::new(3, 3, 2);
         let (seen, ok) = walk_with_helper(&tree, &|_| true, "panicking-helper");
         assert!(!ok, "the helper panicked");
