@@ -249,6 +249,11 @@ def open_uncompressed(path, compression):
             raise CheckError("the zstd command is needed to read zstd layers")
 
         def close():
+            # A tar reader stops at the end-of-archive blocks; zstd may still
+            # be writing the padding after them. Read it out, or zstd dies of
+            # a broken pipe and the layer looks corrupt when it is not.
+            while p.stdout.read(CHUNK):
+                pass
             p.stdout.close()
             err = p.stderr.read().decode(errors="replace").strip()
             p.stderr.close()
