@@ -48,9 +48,8 @@ pub fn shape_key(format_id: &str, layer_key: &str) -> String {
 /// Why a registry-shared cache could not answer (rendered as a warning).
 pub type RemoteError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a fetched blob decompresses to (the tar stream's digest and size),
-/// or why it could not be read.
-pub type Unpacked = Result<(Digest, u64), String>;
+/// What the check of a fetched blob said: why it failed, if it did.
+pub type Checked = Result<(), String>;
 
 /// A layer cache shared through a registry repository (`--cache-repo`):
 /// entries found by content key, blobs fetched into the local store. What
@@ -65,13 +64,15 @@ pub trait RemoteCache: Send + Sync + std::fmt::Debug {
     /// The entry filed under the key `key`; `None` when there is none.
     fn lookup(&self, key: &str) -> Result<Option<RemoteEntry>, RemoteError>;
     /// Puts the entry's blob into the local store (its digest and size
-    /// checked) and reads it with `check` (while it is synced to disk);
-    /// returns its path there and what `check` said.
+    /// checked) and reads it with `check` (as it is downloaded); returns
+    /// its path there and what `check` said. The check's verdict counts
+    /// only when the fetch succeeds: it may have read a blob whose digest
+    /// turned out wrong.
     fn fetch(
         &self,
         entry: &RemoteEntry,
-        check: &dyn Fn(&mut dyn std::io::Read) -> Unpacked,
-    ) -> Result<(PathBuf, Unpacked), RemoteError>;
+        check: &dyn Fn(&mut dyn std::io::Read) -> Checked,
+    ) -> Result<(PathBuf, Checked), RemoteError>;
     /// Files a built layer (its blob at `blob`) under `key`.
     fn publish(&self, key: &str, entry: &RemoteEntry, blob: &Path) -> Result<(), RemoteError>;
 }

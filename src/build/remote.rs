@@ -12,7 +12,7 @@ use crate::layout::{LayoutError, LayoutWriter};
 use crate::oci::{Codec, Descriptor, Digest};
 use crate::plan::LayerNode;
 use crate::progress::{error_chain as chain, CacheHit, Event, Reporter};
-use crate::shared_cache::{remote_key, shape_key, RemoteCache, RemoteEntry};
+use crate::shared_cache::{remote_key, shape_key, Checked, RemoteCache, RemoteEntry};
 use std::path::Path;
 
 use super::{place_cached, Error};
@@ -34,11 +34,38 @@ pub(super) struct Job<'a> {
 /// stands for its bytes.
 type Tar = (Digest, u64, bool);
 
-/// The layer's shape entry, fetched and decompressed while the tar
-/// stream was made: what its blob decompresses to, or why it could not be.
+/// The layer's shape entry, fetched while the tar stream was made, and
+/// its blob decompressed and compared with that stream as both were made.
 struct Early {
     entry: RemoteEntry,
-    unpacked: Result<(Digest, u64), String>,
+    /// Why the blob was not fetched (outer), or why it did not decompress
+    /// (inner).
+    fetched: Result<Result<(), String>, String>,
+    /// What the comparison with the tar stream said.
+    compared: Option<Result<(), String>>,
+    /// What the blob decompresses to, when it was hashed instead of
+    /// compared (its first download failed and a retry brought it).
+    rehashed: Option<(Digest, u64)>,
+}
+
+impl Early {
+    /// Why the entry may not be used for the sources' tar stream `tar`
+    /// (`None`: it may): the blob was not fetched whole with its digest, or
+    /// does not decompress to exactly that stream.
+    fn refusal(&self, tar: (&Digest, u64)) -> Option<String> {
+        let checked = match &self.fetched {
+            Err(why) => return Some(why.clone()),
+            Ok(checked) => checked,
+        };
+        if let Some(unpacked) = &self.rehashed {
+            return refusal(&self.entry, tar, checked.clone().map(|()| unpacked.clone()));
+        }
+        match &self.compared {
+            Some(Err(why)) => Some(why.clone()),
+            None => Some("its blob was not compared with the tar stream".into()),
+            Some(Ok(())) => checked.clone().err(),
+        }
+    }
 }
 
 impl Job<'_> {
@@ -90,35 +117,82 @@ impl Job<'_> {
     }
 
     /// The sources' tar stream; meanwhile, on another thread, the layer's
-    /// shape entry fetched and decompressed (when `early`).
+    /// shape entry fetched, and its blob decompressed and compared with the
+    /// stream as it is made (when `early`).
     fn tar_and_early(&self) -> Result<(Tar, Option<Early>), Error> {
         if !self.early {
-            return Ok((layers::tar_digest(self.node, self.settings)?, None));
+            let t = layers::tar_digest(self.node, self.settings, None)?;
+            return Ok(((t.diff_id, t.size, t.stand), None));
         }
+        let (unpacker, against) = layers::compare::pair();
         std::thread::scope(|s| {
+            // Should the thread not start, the unpacker is dropped with
+            // it, and the comparison stops at once.
             let early = std::thread::Builder::new()
                 .name("imgc-cache-early".into())
-                .spawn_scoped(s, || self.fetch_early());
-            let tar = layers::tar_digest(self.node, self.settings);
+                .spawn_scoped(s, move || self.fetch_early(unpacker));
+            let tar = layers::tar_digest(self.node, self.settings, Some(against));
             let early = match early {
                 Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
                 Err(_) => None,
             };
-            Ok((tar?, early))
+            let t = tar?;
+            let compared = t.compared;
+            let early = early.map(|e| Early { compared, ..e });
+            Ok(((t.diff_id, t.size, t.stand), early))
         })
     }
 
-    /// The layer's shape entry and what its blob decompresses to; `None`
-    /// when there is none, or it is refused before any download.
-    fn fetch_early(&self) -> Option<Early> {
+    /// The layer's shape entry, its blob fetched and decompressed into
+    /// `unpacker`; `None` when there is none, or it is refused before any
+    /// download.
+    fn fetch_early(&self, unpacker: layers::compare::Unpacker) -> Option<Early> {
         let shape = shape_key(self.settings.codec.format_id(), &self.node.key);
         let entry = self.lookup(&shape)?;
         if let Some(why) = implausible(self.node, self.settings.codec, &entry) {
             self.refuse_shape(&why);
             return None;
         }
-        let unpacked = self.unpacked(&entry);
-        Some(Early { entry, unpacked })
+        let (fetched, rehashed) = self.fetch_into(&entry, unpacker);
+        Some(Early {
+            entry,
+            fetched,
+            compared: None,
+            rehashed,
+        })
+    }
+
+    /// Fetches the entry's blob, decompressing it into `unpacker` as it
+    /// comes. A blob read a second time (its first download failed and a
+    /// retry brought it) cannot be compared any more: it is hashed, and
+    /// what it decompresses to comes second.
+    fn fetch_into(
+        &self,
+        entry: &RemoteEntry,
+        unpacker: layers::compare::Unpacker,
+    ) -> (Result<Checked, String>, Option<(Digest, u64)>) {
+        let codec = self.settings.codec;
+        let unpacker = std::cell::RefCell::new(Some(unpacker));
+        let rehashed = std::cell::RefCell::new(None);
+        let bad = |e| format!("its blob {} does not decompress: {e}", entry.digest);
+        let check = |blob: &mut dyn std::io::Read| {
+            let taken = unpacker.borrow_mut().take();
+            if let Some(unpacker) = taken {
+                return unpacker
+                    .unpack(codec, blob, entry.tar_size)
+                    .map(drop)
+                    .map_err(bad);
+            }
+            let unpacked = layers::decompressed_digest(codec, blob, entry.tar_size).map_err(bad)?;
+            *rehashed.borrow_mut() = Some(unpacked);
+            Ok(())
+        };
+        let fetched = self
+            .remote
+            .fetch(entry, &check)
+            .map(|(_, checked)| checked)
+            .map_err(|e| format!("its blob was not fetched: {}", chain(e.as_ref())));
+        (fetched, rehashed.into_inner())
     }
 
     /// The entry filed under `key`; `None` when there is none, or the
@@ -174,10 +248,10 @@ impl Job<'_> {
         tar: (&Digest, u64),
     ) -> Option<RemoteEntry> {
         let repo = self.remote.name();
-        if let Some(Early { entry, unpacked }) = early {
-            if (&entry.diff_id, entry.tar_size) == tar {
-                match refusal(&entry, tar, unpacked) {
-                    None => return Some(entry),
+        if let Some(early) = early {
+            if (&early.entry.diff_id, early.entry.tar_size) == tar {
+                match early.refusal(tar) {
+                    None => return Some(early.entry),
                     Some(why) => self.refuse_shape(&why),
                 }
             }
@@ -245,15 +319,20 @@ impl Job<'_> {
     /// decompresses to (at most the entry's tar size and one byte read).
     fn unpacked(&self, entry: &RemoteEntry) -> Result<(Digest, u64), String> {
         let codec = self.settings.codec;
+        let got = std::cell::RefCell::new(None);
         let check = |blob: &mut dyn std::io::Read| {
-            layers::decompressed_digest(codec, blob, entry.tar_size)
-                .map_err(|e| format!("its blob {} does not decompress: {e}", entry.digest))
+            let unpacked = layers::decompressed_digest(codec, blob, entry.tar_size)
+                .map_err(|e| format!("its blob {} does not decompress: {e}", entry.digest))?;
+            *got.borrow_mut() = Some(unpacked);
+            Ok(())
         };
-        let (_, unpacked) = self
+        let (_, checked) = self
             .remote
             .fetch(entry, &check)
             .map_err(|e| format!("its blob was not fetched: {}", chain(e.as_ref())))?;
-        unpacked
+        checked?;
+        got.into_inner()
+            .ok_or_else(|| "its blob was not decompressed".to_string())
     }
 
     /// Files a checked entry in the local cache (its blob is in the store).

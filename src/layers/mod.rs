@@ -6,6 +6,7 @@
 //! It reads the context files the plan names and writes one blob file it is
 //! given; it knows nothing of layouts, manifests or registries.
 
+pub mod compare;
 pub mod compress;
 pub mod tar;
 
@@ -186,11 +187,14 @@ pub fn build_layer(
 /// and hashed, not kept: what a registry cache entry is checked against
 /// before its blob is used (far cheaper than compressing); and whether
 /// every file read [`FileRead::stands`] for its bytes. The files are not
-/// hashed one by one (whatever `settings.hash_files` says).
+/// hashed one by one (whatever `settings.hash_files` says). With
+/// `against`, the stream is also compared with what a blob decompresses
+/// to, and the verdict comes last (see [`compare`]).
 pub fn tar_digest(
     node: &LayerNode,
     settings: &LayerSettings<'_>,
-) -> Result<(Digest, u64, bool), LayerError> {
+    against: Option<compare::Against>,
+) -> Result<TarStream, LayerError> {
     let settings = &LayerSettings {
         hash_files: false,
         ..*settings
@@ -202,13 +206,52 @@ pub fn tar_digest(
     };
     // Reading the files and hashing the stream take a core each.
     let hasher = crate::oci::SideHasher::new().map_err(failed)?;
-    let mut w = EntryWriter::new(node, settings, hasher, &mut progress);
+    let mut w = EntryWriter::new(node, settings, Tee { hasher, against }, &mut progress);
     for entry in &node.entries {
         w.write_entry(entry)?;
     }
     let stand = w.all_stand;
-    let (diff_id, size) = w.tar.finish().and_then(|h| h.finish()).map_err(failed)?;
-    Ok((diff_id, size, stand))
+    let tee = w.tar.finish().map_err(failed)?;
+    let (diff_id, size) = tee.hasher.finish().map_err(failed)?;
+    Ok(TarStream {
+        diff_id,
+        size,
+        stand,
+        compared: tee.against.map(compare::Against::finish),
+    })
+}
+
+/// What [`tar_digest`] found of a layer's tar stream.
+#[derive(Debug)]
+pub struct TarStream {
+    /// Its digest (the layer's diff_id).
+    pub diff_id: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Whether every file read stands for its bytes.
+    pub stand: bool,
+    /// Whether it was what the blob it was compared with decompresses to.
+    pub compared: Option<Result<(), String>>,
+}
+
+/// The tar stream's way in [`tar_digest`]: hashed, and compared when asked.
+struct Tee {
+    hasher: crate::oci::SideHasher,
+    against: Option<compare::Against>,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.hasher.write_all(buf)?;
+        if let Some(a) = &mut self.against {
+            a.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The digest and size of what a layer blob decompresses to, reading at
@@ -218,16 +261,21 @@ pub fn decompressed_digest(
     blob: impl Read,
     limit: u64,
 ) -> io::Result<(Digest, u64)> {
-    let reader = io::BufReader::new(blob);
-    let mut decoded: Box<dyn Read> = match codec {
-        crate::oci::Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
-        crate::oci::Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
-        crate::oci::Codec::None => Box::new(reader),
-    };
+    let mut decoded = decoder(codec, blob)?;
     // Decompressing and hashing take a core each.
     let mut out = crate::oci::SideHasher::new()?;
     io::copy(&mut (&mut decoded).take(limit + 1), &mut out)?;
     out.finish()
+}
+
+/// What `blob`, compressed with `codec`, decompresses to.
+fn decoder<'a>(codec: crate::oci::Codec, blob: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    let reader = io::BufReader::new(blob);
+    Ok(match codec {
+        crate::oci::Codec::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        crate::oci::Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+        crate::oci::Codec::None => Box::new(reader),
+    })
 }
 
 /// Reads and hashes one context file of `node` (planned as `id`, `size`

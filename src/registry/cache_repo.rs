@@ -11,7 +11,7 @@
 use super::store::Store;
 use super::{Client, ImageRef, RegistryError};
 use crate::oci::{self, Descriptor, Digest, Manifest};
-use crate::shared_cache::{RemoteCache, RemoteEntry, RemoteError, Unpacked, REMOTE_FORMAT};
+use crate::shared_cache::{Checked, RemoteCache, RemoteEntry, RemoteError, REMOTE_FORMAT};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,8 +229,8 @@ impl RemoteCache for CacheRepo {
     fn fetch(
         &self,
         entry: &RemoteEntry,
-        check: &dyn Fn(&mut dyn std::io::Read) -> Unpacked,
-    ) -> Result<(PathBuf, Unpacked), RemoteError> {
+        check: &dyn Fn(&mut dyn std::io::Read) -> Checked,
+    ) -> Result<(PathBuf, Checked), RemoteError> {
         let desc = Descriptor::new(entry.media_type.clone(), entry.digest.clone(), entry.size);
         Ok(self
             .client

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod cache_repo;
 mod client;
+mod follow;
 pub mod lock;
 pub mod pull;
 pub mod push;

@@ -5,6 +5,7 @@
 //! the store for the planner.
 
 use super::client::{read_limited, Call};
+use super::follow::{Ending, Growing};
 use super::lock::{LockFile, LockedBase};
 use super::store::{Store, TempPath};
 use super::{Client, ImageRef, RegistryError};
@@ -373,8 +374,10 @@ impl Client {
     }
 
     /// [`Client::get_blob`], and reads the blob with `check` from its start:
-    /// a downloaded blob while it is synced to disk (on another thread), so
-    /// the wait for the disk is not added to the check's time.
+    /// a downloaded blob as it arrives (the download runs on another
+    /// thread), so the check's time is not added to the download's. When
+    /// the first attempt failed and a retry brought the blob, `check` saw
+    /// an error and reads the kept blob again.
     pub fn get_blob_checked<T>(
         &self,
         r: &ImageRef,
@@ -392,20 +395,34 @@ impl Client {
             })?;
             return Ok((path, check(&mut file)));
         }
-        let host = r.api_host();
-        let (file, tmp) = self.blob_request(r, desc, "downloading", |resp, url| {
-            self.download_blob((resp, host, url), desc, store)
-        })?;
-        let io_err = |action| {
-            let path = tmp.path().to_path_buf();
-            move |source| RegistryError::Io {
-                action,
-                path,
-                source,
+        let growing = Growing::default();
+        let fetch = || {
+            let _end = Ending(&growing);
+            self.download_synced(r, desc, store, &growing)
+        };
+        let (downloaded, streamed) = std::thread::scope(|s| {
+            let thread = std::thread::Builder::new().name("imgc-download".into());
+            match thread.spawn_scoped(s, fetch) {
+                Ok(h) => {
+                    let checked = check(&mut growing.reader());
+                    let got = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                    (got, Some(checked))
+                }
+                Err(_) => (fetch(), None),
+            }
+        });
+        let (file, tmp) = downloaded?;
+        let checked = match streamed {
+            Some(checked) if growing.followed_the_kept_blob() => checked,
+            _ => {
+                let mut reader = reread(&file).map_err(|source| RegistryError::Io {
+                    action: "read",
+                    path: tmp.path().to_path_buf(),
+                    source,
+                })?;
+                check(&mut reader)
             }
         };
-        let (synced, checked) = sync_while(&file, check).map_err(io_err("read"))?;
-        synced.map_err(io_err("sync"))?;
         let path = store.commit(tmp, &desc.digest)?;
         self.count_download(desc.size);
         self.reporter().report(Event::BlobPulled {
@@ -415,15 +432,40 @@ impl Client {
         Ok((path, checked))
     }
 
+    /// Downloads a blob into a temporary file of the store (its size and
+    /// digest checked; the first attempt told to `growing`) and syncs it.
+    fn download_synced(
+        &self,
+        r: &ImageRef,
+        desc: &Descriptor,
+        store: &Store,
+        growing: &Growing,
+    ) -> Result<(std::fs::File, TempPath), RegistryError> {
+        let host = r.api_host();
+        let (file, tmp) = self.blob_request(r, desc, "downloading", |resp, url| {
+            self.download_blob((resp, host, url), desc, store, growing)
+        })?;
+        file.sync_all().map_err(|source| RegistryError::Io {
+            action: "sync",
+            path: tmp.path().to_path_buf(),
+            source,
+        })?;
+        Ok((file, tmp))
+    }
+
     /// Writes a blob's body into a temporary file of the store and checks
     /// its size and digest; returns the file (not yet synced) and its path.
+    /// Tells `growing` how far it is when it follows this attempt.
     fn download_blob(
         &self,
         (resp, host, url): (reqwest::blocking::Response, &str, &str),
         desc: &Descriptor,
         store: &Store,
+        growing: &Growing,
     ) -> Result<(std::fs::File, TempPath), RegistryError> {
         let (file, tmp) = store.temp_file()?;
+        // Only the first attempt is read as it comes.
+        let followed = growing.begin(&file).then_some(growing);
         // Written back as it comes: the fsync at the end waits less.
         let mut out = oci::HashingWriter::new(crate::fsx::EarlyWriteback::new(file));
         let mut body = resp.take(desc.size + 1);
@@ -444,6 +486,9 @@ impl Client {
                     path: tmp.path().to_path_buf(),
                     source,
                 })?;
+            if let Some(g) = followed {
+                g.grew(n as u64);
+            }
         }
         let (written, actual, total) = out.finish();
         if actual != desc.digest || total != desc.size {
@@ -455,6 +500,9 @@ impl Client {
                 actual,
                 actual_size: total,
             });
+        }
+        if let Some(g) = followed {
+            g.end(true);
         }
         Ok((written.file, tmp))
     }
@@ -812,29 +860,13 @@ impl RemoteBases for RegistryBases {
     }
 }
 
-/// Syncs `file` (just written) to disk on a helper thread while `check`
-/// reads it from its start on this one; what each said (an error: the
-/// file could not be reopened for reading).
-fn sync_while<T>(
-    file: &std::fs::File,
-    check: &dyn Fn(&mut dyn Read) -> T,
-) -> std::io::Result<(std::io::Result<()>, T)> {
+/// A second handle of a just-written file, read from its start (the
+/// writer is done with the offset they share).
+fn reread(file: &std::fs::File) -> std::io::Result<std::fs::File> {
     use std::io::{Seek, SeekFrom};
-    // A second handle of the same open file, read from the start (the
-    // writer is done with the offset they share).
     let mut reader = file.try_clone()?;
     reader.seek(SeekFrom::Start(0))?;
-    Ok(std::thread::scope(|s| {
-        let syncing = std::thread::Builder::new()
-            .name("imgc-sync".into())
-            .spawn_scoped(s, || file.sync_all());
-        let checked = check(&mut reader);
-        let synced = match syncing {
-            Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            Err(_) => file.sync_all(),
-        };
-        (synced, checked)
-    }))
+    Ok(reader)
 }
 
 #[cfg(test)]

@@ -300,6 +300,51 @@ fn a_poisoned_or_stale_shape_entry_gives_way_to_the_tar_streams_own_entry() {
     );
 }
 
+/// A second machine through a proxy that faults the first download of
+/// the largest layer's blob with `rule`: its summary and warnings, the
+/// proxy's GETs of that blob, and the image digest it should make.
+fn second_machine_with_a_faulted_blob(rule: crate::proxy::Rule) -> (Value, String, usize, String) {
+    let reg = Registry::start();
+    let (_t, dir) = copy_example("multi-arch");
+    let spec = dir.join("image.toml");
+    let first = Env::new();
+    build_json(&first, &spec, &reg.host_port(), &first.path("out"));
+    let (good, _) = good_and_victim(&reg);
+    let blob = layer_of(&good).to_string();
+    let proxy = Proxy::start(addr(&reg), vec![rule.method("GET").path(&blob)]);
+    let second = Env::new();
+    let (s, err) = build_json(&second, &spec, &proxy.host_port(), &second.path("out"));
+    let gets = proxy.count("GET", &blob);
+    (s, err, gets, reference_digest(&spec))
+}
+
+#[test]
+fn a_blob_download_that_breaks_midway_is_retried_and_the_layer_still_comes_from_the_repo() {
+    // The blob is decompressed and compared as it downloads; the retry
+    // writes another file, so the blob is read again (and hashed).
+    let rule = crate::proxy::Rule::stall_body(std::time::Duration::from_millis(100));
+    let (s, err, gets, expected) = second_machine_with_a_faulted_blob(rule);
+    assert_eq!(s["index"]["digest"], expected.as_str(), "{err}");
+    assert_eq!(gets, 2, "one broken download, one retry");
+    assert!(all(&sources(&s), "repo"), "{s} {err}");
+    assert!(!err.contains("refused"), "{err}");
+}
+
+#[test]
+fn a_blob_whose_bytes_are_not_its_digest_is_refused_then_fetched_again() {
+    let (s, err, gets, expected) =
+        second_machine_with_a_faulted_blob(crate::proxy::Rule::corrupt_body());
+    assert_eq!(s["index"]["digest"], expected.as_str(), "{err}");
+    // The shape entry is refused for the blob's digest; the tar stream's
+    // own entry names the same blob, fetched again, whole this time.
+    assert!(
+        err.contains("shape entry") && err.contains("not fetched") && err.contains("digest"),
+        "{err}"
+    );
+    assert_eq!(gets, 2, "{err}");
+    assert!(all(&sources(&s), "repo"), "{s} {err}");
+}
+
 #[test]
 fn an_entry_whose_diff_id_the_sources_do_not_make_is_refused_and_rebuilt() {
     // The victim's key, with another layer's blob and diff_id.
