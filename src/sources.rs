@@ -15,21 +15,38 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 mod ahead;
 
 /// What the specs of one run saw of their contexts: each path looked at
 /// once, for all of them. Specs that share a context (a monorepo's specs
 /// with one `--context`) then plan from memory after the first, and all
-/// see the same snapshot.
+/// see the same snapshot. Paths are keyed by their bytes (compared with
+/// one `memcmp`, not component by component), and read under shared
+/// locks: after the first spec, specs only read.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// By context root, then path in it.
-    stats: Mutex<BTreeMap<PathBuf, BTreeMap<PathBuf, Option<Stat>>>>,
+    stats: RwLock<BTreeMap<PathBuf, Stats>>,
     /// Folders' names, sorted, before the output is hidden (that depends
-    /// on the spec).
-    lists: Mutex<BTreeMap<PathBuf, Vec<OsString>>>,
+    /// on the spec); by absolute path.
+    lists: RwLock<BTreeMap<Vec<u8>, Vec<OsString>>>,
+    /// Folders' names, each with what is there (as `stats` says), before
+    /// the output is hidden; by absolute path. A later spec's walk takes a
+    /// folder with one look-up instead of one per name.
+    listings: RwLock<BTreeMap<Vec<u8>, Arc<Looked>>>,
+}
+
+/// What each path of one context is, by the path's bytes.
+type Stats = BTreeMap<Vec<u8>, Option<Stat>>;
+
+/// A folder's names, each with what is there.
+type Looked = Vec<(OsString, Option<Stat>)>;
+
+/// The bytes of a path, as the snapshot keys it.
+fn key(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
 }
 
 /// The most folders one thread holds open at once (a deeper walk opens the
@@ -142,16 +159,88 @@ impl DiskContext {
 
     /// Removes from `names` (of the folder `rel`) the build's own output.
     fn hide(&self, rel: &Path, names: &mut Vec<OsString>) {
-        // Only a folder holding a skipped one (or lying in one) can hide a
-        // name: the others are not checked name by name.
+        if let Some(hidden) = self.hider(rel) {
+            names.retain(|n| !hidden(n));
+        }
+    }
+
+    /// Whether a name of the folder `rel` is the build's own output; `None`
+    /// when none can be: only a folder holding a skipped one (or lying in
+    /// one) can hide a name, and the others are not checked name by name.
+    fn hider(&self, rel: &Path) -> Option<impl Fn(&std::ffi::OsStr) -> bool + '_> {
         let dir = self.root.join(rel);
         let near = self
             .skip
             .iter()
             .any(|s| s.parent() == Some(dir.as_path()) || dir.starts_with(s));
-        if near {
-            names.retain(|n| !is_skipped(&dir.join(n), &self.skip));
+        near.then_some(move |n: &std::ffi::OsStr| is_skipped(&dir.join(n), &self.skip))
+    }
+
+    /// The names of the folder `rel` in bytewise order, the build's output
+    /// not yet hidden: from the run's snapshot (listed once for all specs),
+    /// else from the disk.
+    fn names(&self, rel: &Path) -> io::Result<Vec<OsString>> {
+        let snapshot = self.snapshot.as_ref();
+        let dir = snapshot.map(|_| self.root.join(rel));
+        let known = snapshot
+            .zip(dir.as_ref())
+            .and_then(|(snap, dir)| read(&snap.lists).get(key(dir)).cloned());
+        if let Some(names) = known {
+            return Ok(names);
         }
+        let mut names = self.open.in_dir(&self.dir, rel, crate::fsx::read_names)?;
+        // Bytewise order.
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let (Some(snap), Some(dir)) = (snapshot, dir) else {
+            return Ok(names);
+        };
+        // Listed by two specs at once: both take what was kept first.
+        let mut lists = write(&snap.lists);
+        Ok(lists.entry(key(&dir).to_vec()).or_insert(names).clone())
+    }
+
+    /// The folder `rel` from the run's snapshot: listed and each name
+    /// looked at once for all specs (the first to walk it fills it), then
+    /// this spec's output hidden.
+    fn snapshot_listing(&self, snap: &Snapshot, rel: &Path) -> io::Result<Listing> {
+        let dir = self.root.join(rel);
+        let known = read(&snap.listings).get(key(&dir)).cloned();
+        let all = match known {
+            Some(all) => all,
+            None => {
+                let names = self.names(rel)?;
+                let looked: Listing = names
+                    .into_iter()
+                    .map(|n| {
+                        let st = self.stat(&rel.join(&n));
+                        (n, st)
+                    })
+                    .collect();
+                if looked.iter().any(|(_, st)| st.is_err()) {
+                    // Not kept: the next spec looks again.
+                    let mut looked = looked;
+                    if let Some(hidden) = self.hider(rel) {
+                        looked.retain(|(n, _)| !hidden(n));
+                    }
+                    return Ok(looked);
+                }
+                let all: Vec<_> = looked
+                    .into_iter()
+                    .filter_map(|(n, st)| Some((n, st.ok()?)))
+                    .collect();
+                let mut listings = write(&snap.listings);
+                listings
+                    .entry(key(&dir).to_vec())
+                    .or_insert(Arc::new(all))
+                    .clone()
+            }
+        };
+        let hidden = self.hider(rel);
+        Ok(all
+            .iter()
+            .filter(|(n, _)| !hidden.as_ref().is_some_and(|h| h(n)))
+            .map(|(n, st)| (n.clone(), Ok(*st)))
+            .collect())
     }
 
     /// The folder `rel` listed and each of its names looked at, on disk,
@@ -226,36 +315,21 @@ impl Context for DiskContext {
         let Some(snap) = &self.snapshot else {
             return self.look(rel);
         };
-        let seen = lock(&snap.stats)
+        let seen = read(&snap.stats)
             .get(&self.root)
-            .and_then(|m| m.get(rel).copied());
+            .and_then(|m| m.get(key(rel)).copied());
         if let Some(st) = seen {
             return Ok(st);
         }
         let st = self.look(rel)?;
-        lock(&snap.stats)
-            .entry(self.root.clone())
-            .or_default()
-            .insert(rel.to_path_buf(), st);
-        Ok(st)
+        // Looked at by two specs at once: both take what was kept first.
+        let mut stats = write(&snap.stats);
+        let kept = stats.entry(self.root.clone()).or_default();
+        Ok(*kept.entry(key(rel).to_vec()).or_insert(st))
     }
 
     fn list(&self, rel: &Path) -> io::Result<Vec<OsString>> {
-        let dir = self.root.join(rel);
-        let snapshot = self.snapshot.as_ref();
-        let known = snapshot.and_then(|snap| lock(&snap.lists).get(&dir).cloned());
-        let mut names = match known {
-            Some(names) => names,
-            None => {
-                let mut names = self.open.in_dir(&self.dir, rel, crate::fsx::read_names)?;
-                // Bytewise order.
-                names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-                if let Some(snap) = snapshot {
-                    lock(&snap.lists).insert(dir.clone(), names.clone());
-                }
-                names
-            }
-        };
+        let mut names = self.names(rel)?;
         // Never the build's own output.
         self.hide(rel, &mut names);
         Ok(names)
@@ -266,9 +340,8 @@ impl Context for DiskContext {
     }
 
     fn list_stats(&self, rel: &Path) -> io::Result<Listing> {
-        // A snapshot is filled path by path.
-        if self.snapshot.is_some() {
-            return crate::plan::sources::list_then_stat(self, rel);
+        if let Some(snap) = &self.snapshot {
+            return self.snapshot_listing(snap, rel);
         }
         let ahead = lock(&self.ahead).clone();
         match ahead {
@@ -311,9 +384,19 @@ impl Drop for Detach<'_> {
     }
 }
 
-/// Locks a snapshot's map (a poisoned lock still holds what was seen).
+/// Locks a mutex (a poisoned lock still holds what was seen).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reads a snapshot's map (a poisoned lock still holds what was seen).
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes a snapshot's map.
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `path` is a skipped folder, is below one, or is a staging or
@@ -420,6 +503,56 @@ mod tests {
         assert_eq!(names(&two), ["a.txt", "out1"]);
         assert!(alone.stat(Path::new("a.txt")).unwrap().is_none());
         assert_eq!(names(&alone), ["out1", "out2"]);
+    }
+
+    #[test]
+    fn a_snapshot_listing_is_taken_once_for_all_specs_each_hiding_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(root.join("src/deep")).unwrap();
+        std::fs::write(root.join("src/a.txt"), "a").unwrap();
+        std::fs::create_dir(root.join("src/out1")).unwrap();
+        std::fs::create_dir(root.join("src/out2")).unwrap();
+        let snap = Arc::new(Snapshot::default());
+        let one = DiskContext::open_in(&root, &[root.join("src/out1")], snap.clone()).unwrap();
+        let two = DiskContext::open_in(&root, &[root.join("src/out2")], snap).unwrap();
+        let names = |c: &DiskContext| -> Vec<(String, Option<Kind>)> {
+            c.list_stats(Path::new("src"))
+                .unwrap()
+                .into_iter()
+                .map(|(n, st)| {
+                    (
+                        n.to_string_lossy().into_owned(),
+                        st.unwrap().map(|s| s.kind),
+                    )
+                })
+                .collect()
+        };
+        let file = Some(Kind::File);
+        let folder = Some(Kind::Dir);
+        let first = names(&one);
+        assert_eq!(
+            first,
+            [
+                ("a.txt".into(), file),
+                ("deep".into(), folder),
+                ("out2".into(), folder)
+            ]
+        );
+        // Changed on disk since: every spec of the run still sees the
+        // snapshot, each without its own output, and the same as `stat`.
+        std::fs::remove_file(root.join("src/a.txt")).unwrap();
+        std::fs::write(root.join("src/b.txt"), "b").unwrap();
+        assert_eq!(
+            names(&two),
+            [
+                ("a.txt".into(), file),
+                ("deep".into(), folder),
+                ("out1".into(), folder)
+            ]
+        );
+        assert_eq!(names(&one), first);
+        assert!(two.stat(Path::new("src/a.txt")).unwrap().is_some());
     }
 
     #[test]
