@@ -8,6 +8,7 @@
 //! the [`sources`] seam, so that it can be tested in memory.
 
 mod entries;
+mod key;
 pub mod sources;
 pub mod template;
 
@@ -18,8 +19,6 @@ use crate::spec::{
     SpecFile,
 };
 use entries::{DirItem, FileItem, LayerDefaults, LinkItem};
-use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 use sources::Sources;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -892,7 +891,7 @@ impl<'a> Planner<'a> {
             }
             let context = self.sources.context;
             let entries = expand_layer(&self.r, ctx, context, &layer.value, &what)?;
-            let key = layer_key(&layer.value.name, &entries, self.epoch, self.codec);
+            let key = key::layer_key(&layer.value.name, &entries, self.epoch, self.codec);
             let id = match self.layers.iter().position(|l| l.key == key) {
                 Some(id) => id,
                 None => {
@@ -1239,118 +1238,6 @@ pub const MAX_EPOCH: u64 = 253_402_300_799;
 pub const MAX_LAYERS: usize = 127;
 
 pub use oci::valid_tag;
-
-/// One entry as the layer key sees it. Fields are in sorted order, so the
-/// JSON serde writes is canonical (sorted keys, no spaces) without going
-/// through a `serde_json::Value`.
-#[derive(Serialize)]
-struct KeyEntry<'a> {
-    gid: u32,
-    kind: &'static str,
-    mode: u32,
-    path: &'a str,
-    size: u64,
-    source: KeySource<'a>,
-    uid: u32,
-}
-
-/// Where an entry's bytes come from, as the key writes it:
-/// `context:<rel>`, `inline:<sha256>`, a symlink's target, or nothing.
-enum KeySource<'a> {
-    None,
-    Context(&'a str),
-    Inline(&'a [u8]),
-    Target(&'a str),
-}
-
-impl Serialize for KeySource<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            KeySource::None => s.serialize_str(""),
-            KeySource::Context(rel) => s.collect_str(&format_args!("context:{rel}")),
-            KeySource::Inline(b) => {
-                s.collect_str(&format_args!("inline:{}", hex::encode(Sha256::digest(b))))
-            }
-            KeySource::Target(t) => s.serialize_str(t),
-        }
-    }
-}
-
-/// The layer key's document, fields in sorted order (see [`KeyEntry`]).
-#[derive(Serialize)]
-struct KeyDoc<'a, I: Serialize> {
-    codec: &'a str,
-    entries: I,
-    epoch: u64,
-    name: &'a str,
-}
-
-/// Streams entries into the key document without collecting them.
-struct KeyEntries<'a>(&'a [Entry]);
-
-impl Serialize for KeyEntries<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(key_entry))
-    }
-}
-
-fn key_entry(e: &Entry) -> KeyEntry<'_> {
-    let (kind, size, source) = match &e.kind {
-        EntryKind::Dir => ("dir", 0, KeySource::None),
-        EntryKind::Symlink { target } => ("symlink", 0, KeySource::Target(target)),
-        EntryKind::File { source, size } => (
-            "file",
-            *size,
-            match source {
-                FileSource::Context { rel, .. } => KeySource::Context(rel),
-                FileSource::Inline(b) => KeySource::Inline(b),
-            },
-        ),
-    };
-    KeyEntry {
-        gid: e.gid,
-        kind,
-        mode: e.mode,
-        path: &e.path,
-        size,
-        source,
-        uid: e.uid,
-    }
-}
-
-/// Writes into a hasher.
-struct HashWrite<'a>(&'a mut Sha256);
-
-impl std::io::Write for HashWrite<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The sha256 of the layer's canonical JSON description: name, epoch,
-/// codec and every entry (see "Layer identity" in the book).
-fn layer_key(name: &str, entries: &[Entry], epoch: u64, codec: Codec) -> String {
-    let doc = KeyDoc {
-        codec: codec.format_id(),
-        entries: KeyEntries(entries),
-        epoch,
-        name,
-    };
-    let mut h = Sha256::new();
-    {
-        // Serializing writes token by token: buffered, the hasher takes
-        // whole blocks.
-        let mut w = std::io::BufWriter::with_capacity(16 * 1024, HashWrite(&mut h));
-        // Writing into a hasher cannot fail, nor can serializing these types.
-        let _ = serde_json::to_writer(&mut w, &doc);
-        let _ = std::io::Write::flush(&mut w);
-    }
-    hex::encode(h.finalize())
-}
 
 #[cfg(test)]
 mod tests;
