@@ -8,14 +8,20 @@
 //! into pieces, and an [`Against`], a writer the tar stream goes through
 //! that compares each byte with the next decompressed one. At most a few
 //! pieces are in flight. Either end may stop first; the other then stops
-//! waiting for it.
+//! waiting for it. Until the first piece comes (the blob's entry is still
+//! being looked up), the stream is held, up to [`MAX_HELD`] bytes, rather
+//! than waited for: when there is no entry, a small stream then never waits
+//! for the look-up, and a big one waits only once that much is made.
 
 use crate::oci::Codec;
 use std::io::{self, Read, Write};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 
 /// Bytes per piece.
 const PIECE: usize = 256 * 1024;
+
+/// The most bytes of the stream held before the first piece comes.
+const MAX_HELD: usize = 8 << 20;
 
 /// The decompressing end (see [`pair`]).
 pub struct Unpacker {
@@ -34,6 +40,10 @@ pub struct Against {
     seen: u64,
     /// Why the bytes are not the same, once known.
     differs: Option<String>,
+    /// The stream written before the first piece came (see [`MAX_HELD`]).
+    held: Vec<u8>,
+    /// Whether the stream is still being held.
+    holding: bool,
 }
 
 /// The two ends of one comparison.
@@ -48,6 +58,8 @@ pub fn pair() -> (Unpacker, Against) {
         at: 0,
         seen: 0,
         differs: None,
+        held: Vec::new(),
+        holding: true,
     };
     (unpacker, against)
 }
@@ -140,9 +152,43 @@ impl Against {
         }
     }
 
+    /// Holds `buf` while no piece has come and there is room; `false` when
+    /// the stream is no longer held (what was held has been compared).
+    fn hold(&mut self, buf: &[u8]) -> bool {
+        if !self.holding {
+            return false;
+        }
+        if let Some(rx) = &self.rx {
+            match rx.try_recv() {
+                Ok(first) => {
+                    self.piece = first;
+                    self.at = 0;
+                }
+                Err(TryRecvError::Empty) if self.held.len() + buf.len() <= MAX_HELD => {
+                    self.held.extend_from_slice(buf);
+                    return true;
+                }
+                // Gone (compare() says so), or no more room: wait.
+                Err(_) => {}
+            }
+        }
+        self.release();
+        false
+    }
+
+    /// Compares what was held (waiting for the first piece if need be).
+    fn release(&mut self) {
+        self.holding = false;
+        let held = std::mem::take(&mut self.held);
+        self.compare(&held);
+    }
+
     /// Whether the blob decompressed to exactly what was written: the same
     /// bytes, and nothing after them (waits for the decompressing end).
     pub fn finish(mut self) -> Result<(), String> {
+        if self.holding {
+            self.release();
+        }
         loop {
             if let Some(why) = self.differs.take() {
                 return Err(why);
@@ -169,7 +215,9 @@ impl Against {
 
 impl Write for Against {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.compare(buf);
+        if !self.hold(buf) {
+            self.compare(buf);
+        }
         Ok(buf.len())
     }
 
@@ -227,6 +275,35 @@ mod tests {
         assert!(e.contains("more bytes"), "{e}");
         let e = compare(Codec::Zstd, b"not zstd at all", &tar, 4096).unwrap_err();
         assert!(e.contains("fewer"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_is_held_not_waited_for_until_the_blob_side_starts() {
+        // No piece yet, and the unpacker still alive (its entry is being
+        // looked up): writing does not wait, up to the limit.
+        let (unpacker, mut against) = pair();
+        let (wrote_tx, wrote) = std::sync::mpsc::channel();
+        let verdict = std::thread::scope(|s| {
+            let writer = s.spawn(move || {
+                against.write_all(&data(MAX_HELD)).unwrap();
+                let _ = wrote_tx.send(());
+                against
+            });
+            let waited = wrote.recv_timeout(std::time::Duration::from_secs(10)).is_err();
+            // No entry after all (this also lets a waiting writer go).
+            drop(unpacker);
+            let against = writer.join().unwrap();
+            assert!(!waited, "the writer waited for the blob's side");
+            against.finish()
+        });
+        assert!(verdict.unwrap_err().contains("0 bytes, fewer"));
+        // A stream longer than the limit, compared as the blob comes.
+        let tar = data(MAX_HELD + 3 * PIECE + 5);
+        assert_eq!(compare(Codec::None, &tar, &tar, 100_000), Ok(()));
+        let mut other = tar.clone();
+        other[MAX_HELD + 7] ^= 1;
+        let e = compare(Codec::None, &other, &tar, 100_000).unwrap_err();
+        assert!(e.contains(&format!("from byte {} on", MAX_HELD + 7)), "{e}");
     }
 
     #[test]
