@@ -289,7 +289,9 @@ mod tests {
                 let _ = wrote_tx.send(());
                 against
             });
-            let waited = wrote.recv_timeout(std::time::Duration::from_secs(10)).is_err();
+            let waited = wrote
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_err();
             // No entry after all (this also lets a waiting writer go).
             drop(unpacker);
             let against = writer.join().unwrap();
