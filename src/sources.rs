@@ -180,20 +180,14 @@ impl DiskContext {
     /// not yet hidden: from the run's snapshot (listed once for all specs),
     /// else from the disk.
     fn names(&self, rel: &Path) -> io::Result<Vec<OsString>> {
-        let snapshot = self.snapshot.as_ref();
-        let dir = snapshot.map(|_| self.root.join(rel));
-        let known = snapshot
-            .zip(dir.as_ref())
-            .and_then(|(snap, dir)| read(&snap.lists).get(key(dir)).cloned());
-        if let Some(names) = known {
-            return Ok(names);
-        }
-        let mut names = self.open.in_dir(&self.dir, rel, crate::fsx::read_names)?;
-        // Bytewise order.
-        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let (Some(snap), Some(dir)) = (snapshot, dir) else {
-            return Ok(names);
+        let Some(snap) = &self.snapshot else {
+            return self.open.in_dir(&self.dir, rel, sorted_names);
         };
+        let dir = self.root.join(rel);
+        if let Some(names) = read(&snap.lists).get(key(&dir)) {
+            return Ok(names.clone());
+        }
+        let names = self.open.in_dir(&self.dir, rel, sorted_names)?;
         // Listed by two specs at once: both take what was kept first.
         let mut lists = write(&snap.lists);
         Ok(lists.entry(key(&dir).to_vec()).or_insert(names).clone())
@@ -205,55 +199,46 @@ impl DiskContext {
     fn snapshot_listing(&self, snap: &Snapshot, rel: &Path) -> io::Result<Listing> {
         let dir = self.root.join(rel);
         let known = read(&snap.listings).get(key(&dir)).cloned();
-        let all = match known {
-            Some(all) => all,
+        let mut looked: Listing = match known {
+            Some(all) => all.iter().map(|(n, st)| (n.clone(), Ok(*st))).collect(),
             None => {
-                let names = self.names(rel)?;
-                let looked: Listing = names
-                    .into_iter()
-                    .map(|n| {
-                        let st = self.stat(&rel.join(&n));
-                        (n, st)
-                    })
+                // Names and stats come from the snapshot (the first look
+                // kept), so specs filling it at once make the same listing.
+                let looked = crate::plan::sources::stat_each(self, rel, self.names(rel)?);
+                // One with an error is not kept: the next spec looks again.
+                let all: Option<Looked> = looked
+                    .iter()
+                    .map(|(n, st)| Some((n.clone(), *st.as_ref().ok()?)))
                     .collect();
-                if looked.iter().any(|(_, st)| st.is_err()) {
-                    // Not kept: the next spec looks again.
-                    let mut looked = looked;
-                    if let Some(hidden) = self.hider(rel) {
-                        looked.retain(|(n, _)| !hidden(n));
-                    }
-                    return Ok(looked);
+                if let Some(all) = all {
+                    let mut listings = write(&snap.listings);
+                    listings.entry(key(&dir).to_vec()).or_insert(Arc::new(all));
                 }
-                let all: Vec<_> = looked
-                    .into_iter()
-                    .filter_map(|(n, st)| Some((n, st.ok()?)))
-                    .collect();
-                let mut listings = write(&snap.listings);
-                listings
-                    .entry(key(&dir).to_vec())
-                    .or_insert(Arc::new(all))
-                    .clone()
+                looked
             }
         };
-        let hidden = self.hider(rel);
-        Ok(all
-            .iter()
-            .filter(|(n, _)| !hidden.as_ref().is_some_and(|h| h(n)))
-            .map(|(n, st)| (n.clone(), Ok(*st)))
-            .collect())
+        if let Some(hidden) = self.hider(rel) {
+            looked.retain(|(n, _)| !hidden(n));
+        }
+        Ok(looked)
     }
 
     /// The folder `rel` listed and each of its names looked at, on disk,
     /// through the folders `held` holds open: one descriptor for all.
     fn listing(&self, held: &Held, rel: &Path) -> io::Result<Listing> {
         held.in_dir(&self.dir, rel, |fd| {
-            let mut names = crate::fsx::read_names(fd)?;
-            // Bytewise order.
-            names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            let mut names = sorted_names(fd)?;
             self.hide(rel, &mut names);
             Ok(look_all(fd, names))
         })
     }
+}
+
+/// The names of the open folder `dir`, in bytewise order.
+fn sorted_names(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
+    let mut names = crate::fsx::read_names(dir)?;
+    names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
 }
 
 /// Folders with at least this many names are looked at on two threads.
@@ -476,16 +461,25 @@ fn nanos(secs: i64, nsec: i64) -> i64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn contexts_of_one_snapshot_look_once_and_hide_each_their_output() {
+    /// A context with `in_dir/a.txt` and two specs' outputs `in_dir/out1`
+    /// and `in_dir/out2`, opened by two specs of one run (one hides
+    /// `out1`, the other `out2`).
+    fn two_specs(in_dir: &str) -> (tempfile::TempDir, PathBuf, DiskContext, DiskContext) {
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::canonicalize(dir.path()).unwrap();
-        std::fs::write(root.join("a.txt"), "a").unwrap();
-        std::fs::create_dir(root.join("out1")).unwrap();
-        std::fs::create_dir(root.join("out2")).unwrap();
+        let base = root.join(in_dir);
+        std::fs::create_dir_all(base.join("out1")).unwrap();
+        std::fs::create_dir(base.join("out2")).unwrap();
+        std::fs::write(base.join("a.txt"), "a").unwrap();
         let snap = Arc::new(Snapshot::default());
-        let one = DiskContext::open_in(&root, &[root.join("out1")], snap.clone()).unwrap();
-        let two = DiskContext::open_in(&root, &[root.join("out2")], snap).unwrap();
+        let one = DiskContext::open_in(&root, &[base.join("out1")], snap.clone()).unwrap();
+        let two = DiskContext::open_in(&root, &[base.join("out2")], snap).unwrap();
+        (dir, root, one, two)
+    }
+
+    #[test]
+    fn contexts_of_one_snapshot_look_once_and_hide_each_their_output() {
+        let (_dir, root, one, two) = two_specs("");
         let alone = DiskContext::open(&root, &[]).unwrap();
         let names = |c: &DiskContext| -> Vec<String> {
             c.list(Path::new(""))
@@ -507,15 +501,8 @@ mod tests {
 
     #[test]
     fn a_snapshot_listing_is_taken_once_for_all_specs_each_hiding_its_output() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = std::fs::canonicalize(dir.path()).unwrap();
-        std::fs::create_dir_all(root.join("src/deep")).unwrap();
-        std::fs::write(root.join("src/a.txt"), "a").unwrap();
-        std::fs::create_dir(root.join("src/out1")).unwrap();
-        std::fs::create_dir(root.join("src/out2")).unwrap();
-        let snap = Arc::new(Snapshot::default());
-        let one = DiskContext::open_in(&root, &[root.join("src/out1")], snap.clone()).unwrap();
-        let two = DiskContext::open_in(&root, &[root.join("src/out2")], snap).unwrap();
+        let (_dir, root, one, two) = two_specs("src");
+        std::fs::create_dir(root.join("src/deep")).unwrap();
         let names = |c: &DiskContext| -> Vec<(String, Option<Kind>)> {
             c.list_stats(Path::new("src"))
                 .unwrap()

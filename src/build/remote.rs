@@ -30,10 +30,6 @@ pub(super) struct Job<'a> {
     pub early: bool,
 }
 
-/// The tar stream the sources make: digest, size, and whether every file
-/// stands for its bytes.
-type Tar = (Digest, u64, bool);
-
 /// The layer's shape entry, fetched while the tar stream was made, and
 /// its blob decompressed and compared with that stream as both were made.
 struct Early {
@@ -102,7 +98,8 @@ impl Job<'_> {
         if !self.remote.in_use() {
             return Ok(None);
         }
-        let ((diff_id, tar_size, stand), early) = self.tar_and_early()?;
+        let (tar, early) = self.tar_and_early()?;
+        let (diff_id, tar_size, stand) = (tar.diff_id, tar.size, tar.stand);
         let key = &remote_key(self.settings.codec.format_id(), &diff_id, tar_size);
         if let Some(hit) = self.local((key, recipe), (&diff_id, tar_size, stand), writer)? {
             return Ok(Some(hit));
@@ -119,10 +116,9 @@ impl Job<'_> {
     /// The sources' tar stream; meanwhile, on another thread, the layer's
     /// shape entry fetched, and its blob decompressed and compared with the
     /// stream as it is made (when `early`).
-    fn tar_and_early(&self) -> Result<(Tar, Option<Early>), Error> {
+    fn tar_and_early(&self) -> Result<(layers::TarStream, Option<Early>), Error> {
         if !self.early {
-            let t = layers::tar_digest(self.node, self.settings, None)?;
-            return Ok(((t.diff_id, t.size, t.stand), None));
+            return Ok((layers::tar_digest(self.node, self.settings, None)?, None));
         }
         let (unpacker, against) = layers::compare::pair();
         std::thread::scope(|s| {
@@ -136,10 +132,9 @@ impl Job<'_> {
                 Ok(h) => h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
                 Err(_) => None,
             };
-            let t = tar?;
-            let compared = t.compared;
-            let early = early.map(|e| Early { compared, ..e });
-            Ok(((t.diff_id, t.size, t.stand), early))
+            let mut tar = tar?;
+            let compared = tar.compared.take();
+            Ok((tar, early.map(|e| Early { compared, ..e })))
         })
     }
 
@@ -171,20 +166,15 @@ impl Job<'_> {
         entry: &RemoteEntry,
         unpacker: layers::compare::Unpacker,
     ) -> (Result<Checked, String>, Option<(Digest, u64)>) {
-        let codec = self.settings.codec;
         let unpacker = std::cell::RefCell::new(Some(unpacker));
         let rehashed = std::cell::RefCell::new(None);
-        let bad = |e| format!("its blob {} does not decompress: {e}", entry.digest);
         let check = |blob: &mut dyn std::io::Read| {
             let taken = unpacker.borrow_mut().take();
             if let Some(unpacker) = taken {
-                return unpacker
-                    .unpack(codec, blob, entry.tar_size)
-                    .map(drop)
-                    .map_err(bad);
+                let unpacked = unpacker.unpack(self.settings.codec, blob, entry.tar_size);
+                return unpacked.map(drop).map_err(|e| not_decompressed(entry, e));
             }
-            let unpacked = layers::decompressed_digest(codec, blob, entry.tar_size).map_err(bad)?;
-            *rehashed.borrow_mut() = Some(unpacked);
+            *rehashed.borrow_mut() = Some(self.decompressed(entry, blob)?);
             Ok(())
         };
         let fetched = self
@@ -318,12 +308,9 @@ impl Job<'_> {
     /// Fetches the entry's blob (digest checked) and returns what it
     /// decompresses to (at most the entry's tar size and one byte read).
     fn unpacked(&self, entry: &RemoteEntry) -> Result<(Digest, u64), String> {
-        let codec = self.settings.codec;
         let got = std::cell::RefCell::new(None);
         let check = |blob: &mut dyn std::io::Read| {
-            let unpacked = layers::decompressed_digest(codec, blob, entry.tar_size)
-                .map_err(|e| format!("its blob {} does not decompress: {e}", entry.digest))?;
-            *got.borrow_mut() = Some(unpacked);
+            *got.borrow_mut() = Some(self.decompressed(entry, blob)?);
             Ok(())
         };
         let (_, checked) = self
@@ -335,11 +322,27 @@ impl Job<'_> {
             .ok_or_else(|| "its blob was not decompressed".to_string())
     }
 
+    /// What the entry's blob, read from `blob`, decompresses to (at most
+    /// the entry's tar size and one byte read).
+    fn decompressed(
+        &self,
+        entry: &RemoteEntry,
+        blob: &mut dyn std::io::Read,
+    ) -> Result<(Digest, u64), String> {
+        layers::decompressed_digest(self.settings.codec, blob, entry.tar_size)
+            .map_err(|e| not_decompressed(entry, e))
+    }
+
     /// Files a checked entry in the local cache (its blob is in the store).
     fn file_locally(&self, keys: &[String], layer: &BuiltLayer) {
         let blob = crate::base::blob_path(self.cache.blobs_root(), &layer.digest);
         super::file_layer(self.cache, (self.node, keys), layer, &blob, self.reporter);
     }
+}
+
+/// The refusal of an entry whose blob does not decompress.
+fn not_decompressed(entry: &RemoteEntry, e: std::io::Error) -> String {
+    format!("its blob {} does not decompress: {e}", entry.digest)
 }
 
 /// Why an entry whose blob decompressed to `unpacked` (or could not) may

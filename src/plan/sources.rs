@@ -92,14 +92,18 @@ pub trait Context: Debug {
 /// [`Context::list_stats`] from [`Context::list`] and a [`Context::stat`]
 /// of each name.
 pub fn list_then_stat<C: Context + ?Sized>(ctx: &C, rel: &Path) -> io::Result<Listing> {
-    let names = ctx.list(rel)?;
-    Ok(names
+    Ok(stat_each(ctx, rel, ctx.list(rel)?))
+}
+
+/// `names` of the folder `rel`, each with a [`Context::stat`].
+pub fn stat_each<C: Context + ?Sized>(ctx: &C, rel: &Path, names: Vec<OsString>) -> Listing {
+    names
         .into_iter()
         .map(|n| {
             let st = ctx.stat(&rel.join(&n));
             (n, st)
         })
-        .collect())
+        .collect()
 }
 
 /// A folder's names in bytewise order, each with what is there (`None`:
