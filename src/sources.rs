@@ -45,7 +45,7 @@ type Stats = BTreeMap<Vec<u8>, Option<Stat>>;
 type Looked = Vec<(OsString, Option<Stat>)>;
 
 /// The bytes of a path, as the snapshot keys it.
-fn key(path: &Path) -> &[u8] {
+pub(crate) fn key(path: &Path) -> &[u8] {
     path.as_os_str().as_bytes()
 }
 

@@ -15,7 +15,6 @@ pub use compress::Codec;
 use crate::fingerprint::Print;
 use crate::fsx::ContextDir;
 use crate::oci::Digest;
-use crate::oci::HashingWriter;
 use crate::plan::sources::Stamp;
 use crate::plan::{Entry, EntryKind, FileSource, LayerNode};
 use compress::Compressor;
@@ -155,7 +154,9 @@ pub fn build_layer(
         BufWriter::with_capacity(1 << 20, out),
     )
     .map_err(write_err)?;
-    let mut w = EntryWriter::new(node, settings, HashingWriter::new(compressor), progress);
+    // Making the tar stream and hashing it take a core each.
+    let tar = crate::oci::SideHashing::new(compressor).map_err(write_err)?;
+    let mut w = EntryWriter::new(node, settings, tar, progress);
     for entry in &node.entries {
         w.write_entry(entry)?;
     }
@@ -164,7 +165,12 @@ pub fn build_layer(
         files: std::mem::take(&mut w.files),
         all_stand: w.all_stand,
     };
-    let (compressor, diff_id, tar_size) = w.tar.finish().map_err(write_err)?.finish();
+    let (compressor, diff_id, tar_size) = w
+        .tar
+        .finish()
+        .map_err(write_err)?
+        .finish()
+        .map_err(write_err)?;
     let compressed = compressor.finish().map_err(write_err)?;
     let file = compressed
         .inner

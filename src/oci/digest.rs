@@ -170,6 +170,46 @@ impl std::io::Write for SideHasher {
     }
 }
 
+/// A writer that passes what it is given to `inner` and hashes it on a
+/// [`SideHasher`]'s thread: [`HashingWriter`] with the hashing on another
+/// core.
+#[derive(Debug)]
+pub struct SideHashing<W> {
+    inner: W,
+    hasher: SideHasher,
+}
+
+impl<W: std::io::Write> SideHashing<W> {
+    /// Wraps `inner`, starting the hashing thread.
+    pub fn new(inner: W) -> std::io::Result<Self> {
+        Ok(SideHashing {
+            inner,
+            hasher: SideHasher::new()?,
+        })
+    }
+
+    /// The inner writer, the digest and the size of all it accepted.
+    pub fn finish(self) -> std::io::Result<(W, Digest, u64)> {
+        let (digest, size) = self.hasher.finish()?;
+        Ok((self.inner, digest, size))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for SideHashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let written = buf.get(..n).ok_or_else(|| {
+            std::io::Error::other("a writer reported more bytes written than it was given")
+        })?;
+        self.hasher.write_all(written)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 impl FromStr for Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -228,6 +268,53 @@ mod tests {
         }
         let empty = SideHasher::new().unwrap().finish().unwrap();
         assert_eq!(empty, (sha256_digest(b""), 0));
+    }
+
+    /// A writer that takes at most 1000 bytes a call, then fails after
+    /// `fail_after` bytes in all.
+    struct Stingy {
+        got: Vec<u8>,
+        fail_after: usize,
+    }
+
+    impl std::io::Write for Stingy {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.got.len() >= self.fail_after {
+                return Err(std::io::Error::other("disk full"));
+            }
+            let n = buf.len().min(1000);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn side_hashing_hashes_what_its_writer_took_and_passes_its_error_on() {
+        use std::io::Write;
+        let data: Vec<u8> = (0..SIDE_PIECE + 4321).map(|i| (i % 253) as u8).collect();
+        let inner = Stingy {
+            got: Vec::new(),
+            fail_after: usize::MAX,
+        };
+        let mut w = SideHashing::new(inner).unwrap();
+        w.write_all(&data).unwrap();
+        let (inner, digest, size) = w.finish().unwrap();
+        assert_eq!(inner.got, data);
+        let mut one = HashingWriter::new(Vec::new());
+        one.write_all(&data).unwrap();
+        let (_, want, want_size) = one.finish();
+        assert_eq!((digest, size), (want, want_size));
+
+        let inner = Stingy {
+            got: Vec::new(),
+            fail_after: 5000,
+        };
+        let mut w = SideHashing::new(inner).unwrap();
+        let err = w.write_all(&data).unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn listed_platform(entry: &Descriptor) -> Option<&Platform> {
 
 /// Largest manifest, index or config imgc reads (4 MiB).
 pub const MAX_DOCUMENT_SIZE: u64 = 4 * 1024 * 1024;
-pub use digest::{sha256_digest, Digest, DigestError, HashingWriter, SideHasher};
+pub use digest::{sha256_digest, Digest, DigestError, HashingWriter, SideHasher, SideHashing};
 pub use platform::{Platform, PlatformError};
 
 use serde::{Deserialize, Serialize};

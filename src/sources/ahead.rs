@@ -12,6 +12,7 @@
 //! very folder it wants, and otherwise looks itself. What the helper holds
 //! for the walk is bounded ([`MAX_AHEAD_NAMES`]).
 
+use super::key;
 use crate::plan::sources::{Kind, Listing};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -35,8 +36,10 @@ pub(super) struct ReadAhead {
 struct State {
     /// Folders found, in the order found (the helper takes the last).
     queue: VecDeque<PathBuf>,
-    /// Each queued folder, the one the helper is at, and what it found.
-    slots: BTreeMap<PathBuf, Slot>,
+    /// Each queued folder, the one the helper is at, and what it found, by
+    /// the folder's path bytes (comparing paths as bytes, not component by
+    /// component, takes a tenth of the time).
+    slots: BTreeMap<Vec<u8>, Slot>,
     /// Names in `Done` slots.
     held_names: usize,
     /// The walk has ended (or the helper has): no more looking ahead.
@@ -64,14 +67,14 @@ impl ReadAhead {
     ) -> io::Result<Listing> {
         let mut st = self.lock();
         loop {
-            match st.slots.remove(rel) {
+            match st.slots.remove(key(rel)) {
                 Some(Slot::Done(listing)) => {
                     st.held_names -= listing.as_ref().map_or(0, Vec::len);
                     self.notify(&st);
                     return listing;
                 }
                 Some(Slot::Busy) if !st.stopped => {
-                    st.slots.insert(rel.to_path_buf(), Slot::Busy);
+                    st.slots.insert(key(rel).to_vec(), Slot::Busy);
                     st = self.wait(st);
                 }
                 // Queued (now taken off) or never queued: looked at here.
@@ -99,7 +102,7 @@ impl ReadAhead {
         }
         let mut st = self.lock();
         for dir in dirs {
-            st.slots.insert(dir.clone(), Slot::Queued);
+            st.slots.insert(key(&dir).to_vec(), Slot::Queued);
             st.queue.push_back(dir);
         }
         self.notify(&st);
@@ -125,20 +128,20 @@ impl ReadAhead {
                 st = self.wait(st);
                 continue;
             };
-            if !matches!(st.slots.get(&dir), Some(Slot::Queued)) {
+            if !matches!(st.slots.get(key(&dir)), Some(Slot::Queued)) {
                 continue;
             }
             if !enters(&dir) {
-                st.slots.remove(&dir);
+                st.slots.remove(key(&dir));
                 continue;
             }
-            st.slots.insert(dir.clone(), Slot::Busy);
+            st.slots.insert(key(&dir).to_vec(), Slot::Busy);
             drop(st);
             let listing = look(&dir);
             self.queue_below(&dir, &listing);
             st = self.lock();
             st.held_names += listing.as_ref().map_or(0, Vec::len);
-            st.slots.insert(dir, Slot::Done(listing));
+            st.slots.insert(key(&dir).to_vec(), Slot::Done(listing));
             self.notify(&st);
         }
     }
