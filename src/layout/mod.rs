@@ -107,7 +107,7 @@ pub struct LayoutWriter {
     target: PathBuf,
     staging: PathBuf,
     /// Holds the staging folder's lock; removes the folder when dropped.
-    _staging: staging::Staging,
+    guard: staging::Staging,
     next_tmp: u64,
     /// Blobs found already in the target (so not staged), with the layout
     /// they came from: checked again under the lock at commit, because
@@ -182,7 +182,7 @@ impl LayoutWriter {
         Ok(LayoutWriter {
             target: target.to_path_buf(),
             staging,
-            _staging: made,
+            guard: made,
             next_tmp: 0,
             reused: Vec::new(),
             kept: Vec::new(),
@@ -347,6 +347,9 @@ impl LayoutWriter {
         mut self,
         refs: &[(String, Descriptor)],
     ) -> Result<Result<usize, GcSkipped>, LayoutError> {
+        if fs::symlink_metadata(&self.target).is_err() && self.commit_new(refs)? {
+            return Ok(Ok(0));
+        }
         match fs::create_dir(&self.target) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
                 return Err(io_err("create folder", &self.target)(e))
@@ -367,20 +370,7 @@ impl LayoutWriter {
         let (mut index, old_bytes) = read_layout_index(&index_path)?;
         self.restage_reused()?;
         let moved = self.move_blobs_in()?;
-        let new_tags: Vec<&str> = refs.iter().map(|(t, _)| t.as_str()).collect();
-        index.manifests.retain(|d| {
-            d.annotations
-                .get(oci::ANNOTATION_REF_NAME)
-                .is_none_or(|t| !new_tags.contains(&t.as_str()))
-        });
-        for (tag, desc) in refs {
-            let mut d = desc.clone();
-            d.annotations
-                .insert(oci::ANNOTATION_REF_NAME.to_string(), tag.clone());
-            index.manifests.push(d);
-        }
-        let bytes = oci::to_canonical_json(&index)
-            .map_err(|e| io_err("encode", &index_path)(io::Error::other(e)))?;
+        let bytes = tag_in(&mut index, refs, &index_path)?;
         // The same index (a rebuild with nothing changed) is not written
         // again: nothing to sync.
         if moved || old_bytes.as_deref() != Some(bytes.as_slice()) {
@@ -388,6 +378,40 @@ impl LayoutWriter {
             sync_dir(&self.target)?;
         }
         Ok(collect_garbage(&self.target, &index))
+    }
+
+    /// A target that does not exist yet is the staging folder made whole
+    /// (`oci-layout`, `index.json`) and renamed into place: no folder, blob
+    /// or document is made twice. `false` (nothing done to the target) when
+    /// the target appeared meanwhile: the caller commits as into an
+    /// existing one.
+    fn commit_new(&mut self, refs: &[(String, Descriptor)]) -> Result<bool, LayoutError> {
+        self.restage_reused()?;
+        let index_path = self.staging.join("index.json");
+        let (mut index, _) = read_layout_index(&index_path)?;
+        let bytes = tag_in(&mut index, refs, &index_path)?;
+        write_atomic(&self.staging, &self.staging.join("oci-layout"), OCI_LAYOUT)?;
+        write_atomic(&self.staging, &index_path, &bytes)?;
+        let blobs = crate::oci::blobs_dir(&self.staging);
+        for dir in [
+            blobs.as_path(),
+            blobs.parent().unwrap_or(&blobs),
+            &self.staging,
+        ] {
+            sync_dir(dir)?;
+        }
+        let promoted = self
+            .guard
+            .promote(&self.target)
+            .map_err(io_err("move into place", &self.target))?;
+        if promoted {
+            let parent = match self.target.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            sync_dir(parent)?;
+        }
+        Ok(promoted)
     }
 
     /// Blobs reused from the target may have been collected by another
@@ -557,6 +581,28 @@ fn write_atomic(staging: &Path, dest: &Path, bytes: &[u8]) -> Result<(), LayoutE
     fs::rename(&tmp, dest).map_err(io_err("replace", dest))
 }
 
+/// Tags `refs` in `index` (replacing what had their tags) and encodes it
+/// (`path` names it in errors).
+fn tag_in(
+    index: &mut Index,
+    refs: &[(String, Descriptor)],
+    path: &Path,
+) -> Result<Vec<u8>, LayoutError> {
+    let new_tags: Vec<&str> = refs.iter().map(|(t, _)| t.as_str()).collect();
+    index.manifests.retain(|d| {
+        d.annotations
+            .get(oci::ANNOTATION_REF_NAME)
+            .is_none_or(|t| !new_tags.contains(&t.as_str()))
+    });
+    for (tag, desc) in refs {
+        let mut d = desc.clone();
+        d.annotations
+            .insert(oci::ANNOTATION_REF_NAME.to_string(), tag.clone());
+        index.manifests.push(d);
+    }
+    oci::to_canonical_json(index).map_err(|e| io_err("encode", path)(io::Error::other(e)))
+}
+
 fn sync_dir(path: &Path) -> Result<(), LayoutError> {
     File::open(path)
         .and_then(|d| d.sync_all())
@@ -691,5 +737,106 @@ mod tests {
         w.commit(&[("t".to_string(), again)]).unwrap().unwrap();
         let blob = out.join("blobs/sha256").join(desc.digest.hex());
         assert!(verify_blob(&blob, &desc.digest, Some(desc.size)));
+    }
+
+    /// Every path below `dir`, relative, sorted.
+    fn tree_of(dir: &Path) -> Vec<String> {
+        let mut all: Vec<String> = walkdir::WalkDir::new(dir)
+            .min_depth(1)
+            .into_iter()
+            .map(|e| {
+                let e = e.unwrap();
+                e.path().strip_prefix(dir).unwrap().display().to_string()
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn a_new_layout_is_its_staging_folder_renamed_into_place_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let mut w = LayoutWriter::create(&out).unwrap();
+        let staged = inode(&w.staging);
+        let desc = w.add_blob_bytes(oci::MEDIA_TYPE_INDEX, b"{}").unwrap();
+        w.commit(&[("t".to_string(), desc.clone())])
+            .unwrap()
+            .unwrap();
+        // The very folder staged (no copy of it, no blob moved one by one).
+        assert_eq!(inode(&out), staged);
+        let blob = format!("blobs/sha256/{}", desc.digest.hex());
+        let want = [
+            "blobs",
+            "blobs/sha256",
+            blob.as_str(),
+            "index.json",
+            "oci-layout",
+        ];
+        assert_eq!(tree_of(&out), want, "no lock file, no temporary file");
+        assert_eq!(
+            tree_of(tmp.path()).len(),
+            want.len() + 1,
+            "no litter beside"
+        );
+        let (index, _) = read_layout_index(&out.join("index.json")).unwrap();
+        assert_eq!(index.manifests.len(), 1);
+        assert_eq!(index.manifests[0].digest, desc.digest);
+        assert_eq!(fs::read(out.join("oci-layout")).unwrap(), OCI_LAYOUT);
+    }
+
+    #[test]
+    fn a_layout_made_by_another_build_meanwhile_is_committed_into_not_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let mut w = LayoutWriter::create(&out).unwrap();
+        let doc = |n: u32| {
+            let v = serde_json::json!({"schemaVersion": 2, "manifests": [], "annotations": {"n": n.to_string()}});
+            serde_json::to_vec(&v).unwrap()
+        };
+        let desc = w.add_blob_bytes(oci::MEDIA_TYPE_INDEX, &doc(1)).unwrap();
+        // Another build commits first, with a tag of its own.
+        let mut other = LayoutWriter::create(&out).unwrap();
+        let theirs = other
+            .add_blob_bytes(oci::MEDIA_TYPE_INDEX, &doc(2))
+            .unwrap();
+        other
+            .commit(&[("theirs".to_string(), theirs.clone())])
+            .unwrap()
+            .unwrap();
+        let made = inode(&out);
+        w.commit(&[("t".to_string(), desc.clone())])
+            .unwrap()
+            .unwrap();
+        assert_eq!(inode(&out), made, "the other build's folder is kept");
+        let (index, _) = read_layout_index(&out.join("index.json")).unwrap();
+        let digests: Vec<_> = index.manifests.iter().map(|d| d.digest.clone()).collect();
+        assert_eq!(digests, [theirs.digest, desc.digest], "both tags");
+        assert!(!tree_of(&out)
+            .iter()
+            .any(|p| p.contains("lock") || p.ends_with(".new")));
+        assert_eq!(
+            tree_of(tmp.path()).len(),
+            tree_of(&out).len() + 1,
+            "no litter"
+        );
+    }
+
+    #[test]
+    fn an_empty_folder_made_meanwhile_is_not_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
+        let mut w = LayoutWriter::create(&out).unwrap();
+        let desc = w.add_blob_bytes(oci::MEDIA_TYPE_INDEX, b"{}").unwrap();
+        fs::create_dir(&out).unwrap();
+        let made = inode(&out);
+        w.commit(&[("t".to_string(), desc)]).unwrap().unwrap();
+        assert_eq!(inode(&out), made);
+        assert!(out.join("oci-layout").is_file());
+        assert_eq!(
+            tree_of(tmp.path()).len(),
+            tree_of(&out).len() + 1,
+            "no litter"
+        );
     }
 }

@@ -69,6 +69,8 @@ pub struct Staging {
     pub path: PathBuf,
     layout_name: String,
     _lock: File,
+    /// It became the layout itself ([`Staging::promote`]): nothing to remove.
+    promoted: bool,
 }
 
 fn unique_id() -> String {
@@ -138,6 +140,7 @@ impl Staging {
                     path,
                     layout_name: name.to_string(),
                     _lock: lock,
+                    promoted: false,
                 })
             }
             Err(e) => {
@@ -148,9 +151,80 @@ impl Staging {
     }
 }
 
+impl Staging {
+    /// Makes the staging folder, complete, the layout `target`, which must
+    /// not exist: `Ok(true)` when it did. `Ok(false)` when `target` exists
+    /// by now (another build made it) or the filesystem cannot rename
+    /// without replacing: the folder is a locked staging folder again.
+    ///
+    /// The folder is protected from [`sweep`] all along: it is renamed to an
+    /// `imgc-new-` name while still locked, loses its lock file there
+    /// (a young `imgc-new-` folder of a live process is left alone), and is
+    /// renamed to `target` only if nothing is there (`RENAME_NOREPLACE`).
+    /// A crash between the steps leaves a folder `sweep` removes.
+    pub fn promote(&mut self, target: &Path) -> io::Result<bool> {
+        let parent = self.path.parent().unwrap_or(Path::new("."));
+        let fresh = parent.join(format!("{}{}", new_prefix(&self.layout_name), unique_id()));
+        fs::rename(&self.path, &fresh)?;
+        register(&fresh);
+        unregister(&self.path);
+        let unlocked = fs::remove_file(fresh.join("lock")).is_ok();
+        if unlocked && rename_new(&fresh, target).unwrap_or(false) {
+            unregister(&fresh);
+            self.promoted = true;
+            return Ok(true);
+        }
+        // Locked again (a new lock file: the old one's lock is still held
+        // through the old handle) before it takes its staging name back.
+        let back = (|| {
+            if unlocked {
+                let lock = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(fresh.join("lock"))?;
+                lock.lock()?;
+                self._lock = lock;
+            }
+            fs::rename(&fresh, &self.path)
+        })();
+        unregister(&fresh);
+        register(&self.path);
+        back.map(|()| false)
+    }
+}
+
+/// Renames `from` to `to` unless something is at `to`: `Ok(false)` then,
+/// and when the filesystem cannot say (`EINVAL`: no `RENAME_NOREPLACE`).
+fn rename_new(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths, relative to the working folder.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST | libc::EINVAL | libc::ENOSYS) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
-        discard(&self.path, &self.layout_name);
+        if !self.promoted {
+            discard(&self.path, &self.layout_name);
+        }
         unregister(&self.path);
     }
 }
@@ -276,5 +350,44 @@ mod tests {
         let path = live.path.clone();
         drop(live);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_staging_folder_that_cannot_take_the_target_is_a_live_staging_folder_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = Staging::create(dir.path(), "out").unwrap();
+        fs::write(st.path.join("data"), "x").unwrap();
+        let target = dir.path().join("out");
+        fs::create_dir(&target).unwrap();
+        assert!(!st.promote(&target).unwrap());
+        assert!(st.path.join("data").is_file(), "back under its name");
+        assert!(is_live(&st.path, false), "locked again");
+        assert_eq!(sweep(dir.path(), "out"), 0, "a sweep leaves it alone");
+        assert!(
+            fs::read_dir(&target).unwrap().next().is_none(),
+            "target untouched"
+        );
+        let path = st.path.clone();
+        drop(st);
+        assert!(!path.exists(), "removed when dropped, as before");
+
+        // Where nothing is, it becomes the target: no lock file, no litter.
+        let mut st = Staging::create(dir.path(), "new").unwrap();
+        fs::write(st.path.join("data"), "y").unwrap();
+        let target = dir.path().join("new");
+        assert!(st.promote(&target).unwrap());
+        drop(st);
+        let names: Vec<_> = fs::read_dir(&target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["data"]);
+        let beside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let mut beside = beside;
+        beside.sort();
+        assert_eq!(beside, ["new", "out"]);
     }
 }
