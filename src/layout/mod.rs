@@ -388,8 +388,7 @@ impl LayoutWriter {
     fn commit_new(&mut self, refs: &[(String, Descriptor)]) -> Result<bool, LayoutError> {
         self.restage_reused()?;
         let index_path = self.staging.join("index.json");
-        let (mut index, _) = read_layout_index(&index_path)?;
-        let bytes = tag_in(&mut index, refs, &index_path)?;
+        let bytes = tag_in(&mut empty_index(), refs, &index_path)?;
         write_atomic(&self.staging, &self.staging.join("oci-layout"), OCI_LAYOUT)?;
         write_atomic(&self.staging, &index_path, &bytes)?;
         let blobs = crate::oci::blobs_dir(&self.staging);
@@ -477,16 +476,7 @@ pub const MAX_LAYOUT_INDEX: u64 = 64 * 1024 * 1024;
 /// index if it has none.
 fn read_layout_index(path: &Path) -> Result<(Index, Option<Vec<u8>>), LayoutError> {
     if fs::symlink_metadata(path).is_err() {
-        let empty = Index {
-            schema_version: 2,
-            media_type: Some(oci::MEDIA_TYPE_INDEX.to_string()),
-            artifact_type: None,
-            manifests: Vec::new(),
-            subject: None,
-            annotations: Default::default(),
-            extra: Default::default(),
-        };
-        return Ok((empty, None));
+        return Ok((empty_index(), None));
     }
     let bytes = fsx::read_bounded(path, MAX_LAYOUT_INDEX, Links::Refuse).map_err(|e| {
         if e.kind() == io::ErrorKind::FileTooLarge {
@@ -503,6 +493,19 @@ fn read_layout_index(path: &Path) -> Result<(Index, Option<Vec<u8>>), LayoutErro
             source,
         })?;
     Ok((index, Some(bytes)))
+}
+
+/// The index of a layout with nothing tagged.
+fn empty_index() -> Index {
+    Index {
+        schema_version: 2,
+        media_type: Some(oci::MEDIA_TYPE_INDEX.to_string()),
+        artifact_type: None,
+        manifests: Vec::new(),
+        subject: None,
+        annotations: Default::default(),
+        extra: Default::default(),
+    }
 }
 
 /// Checks an `oci-layout` file: JSON with an `imageLayoutVersion` of 1.x.x.

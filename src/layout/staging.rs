@@ -123,12 +123,7 @@ impl Staging {
         fs::create_dir(&fresh)?;
         register(&fresh);
         let made = (|| {
-            let lock = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(fresh.join("lock"))?;
-            lock.lock()?;
+            let lock = make_lock(&fresh)?;
             fs::rename(&fresh, &path)?;
             Ok(lock)
         })();
@@ -149,9 +144,7 @@ impl Staging {
             }
         }
     }
-}
 
-impl Staging {
     /// Makes the staging folder, complete, the layout `target`, which must
     /// not exist: `Ok(true)` when it did. `Ok(false)` when `target` exists
     /// by now (another build made it) or the filesystem cannot rename
@@ -169,7 +162,7 @@ impl Staging {
         register(&fresh);
         unregister(&self.path);
         let unlocked = fs::remove_file(fresh.join("lock")).is_ok();
-        if unlocked && rename_new(&fresh, target).unwrap_or(false) {
+        if unlocked && rename_new(&fresh, target) {
             unregister(&fresh);
             self.promoted = true;
             return Ok(true);
@@ -178,13 +171,7 @@ impl Staging {
         // through the old handle) before it takes its staging name back.
         let back = (|| {
             if unlocked {
-                let lock = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(fresh.join("lock"))?;
-                lock.lock()?;
-                self._lock = lock;
+                self._lock = make_lock(&fresh)?;
             }
             fs::rename(&fresh, &self.path)
         })();
@@ -194,12 +181,25 @@ impl Staging {
     }
 }
 
-/// Renames `from` to `to` unless something is at `to`: `Ok(false)` then,
-/// and when the filesystem cannot say (`EINVAL`: no `RENAME_NOREPLACE`).
-fn rename_new(from: &Path, to: &Path) -> io::Result<bool> {
+/// A new `lock` file in `dir`, locked (`flock`).
+fn make_lock(dir: &Path) -> io::Result<File> {
+    let lock = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join("lock"))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
+/// Renames `from` to `to` unless something is at `to` (or the filesystem
+/// cannot promise that: no `RENAME_NOREPLACE`). Whether it did.
+fn rename_new(from: &Path, to: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
-    let (from_c, to_c) = (c(from)?, c(to)?);
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).ok();
+    let (Some(from_c), Some(to_c)) = (c(from), c(to)) else {
+        return false;
+    };
     // SAFETY: two NUL-terminated paths, relative to the working folder.
     let r = unsafe {
         libc::renameat2(
@@ -210,14 +210,7 @@ fn rename_new(from: &Path, to: &Path) -> io::Result<bool> {
             libc::RENAME_NOREPLACE,
         )
     };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EEXIST | libc::EINVAL | libc::ENOSYS) => Ok(false),
-        _ => Err(e),
-    }
+    r == 0
 }
 
 impl Drop for Staging {
@@ -382,11 +375,10 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["data"]);
-        let beside: Vec<_> = fs::read_dir(dir.path())
+        let mut beside: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        let mut beside = beside;
         beside.sort();
         assert_eq!(beside, ["new", "out"]);
     }

@@ -71,10 +71,7 @@ impl<W: std::io::Write> HashingWriter<W> {
 impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        let written = buf.get(..n).ok_or_else(|| {
-            std::io::Error::other("a writer reported more bytes written than it was given")
-        })?;
-        self.sha.update(written);
+        self.sha.update(accepted(buf, n)?);
         self.size += n as u64;
         Ok(n)
     }
@@ -82,6 +79,14 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// The part of `buf` a writer said it took (`n` bytes): an error when it
+/// said more than it was given.
+fn accepted(buf: &[u8], n: usize) -> std::io::Result<&[u8]> {
+    buf.get(..n).ok_or_else(|| {
+        std::io::Error::other("a writer reported more bytes written than it was given")
+    })
 }
 
 /// Bytes handed to a [`SideHasher`]'s thread at a time.
@@ -198,10 +203,7 @@ impl<W: std::io::Write> SideHashing<W> {
 impl<W: std::io::Write> std::io::Write for SideHashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
-        let written = buf.get(..n).ok_or_else(|| {
-            std::io::Error::other("a writer reported more bytes written than it was given")
-        })?;
-        self.hasher.write_all(written)?;
+        self.hasher.write_all(accepted(buf, n)?)?;
         Ok(n)
     }
 
