@@ -35,6 +35,18 @@ bench_runs() {
   [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive number, not \`$RUNS\`"
 }
 
+# The median of per-round ratios: line i of the file $1 (a method's seconds
+# in round i) over line i of $2 (its peer's, the same round). The machines
+# this runs on drift in speed within minutes (one build's CPU time varied
+# by 45% in a minute on a 2-core VM), and the rounds are run round-robin,
+# so a method and its peer of one round saw the same machine: the median
+# of those ratios is steadier than a ratio of two medians.
+paired_ratio() { # FILE PEER-FILE
+  paste -d' ' "$1" "$2" | awk '$2 > 0 { print $1 / $2 }' | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "nan"; exit }
+    printf "%.4f\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # The commit measured (short), marked when src or the manifests differ.
 bench_commit() {
   local c

@@ -18,9 +18,11 @@
 #
 # Environment:
 #   BENCH_TREE=DIR     time DIR's content instead of /usr/lib/python3* + /usr/share/doc
-#   BENCH_RUNS=N       timed runs per method, the median is reported (default 3)
-#   BENCH_TIMER=T      auto (hyperfine if installed, else loop), hyperfine, or loop
-#                      (own loop with `date +%s.%N`; runs the methods round-robin)
+#   BENCH_RUNS=N       timed runs per method, the median is reported (default 5)
+#   BENCH_TIMER=T      loop (default: own loop with `date +%s.%N`, the methods
+#                      round-robin, ratios the median of the rounds' ratios; see
+#                      paired_ratio in scripts/bench-lib.sh), or hyperfine (each
+#                      method's runs in a row, ratios of the medians)
 #   BENCH_MEM_SIZE=S   size of the memory-check file, as for `truncate -s` (default 2G; 0 skips)
 #   BENCH_SMALL_FILES=N  tiny files of the small-files check (default 100000; 0 skips)
 #
@@ -33,19 +35,18 @@ ROOT=$PWD
 BENCH_MARKER=bench
 source scripts/bench-lib.sh
 bench_args "$@"
-bench_runs 3
+bench_runs 5
 MEM_SIZE=${BENCH_MEM_SIZE:-2G}
 
 # ---------------------------------------------------------------- tools
 # `time` is a bash keyword: its file is checked.
-bench_need umoci:umoci skopeo:skopeo pigz:pigz zstd:zstd gzip:gzip tar:tar awk:mawk /usr/bin/time:time cargo:
+bench_need umoci:umoci skopeo:skopeo pigz:pigz zstd:zstd gzip:gzip tar:tar openssl:openssl awk:mawk /usr/bin/time:time cargo:
 
-TIMER=${BENCH_TIMER:-auto}
+TIMER=${BENCH_TIMER:-loop}
 case $TIMER in
-  auto) if command -v hyperfine >/dev/null 2>&1; then TIMER=hyperfine; else TIMER=loop; fi ;;
   hyperfine) command -v hyperfine >/dev/null 2>&1 || die "BENCH_TIMER=hyperfine but hyperfine is not installed (apt-get install hyperfine)" ;;
   loop) ;;
-  *) die "BENCH_TIMER must be auto, hyperfine or loop, not \`$TIMER\`" ;;
+  *) die "BENCH_TIMER must be loop or hyperfine, not \`$TIMER\`" ;;
 esac
 
 # ---------------------------------------------------------------- imgc
@@ -120,6 +121,11 @@ add pigz        ":" "$TARP | pigz -6 | wc -c > $(q "$T/size.pigz")"
 add gzip        ":" "$TARP | gzip -6 | wc -c > $(q "$T/size.gzip")"
 add imgc-zstd   "rm -rf $(q "$T/o-zs")" "$(imgc_build "$T/ctx/zstd.toml" "$T/o-zs")"
 add zstd        ":" "$TARP | zstd -q -T0 -3 -c | wc -c > $(q "$T/size.zstd")"
+# The zstd pipe doing what an OCI layer needs besides: the digests of the
+# tar stream (diff_id) and of the compressed blob. Not the target's peer.
+# `openssl dgst` uses the CPU's SHA instructions, as imgc does; Debian 12's
+# `sha256sum` does not (3-4x slower here).
+add zstd-sha    ":" "$TARP | tee >(openssl dgst -sha256 > $(q "$T/sha.tar")) | zstd -q -T0 -3 -c | tee >(wc -c > $(q "$T/size.zstd-sha")) | openssl dgst -sha256 > $(q "$T/sha.zst")"
 add imgc-gzip-j1 "rm -rf $(q "$T/o-gz1")" "$(imgc_build "$T/ctx/gzip.toml" "$T/o-gz1" -j 1)"
 add imgc-gzip-j2 "rm -rf $(q "$T/o-gz2")" "$(imgc_build "$T/ctx/gzip.toml" "$T/o-gz2" -j 2)"
 # Runs after imgc-gzip, whose layout it copies. --insecure-policy: a local
@@ -168,7 +174,7 @@ SIZE[imgc-gzip-j2]=$(largest_blob "$T/o-gz2")
 SIZE[imgc-zstd]=$(largest_blob "$T/o-zs")
 SIZE[umoci]=$(largest_blob "$T/umoci")
 SIZE[skopeo]=$(largest_blob "$T/copy")
-for n in pigz gzip zstd; do SIZE[$n]=$(tr -d ' ' <"$T/size.$n"); done
+for n in pigz gzip zstd zstd-sha; do SIZE[$n]=$(tr -d ' ' <"$T/size.$n"); done
 # Every gzip build, at any -j, in every run: one index digest.
 GZ_DIGESTS=$(cat "$T/o-gz.digests" "$T/o-gz1.digests" "$T/o-gz2.digests" | sort -u | wc -l)
 ZS_DIGESTS=$(sort -u "$T/o-zs.digests" | wc -l)
@@ -212,8 +218,10 @@ if [ "$SMALL_N" != 0 ]; then
     print ((NR % 2) ? w[(NR + 1) / 2] : (w[NR / 2] + w[NR / 2 + 1]) / 2), m }'; }
   read -r SI_W SI_M < <(med "$T/small/imgc.all")
   read -r SP_W SP_M < <(med "$T/small/pipe.all")
-  SMALL_ROWS=$(awk -v iw="$SI_W" -v im="$SI_M" -v pw="$SP_W" -v pm="$SP_M" -v n="$SMALL_N" 'BEGIN {
-    r = iw / pw
+  cut -d' ' -f1 "$T/small/imgc.all" >"$T/small/imgc.s"
+  cut -d' ' -f1 "$T/small/pipe.all" >"$T/small/pipe.s"
+  SMALL_R=$(paired_ratio "$T/small/imgc.s" "$T/small/pipe.s")
+  SMALL_ROWS=$(awk -v iw="$SI_W" -v im="$SI_M" -v pw="$SP_W" -v pm="$SP_M" -v n="$SMALL_N" -v r="$SMALL_R" 'BEGIN {
     printf "| imgc build, zstd, %d tiny files, empty cache | %.2f | %.2f× | %.1f | ≤ 1.25×: %s; ≤ 64 MB: %s |\n", n, iw, r, im / 1024, (r <= 1.25 ? "**holds**" : "**missed**"), (im / 1024 <= 64 ? "**holds**" : "**missed**")
     printf "| `tar --sort=name \\| zstd -T0 -3 \\| sha256sum` (peer) | %.2f | 1 (peer) | %.1f | – |\n", pw, pm / 1024 }')
   rm -rf "$T/small"
@@ -254,10 +262,15 @@ fi
 row() { # NAME LABEL PEER TARGET(ratio limit, or -)
   local n=$1 label=$2 peer=$3 limit=$4
   read -r med min max <"$T/times/$n"
+  local pmed ratio
   read -r pmed _ _ <"$T/times/$peer"
-  awk -v label="$label" -v med="$med" -v min="$min" -v max="$max" -v pmed="$pmed" \
+  if [ -f "$T/times/$n.all" ]; then
+    ratio=$(paired_ratio "$T/times/$n.all" "$T/times/$peer.all")
+  else
+    ratio=$(awk -v a="$med" -v b="$pmed" 'BEGIN { print a / b }')
+  fi
+  awk -v label="$label" -v med="$med" -v min="$min" -v max="$max" -v ratio="$ratio" \
       -v in_="$TAR_BYTES" -v out="${SIZE[$n]}" -v pout="${SIZE[$peer]}" -v limit="$limit" -v self=$([ "$n" = "$peer" ] && echo 1 || echo 0) 'BEGIN {
-    ratio = med / pmed
     target = "–"
     if (limit != "-") target = sprintf("≤ %.1f×: %s", limit, ratio <= limit ? "**holds**" : "**missed**")
     printf "| %s | %.2f (%.2f–%.2f) | %.0f | %.1f | %s | %s | %s |\n", label, med, min, max, in_ / 1e6 / med, out / 1e6,
@@ -275,14 +288,19 @@ TABLE=$(
   row imgc-gzip-j2 "imgc build, gzip, cold, -j 2" umoci -
   row imgc-zstd "imgc build, zstd, cold (default -j = $NPROC)" zstd 1.0
   row zstd "\`tar \| zstd -T0 -3\` (zstd peer)" zstd -
+  row zstd-sha "\`tar \| tee >(openssl dgst -sha256) \| zstd -T0 -3 \| openssl dgst -sha256\` (the pipe with a layer's two digests; reference)" zstd -
   row skopeo "\`skopeo copy oci:A oci:B\` of imgc's gzip layout (reference)" umoci -
 )
 IN_MB=$(awk -v b="$TAR_BYTES" 'BEGIN { printf "%.1f", b / 1e6 }')
 NOTES=$(
   echo "Input: $TREE_DESC, $NFILES paths, a $IN_MB MB tar (MB = 10^6 bytes; MB/s is input tar bytes over wall time)."
   echo "Wall time of $RUNS runs per method, timer: $TIMER; the tree was read once beforehand (warm page cache, caches not dropped)."
+  [ "$TIMER" = loop ] && echo "Methods run round-robin; \"time vs peer\" (and the small files' ratio) is the median of the rounds' ratios (a method and its peer of one round saw the same machine state), not the ratio of the medians shown."
   echo "Output MB is the layer blob (imgc, umoci, skopeo) or the compressed stream (CLIs). Peers: umoci insert for gzip rows, \`tar | zstd\` for zstd rows."
   echo "Same index digest in every gzip build (-j default, 1, 2; all runs): $SAME_GZ; in every zstd build: $SAME_ZS."
+  if [ -f "$T/times/imgc-zstd.all" ]; then
+    echo "imgc's zstd build against the zstd pipe that also makes a layer's two digests (diff_id and blob digest, as imgc does; the target's peer makes none): $(paired_ratio "$T/times/imgc-zstd.all" "$T/times/zstd-sha.all" | awk '{ printf "%.2f", $1 }')× (median of the rounds' ratios)."
+  fi
   echo "Load average before/after: $LOAD_BEFORE / $LOAD_AFTER."
 )
 MEM_TABLE=""
