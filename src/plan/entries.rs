@@ -9,6 +9,7 @@ use super::{Entry, EntryKind, FileSource, PlanError};
 use crate::spec::{Location, Mode, Owner};
 use globset::{Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 /// A file entry after rendering.
@@ -109,9 +110,20 @@ impl Collector<'_> {
 /// The entry whose tar name is `name`, in entries sorted by tar name.
 fn find_tar_name<'a>(entries: &'a [(Entry, usize)], name: &[u8]) -> Option<&'a (Entry, usize)> {
     let i = entries
-        .binary_search_by(|(e, _)| e.path.as_bytes().iter().chain(slash(e)).cmp(name.iter()))
+        .binary_search_by(|(e, _)| cmp_tar_name(e, name))
         .ok()?;
     entries.get(i)
+}
+
+/// Orders an entry's tar name ([`Entry::tar_name`]) against `name`,
+/// without making it.
+fn cmp_tar_name(e: &Entry, name: &[u8]) -> std::cmp::Ordering {
+    let x = e.path.as_bytes();
+    let n = x.len().min(name.len());
+    // Most differ within the shorter: one memcmp.
+    x[..n]
+        .cmp(&name[..n])
+        .then_with(|| x[n..].iter().chain(slash(e)).cmp(name[n..].iter()))
 }
 
 /// Orders entries bytewise by the name stored in the tar
@@ -516,10 +528,7 @@ impl Walk<'_> {
     /// anything matched.
     fn add_below(&self, root: &Path, c: &mut Collector) -> Result<bool, PlanError> {
         let ctx = c.ctx;
-        let enters = |path: &Path| {
-            let below = path.strip_prefix(root).unwrap_or(path);
-            !is_excluded(self.excludes, below, path)
-        };
+        let enters = |path: &Path| !is_excluded(self.excludes, below_root(root, path), path);
         let mut out = Ok(false);
         ctx.walk_below(&enters, &mut || out = self.walk(root, c));
         out
@@ -539,7 +548,7 @@ impl Walk<'_> {
             let Some(st) = looked.map_err(read_error(c.ctx, &path))? else {
                 continue;
             };
-            let below = path.strip_prefix(root).unwrap_or(&path);
+            let below = below_root(root, &path);
             if is_excluded(self.excludes, below, &path) {
                 continue;
             }
@@ -559,6 +568,28 @@ impl Walk<'_> {
             }
         }
         Ok(matched)
+    }
+}
+
+/// `path` below `root`, for a `path` made by joining names onto `root`:
+/// sliced off by bytes (`Path::strip_prefix` parses both paths' components,
+/// a few per cent of planning a big tree), else as `strip_prefix` does;
+/// `path` itself when it is not below `root`.
+fn below_root<'p>(root: &Path, path: &'p Path) -> &'p Path {
+    let (r, p) = (root.as_os_str().as_bytes(), path.as_os_str().as_bytes());
+    if r.is_empty() {
+        return path;
+    }
+    match p.strip_prefix(r).and_then(|rest| rest.strip_prefix(b"/")) {
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with(b"/")
+                && !rest.ends_with(b"/")
+                && !r.ends_with(b"/") =>
+        {
+            Path::new(std::ffi::OsStr::from_bytes(rest))
+        }
+        _ => path.strip_prefix(root).unwrap_or(path),
     }
 }
 
@@ -761,6 +792,13 @@ mod tests {
             for y in &all {
                 let want = x.tar_name().cmp(&y.tar_name());
                 assert_eq!(
+                    cmp_tar_name(x, y.tar_name().as_bytes()),
+                    want,
+                    "{} vs the name {}",
+                    x.tar_name(),
+                    y.tar_name()
+                );
+                assert_eq!(
                     cmp_tar_names(x, y),
                     want,
                     "{} vs {}",
@@ -768,6 +806,31 @@ mod tests {
                     y.tar_name()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_path_below_its_root_is_what_strip_prefix_says() {
+        let cases = [
+            ("", "a"),
+            ("", "a/b"),
+            ("a", "a/b"),
+            ("a/b", "a/b/c"),
+            ("a/b", "a/b/c/d"),
+            ("a", "ab/c"),
+            ("a/", "a/b"),
+            ("./a", "./a/b"),
+            ("a", "a"),
+            ("a", "b/c"),
+            ("a", "a//b"),
+            ("a", "a/b/"),
+            ("a", "a/b//c"),
+        ];
+        for (root, path) in cases {
+            let (root, path) = (Path::new(root), Path::new(path));
+            let want = path.strip_prefix(root).unwrap_or(path);
+            let got = below_root(root, path).as_os_str().as_bytes();
+            assert_eq!(got, want.as_os_str().as_bytes(), "{root:?} {path:?}");
         }
     }
 }
