@@ -297,7 +297,14 @@ fn join_image(base: &str, rel: &str) -> String {
     match (base.is_empty(), rel.is_empty()) {
         (true, _) => rel.to_string(),
         (_, true) => base.to_string(),
-        _ => format!("{base}/{rel}"),
+        _ => {
+            // Not format!: its machinery shows when planning big trees.
+            let mut s = String::with_capacity(base.len() + 1 + rel.len());
+            s.push_str(base);
+            s.push('/');
+            s.push_str(rel);
+            s
+        }
     }
 }
 
@@ -431,7 +438,7 @@ fn add_path(item: &Item, src: &str, rel: &Path, c: &mut Collector) -> Result<(),
     }
     let target = if item.dst_is_dir || dst.is_empty() {
         let name = rel.file_name().map(PathBuf::from).unwrap_or_default();
-        join_image(dst, &utf8(&name, &f.location)?)
+        join_image(dst, utf8_str(&name, &f.location)?)
     } else {
         dst.clone()
     };
@@ -543,7 +550,7 @@ impl Walk<'_> {
                 stack.pop();
                 continue;
             };
-            let (path, copied) = (dir.join(name), *copied);
+            let (path, copied) = (join_name(dir, &name), *copied);
             // Gone since it was listed: nothing to add.
             let Some(st) = looked.map_err(read_error(c.ctx, &path))? else {
                 continue;
@@ -557,8 +564,8 @@ impl Walk<'_> {
             if selected {
                 matched = true;
                 // The whole context path is checked, so errors name it.
-                utf8(&path, self.location)?;
-                let target = join_image(self.dst, &utf8(below, self.location)?);
+                utf8_str(&path, self.location)?;
+                let target = join_image(self.dst, utf8_str(below, self.location)?);
                 let e = make_entry(c.ctx, &path, target, &st, self.meta, self.location)?;
                 c.add(e, self.origin)?;
             }
@@ -569,6 +576,15 @@ impl Walk<'_> {
         }
         Ok(matched)
     }
+}
+
+/// `dir`/`name` for a folder's entry `name`, made in one allocation
+/// (`Path::join` copies `dir` exactly, then grows it for `name`).
+fn join_name(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    let mut p = PathBuf::with_capacity(dir.as_os_str().len() + 1 + name.len());
+    p.push(dir);
+    p.push(name);
+    p
 }
 
 /// `path` below `root`, for a `path` made by joining names onto `root`:
@@ -661,12 +677,15 @@ fn list(ctx: &dyn Context, rel: &Path) -> Result<Listed, PlanError> {
 
 /// A selected context path as UTF-8, which image paths must be.
 fn utf8(p: &Path, location: &Location) -> Result<String, PlanError> {
-    p.to_str()
-        .map(str::to_string)
-        .ok_or_else(|| PlanError::NotUtf8 {
-            path: escaped(p),
-            location: Box::new(location.clone()),
-        })
+    utf8_str(p, location).map(str::to_string)
+}
+
+/// `p` as text, borrowed, or the error naming it and `location`.
+fn utf8_str<'p>(p: &'p Path, location: &Location) -> Result<&'p str, PlanError> {
+    p.to_str().ok_or_else(|| PlanError::NotUtf8 {
+        path: escaped(p),
+        location: Box::new(location.clone()),
+    })
 }
 
 /// A path for messages, with bytes that are not UTF-8 as `\xNN`.
@@ -831,6 +850,8 @@ mod tests {
             let want = path.strip_prefix(root).unwrap_or(path);
             let got = below_root(root, path).as_os_str().as_bytes();
             assert_eq!(got, want.as_os_str().as_bytes(), "{root:?} {path:?}");
+            let name = std::ffi::OsStr::new("n");
+            assert_eq!(join_name(root, name), root.join(name), "{root:?}");
         }
     }
 }
